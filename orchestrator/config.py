@@ -1,0 +1,391 @@
+"""Typed run configuration: dataclasses (the schema) filled by a YAML preset and `key=value` overrides.
+
+    cfg = load_config("configs/demo.yaml", ["rollout.group_size=8", "run.mode=async"])
+    cfg.rollout.group_size  # 8
+
+A preset may name another preset to start from with a top-level `base: other.yaml` key (relative to
+the preset's directory). Every mistake raises `UserError` with one line naming the key, the value and
+what is allowed. This is the only place that reads the environment (`RAY_ADDRESS`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Optional
+
+import yaml
+from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import ConfigKeyError, OmegaConfBaseException
+
+from orchestrator.errors import UserError
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+RAY_WORKER_PORTS = (10002, 19999)  # Ray's default worker port range: never export metrics there
+
+
+def _choice(default: str, *others: str) -> Any:
+    """A string field restricted to `default` and `others` (checked by `_check_choices`)."""
+    return field(default=default, metadata={"choices": (default, *others)})
+
+
+@dataclass
+class RunConfig:
+    name: str = "demo"
+    root_dir: str = "runs"
+    seed: int = 0
+    steps: int = 3
+    mode: str = _choice("sync", "async")
+    eta: int = 1  # async staleness bound: a group may start when accepted + running <= (eta + version + 1) * B
+    checkpoint_every: int = 1
+    keep_checkpoints: int = 3
+    log_every: int = 1
+
+
+@dataclass
+class TinyModelConfig:
+    hidden_size: int = 64
+    intermediate_size: int = 128
+    num_hidden_layers: int = 2
+    num_attention_heads: int = 4
+    num_key_value_heads: int = 2
+    max_position_embeddings: int = 1024
+    vocab_size: int = 2048
+    tokenizer_dir: Optional[str] = None  # None: train a BPE tokenizer on the dataset texts
+
+
+@dataclass
+class ModelConfig:
+    path: Optional[str] = None  # local Hugging Face model dir; None: build the tiny model below
+    tiny: TinyModelConfig = field(default_factory=TinyModelConfig)
+    dtype: str = _choice("float32", "bfloat16")
+    gradient_checkpointing: bool = False
+
+
+@dataclass
+class DataConfig:
+    train: str = "configs/data/toy_train.jsonl"
+    eval: Optional[str] = None
+    max_prompt_tokens: int = 200  # longer prompts are left-truncated
+    shuffle: bool = True
+
+
+@dataclass
+class RolloutConfig:
+    num_workers: int = 1
+    num_cpus: float = 1.0
+    group_size: int = 4  # G completions per prompt
+    prompts_per_step: int = 2  # B prompts per optimiser step
+    max_new_tokens: int = 32
+    steps: int = 32  # diffusion decoding steps
+    temperature: float = 1.0
+    top_p: float = 0.95
+    top_k: Optional[int] = None
+    alg: str = _choice("origin", "maskgit_plus", "topk_margin", "entropy")
+    alg_temp: float = 0.0
+    max_restarts: int = 3
+
+
+@dataclass
+class SandboxConfig:
+    num_workers: int = 1
+    test_timeout_s: float = 5.0
+    memory_mb: int = 512
+    pass_weight: float = 2.0
+    format_weight: float = 0.5
+
+
+@dataclass
+class LearnerConfig:
+    num_ranks: int = 1
+    num_cpus: float = 1.0
+    zero_stage: int = 2
+    lr: float = 1e-6
+    lr_schedule: str = _choice("cosine", "constant")
+    min_lr_ratio: float = 0.1
+    warmup_steps: int = 0
+    weight_decay: float = 0.1
+    adam_betas: list[float] = field(default_factory=lambda: [0.9, 0.99])
+    grad_clip: float = 0.2
+    micro_batch_size: int = 4
+    mu: int = 2  # optimiser updates per rollout batch
+    clip_eps: float = 0.5
+    kl_beta: float = 0.01
+    estimator: str = _choice("coupled", "decoupled", "d1")
+    mask_seed_policy: str = _choice("per_iteration", "fixed")
+    advantage: str = _choice("mean", "loo")
+    scale_std: bool = False
+    ref_update_every: int = 64
+    ref_update: str = _choice("hard", "soft")
+    ref_mix: float = 0.6  # soft update: ref = ref_mix * theta + (1 - ref_mix) * ref
+
+
+@dataclass
+class RedisConfig:
+    url: Optional[str] = None  # None: start an embedded server in the run directory
+    stream_maxlen: int = 100000
+
+
+@dataclass
+class RayConfig:
+    address: Optional[str] = None  # None: RAY_ADDRESS from the environment, else a local cluster
+    num_cpus: Optional[float] = None
+    include_dashboard: bool = False
+    dashboard_port: int = 8265
+    metrics_export_port: Optional[int] = None  # None: a free port outside Ray's worker port range
+    namespace: str = "diffurl"
+
+
+@dataclass
+class MetricsConfig:
+    tensorboard: bool = True
+    progress_bar: bool = True
+
+
+@dataclass
+class Config:
+    run: RunConfig = field(default_factory=RunConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    rollout: RolloutConfig = field(default_factory=RolloutConfig)
+    sandbox: SandboxConfig = field(default_factory=SandboxConfig)
+    learner: LearnerConfig = field(default_factory=LearnerConfig)
+    redis: RedisConfig = field(default_factory=RedisConfig)
+    ray: RayConfig = field(default_factory=RayConfig)
+    metrics: MetricsConfig = field(default_factory=MetricsConfig)
+
+
+def load_config(path: str | os.PathLike, overrides: list[str] = ()) -> Config:
+    """Preset at `path` (with its `base` chain) + `key=value` overrides -> a validated `Config`."""
+    merged = OmegaConf.structured(Config)
+    merged = _merge(merged, _load_preset_chain(Path(path)), source=f"in {path}")
+    for override in overrides:
+        merged = _merge(merged, _parse_override(override), source="command-line override")
+    cfg: Config = OmegaConf.to_object(merged)
+    if cfg.ray.address is None:
+        cfg.ray.address = os.environ.get("RAY_ADDRESS") or None
+    cfg.data.train = _resolve_data_path(cfg.data.train)
+    if cfg.data.eval is not None:
+        cfg.data.eval = _resolve_data_path(cfg.data.eval)
+    validate(cfg)
+    return cfg
+
+
+def config_to_yaml(cfg: Config) -> str:
+    return OmegaConf.to_yaml(OmegaConf.structured(cfg))
+
+
+def save_config(cfg: Config, run_dir: str | os.PathLike) -> Path:
+    """Write the resolved config to `run_dir/config.yaml` (loadable again by `load_config`)."""
+    out = Path(run_dir) / "config.yaml"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(config_to_yaml(cfg))
+    return out
+
+
+def check_paths(cfg: Config) -> None:
+    """Fail early (before anything starts) when a configured file or directory does not exist."""
+    wanted = [("data.train", cfg.data.train, "a JSONL or Parquet file")]
+    if cfg.data.eval is not None:
+        wanted.append(("data.eval", cfg.data.eval, "a JSONL or Parquet file"))
+    if cfg.model.path is not None:
+        wanted.append(("model.path", cfg.model.path, "a local Hugging Face model directory"))
+    if cfg.model.tiny.tokenizer_dir is not None:
+        wanted.append(("model.tiny.tokenizer_dir", cfg.model.tiny.tokenizer_dir, "a tokenizer directory"))
+    for key, value, allowed in wanted:
+        if not Path(value).exists():
+            raise UserError(f"{key}={value}: not found; expected {allowed}")
+
+
+def validate(cfg: Config) -> None:
+    """Enum values, ranges and cross-field consistency; raises UserError on the first problem."""
+    _check_choices(cfg)
+    run, ro, le, tiny = cfg.run, cfg.rollout, cfg.learner, cfg.model.tiny
+    batch = ro.prompts_per_step * ro.group_size
+    checks = [
+        ("run.steps", run.steps, run.steps >= 1, "must be >= 1"),
+        ("run.eta", run.eta, run.mode != "async" or run.eta >= 0, "must be >= 0 in async mode"),
+        ("run.checkpoint_every", run.checkpoint_every, run.checkpoint_every >= 1, "must be >= 1"),
+        ("run.keep_checkpoints", run.keep_checkpoints, run.keep_checkpoints >= 1, "must be >= 1"),
+        ("run.log_every", run.log_every, run.log_every >= 1, "must be >= 1"),
+        ("run.name", run.name, bool(run.name) and "/" not in run.name, "must be a non-empty name without '/'"),
+        ("model.tiny.hidden_size", tiny.hidden_size,
+         tiny.hidden_size >= 1 and tiny.hidden_size % max(tiny.num_attention_heads, 1) == 0,
+         f"must be a positive multiple of model.tiny.num_attention_heads={tiny.num_attention_heads}"),
+        ("model.tiny.num_attention_heads", tiny.num_attention_heads, tiny.num_attention_heads >= 1, "must be >= 1"),
+        ("model.tiny.num_key_value_heads", tiny.num_key_value_heads,
+         tiny.num_key_value_heads >= 1 and tiny.num_attention_heads % tiny.num_key_value_heads == 0,
+         f"must divide model.tiny.num_attention_heads={tiny.num_attention_heads}"),
+        ("model.tiny.num_hidden_layers", tiny.num_hidden_layers, tiny.num_hidden_layers >= 1, "must be >= 1"),
+        ("model.tiny.vocab_size", tiny.vocab_size, tiny.vocab_size >= 256, "must be >= 256"),
+        ("data.max_prompt_tokens", cfg.data.max_prompt_tokens, cfg.data.max_prompt_tokens >= 1, "must be >= 1"),
+        ("rollout.num_workers", ro.num_workers, ro.num_workers >= 1, "must be >= 1"),
+        ("rollout.num_cpus", ro.num_cpus, ro.num_cpus >= 0, "must be >= 0"),
+        ("rollout.group_size", ro.group_size, ro.group_size >= 2, "must be >= 2 (GRPO compares completions)"),
+        ("rollout.prompts_per_step", ro.prompts_per_step, ro.prompts_per_step >= 1, "must be >= 1"),
+        ("rollout.max_new_tokens", ro.max_new_tokens, ro.max_new_tokens >= 1, "must be >= 1"),
+        ("rollout.steps", ro.steps, 1 <= ro.steps <= ro.max_new_tokens,
+         f"must be in 1..rollout.max_new_tokens={ro.max_new_tokens}"),
+        ("model.tiny.max_position_embeddings", tiny.max_position_embeddings,
+         cfg.model.path is not None
+         or tiny.max_position_embeddings >= cfg.data.max_prompt_tokens + ro.max_new_tokens,
+         f"must be >= data.max_prompt_tokens+rollout.max_new_tokens="
+         f"{cfg.data.max_prompt_tokens + ro.max_new_tokens}"),
+        ("rollout.temperature", ro.temperature, ro.temperature >= 0, "must be >= 0"),
+        ("rollout.top_p", ro.top_p, 0 < ro.top_p <= 1, "must be in (0, 1]"),
+        ("rollout.top_k", ro.top_k, ro.top_k is None or ro.top_k >= 1, "must be null or >= 1"),
+        ("rollout.alg_temp", ro.alg_temp, ro.alg_temp >= 0, "must be >= 0"),
+        ("rollout.max_restarts", ro.max_restarts, ro.max_restarts >= -1, "must be >= -1 (-1: unlimited)"),
+        ("sandbox.num_workers", cfg.sandbox.num_workers, cfg.sandbox.num_workers >= 1, "must be >= 1"),
+        ("sandbox.test_timeout_s", cfg.sandbox.test_timeout_s, cfg.sandbox.test_timeout_s > 0, "must be > 0"),
+        ("sandbox.memory_mb", cfg.sandbox.memory_mb, cfg.sandbox.memory_mb >= 16, "must be >= 16"),
+        ("sandbox.pass_weight", cfg.sandbox.pass_weight, cfg.sandbox.pass_weight >= 0, "must be >= 0"),
+        ("sandbox.format_weight", cfg.sandbox.format_weight, cfg.sandbox.format_weight >= 0, "must be >= 0"),
+        ("learner.num_ranks", le.num_ranks, le.num_ranks >= 1, "must be >= 1"),
+        ("learner.num_cpus", le.num_cpus, le.num_cpus >= 0, "must be >= 0"),
+        ("learner.zero_stage", le.zero_stage, le.zero_stage in (0, 1, 2, 3), "must be one of 0, 1, 2, 3"),
+        ("learner.lr", le.lr, le.lr > 0, "must be > 0"),
+        ("learner.min_lr_ratio", le.min_lr_ratio, 0 <= le.min_lr_ratio <= 1, "must be in [0, 1]"),
+        ("learner.warmup_steps", le.warmup_steps, le.warmup_steps >= 0, "must be >= 0"),
+        ("learner.weight_decay", le.weight_decay, le.weight_decay >= 0, "must be >= 0"),
+        ("learner.adam_betas", le.adam_betas,
+         len(le.adam_betas) == 2 and all(0 <= b < 1 for b in le.adam_betas), "must be two values in [0, 1)"),
+        ("learner.grad_clip", le.grad_clip, le.grad_clip > 0, "must be > 0"),
+        ("learner.micro_batch_size", le.micro_batch_size, 1 <= le.micro_batch_size <= batch,
+         f"must be in 1..rollout.prompts_per_step*rollout.group_size={batch}"),
+        ("learner.micro_batch_size", le.micro_batch_size, batch % le.micro_batch_size == 0,
+         f"must divide rollout.prompts_per_step*rollout.group_size={batch}"),
+        ("learner.micro_batch_size", le.micro_batch_size, batch % (le.micro_batch_size * le.num_ranks) == 0,
+         f"times learner.num_ranks={le.num_ranks} must divide rollout.prompts_per_step*rollout.group_size={batch}"),
+        ("learner.mu", le.mu, le.mu >= 1, "must be >= 1"),
+        ("learner.clip_eps", le.clip_eps, 0 < le.clip_eps < 1, "must be in (0, 1)"),
+        ("learner.kl_beta", le.kl_beta, le.kl_beta >= 0, "must be >= 0"),
+        ("learner.ref_update_every", le.ref_update_every, le.ref_update_every >= 1, "must be >= 1"),
+        ("learner.ref_mix", le.ref_mix, 0 <= le.ref_mix <= 1, "must be in [0, 1]"),
+        ("redis.stream_maxlen", cfg.redis.stream_maxlen, cfg.redis.stream_maxlen >= batch,
+         f"must be >= rollout.prompts_per_step*rollout.group_size={batch}"),
+        ("ray.num_cpus", cfg.ray.num_cpus, cfg.ray.num_cpus is None or cfg.ray.num_cpus > 0, "must be null or > 0"),
+        ("ray.dashboard_port", cfg.ray.dashboard_port, _port_ok(cfg.ray.dashboard_port),
+         f"must be a port in 1024..65535, not 6379, outside {RAY_WORKER_PORTS[0]}-{RAY_WORKER_PORTS[1]}"),
+        ("ray.metrics_export_port", cfg.ray.metrics_export_port,
+         cfg.ray.metrics_export_port is None or _port_ok(cfg.ray.metrics_export_port),
+         f"must be null or a port in 1024..65535, not 6379, outside {RAY_WORKER_PORTS[0]}-{RAY_WORKER_PORTS[1]}"),
+        ("redis.url", cfg.redis.url,
+         cfg.redis.url is None or cfg.redis.url.startswith(("redis://", "rediss://", "unix://")),
+         "must be null (embedded server) or a redis://, rediss:// or unix:// URL"),
+    ]
+    for key, value, ok, allowed in checks:
+        if not ok:
+            raise UserError(f"{key}={_show(value)}: {allowed}")
+
+
+def _port_ok(port: int) -> bool:
+    return 1024 <= port <= 65535 and port != 6379 and not RAY_WORKER_PORTS[0] <= port <= RAY_WORKER_PORTS[1]
+
+
+def _check_choices(obj: Any, prefix: str = "") -> None:
+    for f in dataclasses.fields(obj):
+        value = getattr(obj, f.name)
+        if dataclasses.is_dataclass(value):
+            _check_choices(value, f"{prefix}{f.name}.")
+        elif "choices" in f.metadata and value not in f.metadata["choices"]:
+            raise UserError(f"{prefix}{f.name}={_show(value)}: must be one of {', '.join(f.metadata['choices'])}")
+
+
+def _load_preset_chain(path: Path, seen: tuple[Path, ...] = ()) -> DictConfig:
+    """Load a YAML preset; a top-level `base: other.yaml` is loaded first and this file merged over it."""
+    if not path.is_file():
+        raise UserError(f"config file {path}: not found; expected a YAML preset such as configs/demo.yaml")
+    if path.resolve() in seen:
+        raise UserError(f"config file {path}: 'base' chain loops back to itself")
+    try:
+        raw = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as exc:
+        raise UserError(f"config file {path}: invalid YAML ({_first_line(exc)})") from None
+    if not isinstance(raw, dict):
+        raise UserError(f"config file {path}: expected a mapping of sections at the top level")
+    base = raw.pop("base", None)
+    this = OmegaConf.create(raw)
+    if base is None:
+        return this
+    parent = _load_preset_chain(path.parent / str(base), (*seen, path.resolve()))
+    return OmegaConf.merge(parent, this)
+
+
+def _parse_override(override: str) -> DictConfig:
+    key, sep, _ = override.partition("=")
+    if not sep or not key.strip():
+        raise UserError(f"override {override!r}: expected key=value, e.g. rollout.group_size=8")
+    try:
+        return OmegaConf.from_dotlist([override])
+    except OmegaConfBaseException as exc:
+        raise UserError(f"override {override!r}: cannot parse ({_first_line(exc)})") from None
+
+
+def _merge(base: DictConfig, update: DictConfig, source: str) -> DictConfig:
+    try:
+        return OmegaConf.merge(base, update)
+    except ConfigKeyError as exc:
+        key = exc.full_key or "?"
+        parent, _, _ = key.rpartition(".")
+        value = OmegaConf.select(update, key, default=None)
+        shown = f"{key}={_show(value)}" if value is not None else key
+        raise UserError(f"{shown}: unknown key ({source}); {_allowed_keys(parent)}") from None
+    except OmegaConfBaseException as exc:
+        key = (exc.full_key or "").split("[")[0]
+        if not key:
+            raise UserError(f"{_first_line(exc)} ({source})") from None
+        value = OmegaConf.select(update, key, default=None, throw_on_missing=False)
+        raise UserError(f"{key}={_show(value)}: expected {_type_name(key)} ({source})") from None
+
+
+def _allowed_keys(parent: str) -> str:
+    node: Any = Config
+    for part in filter(None, parent.split(".")):
+        node = typing.get_type_hints(node)[part]
+    return f"{parent or 'the top level'} takes: {', '.join(f.name for f in dataclasses.fields(node))}"
+
+
+def _type_name(key: str) -> str:
+    """Human name of the schema type at a dotted key ('rollout.top_k' -> 'an integer or null')."""
+    node: Any = Config
+    for part in key.split("."):
+        node = typing.get_type_hints(node)[part]
+    return _describe(node)
+
+
+def _describe(tp: Any) -> str:
+    names = {int: "an integer", float: "a number", str: "a string", bool: "true or false"}
+    if tp in names:
+        return names[tp]
+    args = typing.get_args(tp)
+    if typing.get_origin(tp) is typing.Union and type(None) in args:
+        return f"{_describe(next(a for a in args if a is not type(None)))} or null"
+    if typing.get_origin(tp) is list:
+        return f"a list of {_describe(args[0]).split(' ', 1)[1]}s"
+    if dataclasses.is_dataclass(tp):
+        return f"a section with keys {', '.join(f.name for f in dataclasses.fields(tp))}"
+    return str(tp)
+
+
+def _resolve_data_path(path: str) -> str:
+    """Relative data paths are taken from the working directory, else from the repository root."""
+    p = Path(path)
+    if p.is_absolute() or p.exists() or not (REPO_ROOT / p).exists():
+        return path
+    return str(REPO_ROOT / p)
+
+
+def _show(value: Any) -> str:
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return str(value).lower()
+    return str(value)
+
+
+def _first_line(exc: Exception) -> str:
+    return (str(exc).strip().splitlines() or [type(exc).__name__])[0]
