@@ -1,0 +1,124 @@
+"""The whole loop on real parts: local Ray, embedded redis-server, the real sandbox, DeepSpeed on CPU."""
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from orchestrator.metrics import REQUIRED_STEP_METRICS
+from orchestrator.redis_server import EmbeddedRedis, connect
+from orchestrator.run_setup import free_port
+
+REPO = Path(__file__).resolve().parent.parent
+DIFFURL = [sys.executable, "-m", "orchestrator.cli"]
+SMALL = ["run.steps=3", "rollout.group_size=2", "rollout.prompts_per_step=2", "rollout.max_new_tokens=16",
+         "rollout.steps=8", "learner.micro_batch_size=2", "metrics.progress_bar=false",
+         "model.tiny.vocab_size=512", "model.tiny.hidden_size=32", "model.tiny.intermediate_size=64",
+         "model.tiny.num_hidden_layers=1"]
+
+
+def _env() -> dict:
+    return {**os.environ, "RAY_AUTH_MODE": "disabled", "RAY_USAGE_STATS_ENABLED": "0", "PYTHONUNBUFFERED": "1"}
+
+
+def _run_dir(root: Path) -> Path:
+    (run_dir,) = [p for p in root.iterdir() if p.is_dir()]
+    return run_dir
+
+
+def _stream_state(run_dir: Path) -> tuple[list[str], int]:
+    """Restart the run's redis-server from its append-only file; return (all stream ids, pending count)."""
+    server = EmbeddedRedis(run_dir / "redis")
+    server.start()
+    try:
+        client = connect(server.url)
+        key = f"diffurl:{run_dir.name}:traj"
+        ids = [eid.decode() for eid, _ in client.xrange(key)]
+        pending = client.xpending(key, "learner")["pending"]
+        return ids, pending
+    finally:
+        server.stop()
+
+
+def _check_run(run_dir: Path, steps: int, groups_per_step: int) -> None:
+    rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows] == list(range(1, steps + 1))
+    for row in rows:
+        missing = [m for m in REQUIRED_STEP_METRICS if m not in row]
+        assert not missing, f"step {row['step']} lacks {missing}"
+    assert (run_dir / "checkpoints" / "latest").read_text() == f"step{steps:06d}"
+    trained = [json.loads(line) for line in (run_dir / "trained_groups.jsonl").read_text().splitlines()]
+    entry_ids = [g["entry_id"] for step in trained for g in step["groups"]]
+    assert len(entry_ids) == steps * groups_per_step
+    assert len(set(entry_ids)) == len(entry_ids), "a group was trained on twice"
+    stream_ids, pending = _stream_state(run_dir)
+    assert sorted(entry_ids) == sorted(stream_ids), "every published group is consumed exactly once"
+    assert pending == 0, "every consumed group is acknowledged"
+
+
+@pytest.mark.integration
+def test_sync_run_completes_with_every_metric_checkpoint_and_prometheus_export(tmp_path):
+    port = free_port()
+    name = f"it-sync-{port}"
+    cmd = DIFFURL + ["train", "configs/demo.yaml", *SMALL, f"run.root_dir={tmp_path}", f"run.name={name}",
+                     f"ray.metrics_export_port={port}"]
+    proc = subprocess.Popen(cmd, cwd=REPO, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    seen_metric = None
+    deadline = time.monotonic() + 600
+    while proc.poll() is None and time.monotonic() < deadline:
+        try:
+            text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=2).read().decode()
+            match = re.search(rf'^ray_diffurl_reward_mean\{{[^}}]*run="{name}[^"]*"[^}}]*\}} \S+', text, re.M)
+            seen_metric = seen_metric or (match and match.group(0))
+        except OSError:
+            pass
+        time.sleep(1)
+    out, _ = proc.communicate(timeout=60)
+    assert proc.returncode == 0, out[-3000:]
+    assert seen_metric, "the run's reward metric never appeared on the Prometheus endpoint"
+    assert "--- resolved config ---" in out
+    _check_run(_run_dir(tmp_path), steps=3, groups_per_step=2)
+
+
+@pytest.mark.integration
+def test_async_run_completes_and_bounds_staleness(tmp_path):
+    cmd = DIFFURL + ["train", "configs/demo.yaml", *SMALL, f"run.root_dir={tmp_path}", "run.name=it-async",
+                     "run.mode=async", "run.eta=1", "rollout.num_workers=2", "rollout.num_cpus=0.5",
+                     "ray.num_cpus=3"]
+    proc = subprocess.run(cmd, cwd=REPO, env=_env(), capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, (proc.stdout + proc.stderr)[-3000:]
+    run_dir = _run_dir(tmp_path)
+    _check_run(run_dir, steps=3, groups_per_step=2)
+    rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    assert all(0 <= r["staleness_max"] <= 1 for r in rows), [r["staleness_max"] for r in rows]
+
+
+@pytest.mark.parametrize("override, message", [
+    ("learner.bogus=1", r"learner\.bogus=1: unknown key"),
+    ("rollout.group_size=many", r"rollout\.group_size=many: expected an integer"),
+    ("learner.micro_batch_size=3", r"learner\.micro_batch_size=3: must divide"),
+])
+def test_bad_config_exits_2_with_one_line_and_starts_nothing(tmp_path, override, message):
+    cmd = DIFFURL + ["train", "configs/demo.yaml", override, f"run.root_dir={tmp_path}"]
+    proc = subprocess.run(cmd, cwd=REPO, env=_env(), capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("diffurl: error: "), proc.stderr
+    assert re.search(message, lines[0]), lines[0]
+    assert not any(tmp_path.iterdir()), "a run directory was created for a bad config"
+
+
+def test_dry_run_prints_the_actor_plan_and_starts_nothing(tmp_path):
+    cmd = DIFFURL + ["train", "configs/demo.yaml", "--dry-run", "rollout.num_workers=3", "learner.num_ranks=2",
+                     "learner.micro_batch_size=2", f"run.root_dir={tmp_path}"]
+    proc = subprocess.run(cmd, cwd=REPO, env=_env(), capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert "rollout  x3" in proc.stdout and "learner  x2" in proc.stdout and "sandbox  x1" in proc.stdout
+    assert not any(tmp_path.iterdir())
