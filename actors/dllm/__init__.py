@@ -1,0 +1,34 @@
+"""Pure-torch DiffuCoder core: the bidirectional Qwen2 dLLM, its decoder, score estimators and GRPO math.
+
+Imports torch, transformers and tokenizers only (no Ray, no Redis), so the math is testable alone.
+"""
+
+from .arness import ar_ness
+from .decoding import GenerateResult, generate
+from .estimators import ScoreResult, token_scores
+from .grpo import grpo_advantages, grpo_loss, update_reference
+from .model import DiffusionQwen2ForCausalLM, build_model, diffusion_logits, save_model
+from .padding import attention_inputs, completion_mask_from_ids, left_pad
+from .sft import sft_loss
+from .tokenizer import build_tokenizer, train_tokenizer
+
+__all__ = [
+    "DiffusionQwen2ForCausalLM",
+    "GenerateResult",
+    "ScoreResult",
+    "ar_ness",
+    "attention_inputs",
+    "build_model",
+    "build_tokenizer",
+    "completion_mask_from_ids",
+    "diffusion_logits",
+    "generate",
+    "grpo_advantages",
+    "grpo_loss",
+    "left_pad",
+    "save_model",
+    "sft_loss",
+    "token_scores",
+    "train_tokenizer",
+    "update_reference",
+]

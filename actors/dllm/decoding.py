@@ -1,0 +1,201 @@
+"""The reference masked-diffusion decoder (ALGORITHM.md section 2; Dream's `diffusion_generate`).
+
+Canvas = left-padded prompt ++ [MASK] * K. At step i (t = ts[i], s = ts[i+1], ts = linspace(1, eps, steps+1))
+the whole canvas is forwarded, the shifted logits of still-masked positions are tempered / top-p / top-k
+filtered, x0 is sampled (argmax at temperature 0) and a confidence computed; `origin` reveals each masked
+position with prob 1 - s/t, the other algorithms reveal n = floor(masked_per_row * (1 - s/t)) positions
+(all remaining at the last step) chosen by confidence. Revealed tokens are never re-masked.
+
+One deliberate difference from Dream: the `<|mask|>` logit is removed before sampling, so a revealed
+position always holds a real token (Dream could "reveal" MASK, which silently re-masks the position).
+With steps == max_new_tokens the reference schedule reveals 0 tokens at step 0, 1 per step after, and 2
+at the last step (floor of float32 ratios); this decoder keeps that schedule exactly.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from .padding import attention_inputs, left_pad
+
+ALGORITHMS = ("origin", "maskgit_plus", "topk_margin", "entropy")
+
+
+@dataclass
+class GenerateResult:
+    sequences: torch.Tensor  # [B, P+K] left-padded prompt ++ completion
+    prompt_ids: list[list[int]]  # unpadded prompts
+    completion_ids: torch.Tensor  # [B, K]
+    attention_mask: torch.Tensor  # [B, P+K], 0 on left padding
+    texts: list[str]  # completions decoded up to the first end token, special tokens stripped
+    order: torch.Tensor  # [B, K] step index at which each completion position was revealed
+    steps: int
+    elapsed_s: float
+
+
+def _top_p_filter(logits: torch.Tensor, top_p: float) -> torch.Tensor:
+    """logits [M, V] -> logits with everything outside the smallest prefix of prob >= top_p set to min."""
+    sorted_logits, sorted_index = torch.sort(logits, descending=True)
+    cumulative = torch.cumsum(F.softmax(sorted_logits, dim=-1), dim=-1)
+    remove_sorted = cumulative > top_p
+    remove_sorted[..., 1:] = remove_sorted[..., :-1].clone()  # keep the token that crosses top_p
+    remove_sorted[..., 0] = False  # the first token is always kept
+    remove = torch.zeros_like(remove_sorted).scatter_(-1, sorted_index, remove_sorted)
+    return logits.masked_fill(remove, torch.finfo(logits.dtype).min)
+
+
+def _top_k_filter(logits: torch.Tensor, top_k: int) -> torch.Tensor:
+    kth_best = torch.topk(logits, min(top_k, logits.shape[-1])).values[..., -1:]  # [M, 1]
+    return logits.masked_fill(logits < kth_best, torch.finfo(logits.dtype).min)
+
+
+def sample_tokens(
+    logits: torch.Tensor,
+    *,
+    temperature: float,
+    top_p: float | None,
+    top_k: int | None,
+    alg: str,
+    generator: torch.Generator,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """logits [M, V] -> (confidence [M], x0 [M]) per the table of ALGORITHM.md section 2."""
+    if temperature > 0:
+        logits = logits / temperature
+    if top_p is not None and top_p < 1:
+        logits = _top_p_filter(logits, top_p)
+    if top_k is not None:
+        logits = _top_k_filter(logits, top_k)
+    probs = torch.softmax(logits, dim=-1)  # [M, V]
+    if temperature > 0:
+        x0 = torch.multinomial(probs, 1, generator=generator).squeeze(-1)
+        confidence = probs.gather(-1, x0[:, None]).squeeze(-1)
+    else:
+        confidence, x0 = probs.max(dim=-1)
+    if alg == "topk_margin":
+        top2 = torch.topk(probs, 2, dim=-1).values  # [M, 2]
+        confidence = top2[:, 0] - top2[:, 1]
+    elif alg == "entropy":
+        confidence = (probs * torch.log(probs + 1e-10)).sum(-1)
+    return confidence, x0
+
+
+def _encode_prompts(tokenizer, prompts: list) -> list[list[int]]:
+    if not prompts:
+        raise ValueError("generate: prompts is empty")
+    if all(isinstance(prompt, str) for prompt in prompts):
+        return [tokenizer(prompt, add_special_tokens=False)["input_ids"] for prompt in prompts]
+    return [[int(token) for token in prompt] for prompt in prompts]
+
+
+def decode_completions(tokenizer, completion_ids: torch.Tensor) -> list[str]:
+    """completion_ids [B, K] -> texts cut at the first <|im_end|> / <|endoftext|>, special tokens stripped."""
+    end_ids = {tokenizer.eos_token_id, tokenizer.convert_tokens_to_ids("<|im_end|>")}
+    texts = []
+    for row in completion_ids.tolist():
+        cut = next((index for index, token in enumerate(row) if token in end_ids), len(row))
+        texts.append(tokenizer.decode(row[:cut], skip_special_tokens=True))
+    return texts
+
+
+def _check_options(max_new_tokens: int, steps: int, alg: str, temperature: float, top_p, top_k) -> None:
+    if alg not in ALGORITHMS:
+        raise ValueError(f"generate: alg {alg!r} is not one of {', '.join(ALGORITHMS)}")
+    if max_new_tokens < 1 or steps < 1:
+        raise ValueError(f"generate: max_new_tokens ({max_new_tokens}) and steps ({steps}) must be >= 1")
+    if temperature < 0:
+        raise ValueError(f"generate: temperature {temperature} must be >= 0")
+    if top_p is not None and not 0 < top_p <= 1:
+        raise ValueError(f"generate: top_p {top_p} must be in (0, 1]")
+    if top_k is not None and top_k < 1:
+        raise ValueError(f"generate: top_k {top_k} must be >= 1")
+
+
+@torch.no_grad()
+def generate(
+    model,
+    tokenizer,
+    prompts: list,
+    *,
+    max_new_tokens: int,
+    steps: int,
+    temperature: float = 0.0,
+    top_p: float | None = None,
+    top_k: int | None = None,
+    alg: str = "entropy",
+    alg_temp: float = 0.0,
+    eps: float = 1e-3,
+    seed: int | None = None,
+    generator: torch.Generator | None = None,
+) -> GenerateResult:
+    """prompts: chat-formatted strings or token-id lists -> GenerateResult (see the module docstring)."""
+    _check_options(max_new_tokens, steps, alg, temperature, top_p, top_k)
+    started = time.perf_counter()
+    device = next(model.parameters()).device
+    if generator is None:
+        generator = torch.Generator(device=device)
+        if seed is None:
+            generator.seed()  # non-deterministic, still without touching the global RNG
+        else:
+            generator.manual_seed(seed)
+    mask_id = tokenizer.mask_token_id
+    prompt_ids = _encode_prompts(tokenizer, prompts)
+    prompt, prompt_mask = left_pad(prompt_ids, tokenizer.pad_token_id)  # [B, P]
+    batch, completion_len = prompt.shape[0], max_new_tokens
+    canvas = torch.cat([prompt, torch.full((batch, completion_len), mask_id)], dim=1).to(device)  # [B, P+K]
+    attention_mask = torch.cat([prompt_mask, torch.ones(batch, completion_len, dtype=torch.long)], dim=1).to(device)
+    position_ids, mask4d = attention_inputs(attention_mask)
+    completion = canvas[:, -completion_len:]  # [B, K] view into the canvas
+    masked = torch.ones(batch, completion_len, dtype=torch.bool, device=device)  # still-masked positions
+    order = torch.full((batch, completion_len), -1, dtype=torch.long, device=device)
+    timesteps = torch.linspace(1, eps, steps + 1, device=device)
+    for step in range(steps):
+        logits = model(
+            input_ids=canvas, attention_mask=mask4d, position_ids=position_ids, use_cache=False,
+            logits_to_keep=completion_len + 1,
+        ).logits[:, :-1]  # [B, K, V]: shifted head, logits[:, k] predicts completion token k
+        logits = logits.float()
+        logits[..., mask_id] = torch.finfo(logits.dtype).min
+        t, s = timesteps[step], timesteps[step + 1]
+        last = step == steps - 1
+        sampling = dict(temperature=temperature, top_p=top_p, top_k=top_k, alg=alg, generator=generator)
+        if alg == "origin":
+            p_transfer = 1.0 if last else float(1 - s / t)
+            draw = torch.rand(masked.shape, generator=generator, device=device)
+            reveal = masked & (draw < p_transfer)  # [B, K]
+            if not reveal.any():
+                continue
+            _, tokens = sample_tokens(logits[reveal], **sampling)
+        else:
+            confidence, x0 = sample_tokens(logits[masked], **sampling)
+            masked_per_row = masked.sum() / batch
+            count = int(masked_per_row) if last else int(masked_per_row * (1 - s / t))
+            if count == 0:
+                continue
+            full_confidence = torch.full(masked.shape, -torch.inf, device=device)
+            full_confidence[masked] = confidence
+            if alg_temp == 0:
+                chosen = torch.topk(full_confidence, count, dim=-1).indices  # [B, count]
+            else:
+                weights = F.softmax(full_confidence / alg_temp, dim=-1)
+                chosen = torch.multinomial(weights, count, generator=generator)
+            proposal = torch.full_like(completion, mask_id)
+            proposal[masked] = x0
+            reveal = torch.zeros_like(masked).scatter_(1, chosen, True)
+            tokens = proposal[reveal]
+        completion[reveal] = tokens
+        order[reveal] = step
+        masked &= ~reveal
+    return GenerateResult(
+        sequences=canvas,
+        prompt_ids=prompt_ids,
+        completion_ids=canvas[:, -completion_len:],
+        attention_mask=attention_mask,
+        texts=decode_completions(tokenizer, canvas[:, -completion_len:]),
+        order=order,
+        steps=steps,
+        elapsed_s=time.perf_counter() - started,
+    )
