@@ -11,7 +11,7 @@ import json
 from pathlib import Path
 
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-from transformers import AutoTokenizer, PreTrainedTokenizerFast
+from transformers import AutoTokenizer, PreTrainedTokenizerFast, Qwen2Tokenizer
 
 EOS = "<|endoftext|>"
 MASK = "<|mask|>"
@@ -69,20 +69,19 @@ def _read_train_files(paths: list[str]) -> list[str]:
 
 
 def _load_dir(path: Path) -> PreTrainedTokenizerFast:
-    """Load a saved tokenizer without trust_remote_code; Dream-style dirs fall back to tokenizer.json."""
-    try:
-        tokenizer = AutoTokenizer.from_pretrained(str(path))
-    except (ValueError, OSError, KeyError):
-        if not (path / "tokenizer.json").is_file():
-            raise
-        tokenizer = PreTrainedTokenizerFast(tokenizer_file=str(path / "tokenizer.json"))
-        config_file = path / "tokenizer_config.json"
-        config = json.loads(config_file.read_text()) if config_file.is_file() else {}
-        for role in ("eos_token", "pad_token", "mask_token", "bos_token"):
-            if isinstance(config.get(role), str):
-                setattr(tokenizer, role, config[role])
-        if config.get("chat_template"):
-            tokenizer.chat_template = config["chat_template"]
+    """Load a saved tokenizer without ever running remote code.
+
+    A Dream/DiffuCoder directory names a remote tokenizer class (auto_map); its files are a standard
+    tokenizer.json, or Qwen2's vocab.json + merges.txt, so they load with the built-in classes.
+    """
+    config_file = path / "tokenizer_config.json"
+    config = json.loads(config_file.read_text()) if config_file.is_file() else {}
+    if "auto_map" not in config:
+        tokenizer = AutoTokenizer.from_pretrained(str(path), trust_remote_code=False)
+    elif (path / "tokenizer.json").is_file():
+        tokenizer = PreTrainedTokenizerFast.from_pretrained(str(path))
+    else:
+        tokenizer = Qwen2Tokenizer.from_pretrained(str(path))
     if tokenizer.mask_token is None and MASK in tokenizer.get_vocab():
         tokenizer.mask_token = MASK
     if tokenizer.mask_token_id is None:
