@@ -1,0 +1,227 @@
+"""Prompt datasets: problems from local JSONL or Parquet, chat prompts, and the AceCode-87K converter.
+
+A problem (the schema `diffurl sandbox score` takes) is a dict with
+    task_id: str, question: str (the task, with the function signature), entry_point: str,
+    tests: list[str] (`assert f(...) == literal` lines), reference: str | None (a correct solution).
+Bad rows are skipped and reported with their line (JSONL) or row (Parquet) number, never a crash.
+"""
+
+from __future__ import annotations
+
+import ast
+import builtins
+import json
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterator
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from orchestrator.errors import UserError
+
+REQUIRED_FIELDS = {"task_id": str, "question": str, "entry_point": str, "tests": list}
+SYSTEM_PROMPT = "You are a helpful assistant."  # the system prompt of the DiffuCoder coupled-GRPO recipe
+ANSWER_INSTRUCTION = "Answer with one complete Python solution in a single ```python code block."
+
+# AceCode hard subset, as apple/ml-diffucoder `recipes/process_data.py` (difficulty="hard") selects it.
+ACECODE_MODELS = ("qwen_coder_2.5", "llama3_instruct")
+HARD_MEAN_PERCENTILE = 20  # keep rows whose mean pass rate is <= this percentile of all means
+HARD_STD_PERCENTILE = 40  # ... and whose pass-rate std is >= this percentile of all stds
+
+
+def load_prompts(path: str | Path) -> tuple[list[dict], list[str]]:
+    """Problems from a .jsonl/.json (one object per line) or .parquet file, and the skipped rows' reasons."""
+    problems, skipped, seen = [], [], set()
+    for where, row in _read_rows(Path(path)):
+        if isinstance(row, str):  # the row could not be parsed: `row` is why
+            skipped.append(f"{where}: {row}")
+            continue
+        problem, reason = _as_problem(row)
+        if reason is None and problem["task_id"] in seen:
+            reason = f"duplicate task_id {problem['task_id']!r}"
+        if reason is not None:
+            skipped.append(f"{where}: {reason}")
+            continue
+        seen.add(problem["task_id"])
+        problems.append(problem)
+    if not problems:
+        first = f"; first: {skipped[0]}" if skipped else ""
+        raise UserError(f"dataset {path}: no usable problems ({len(skipped)} rows skipped{first})")
+    return problems, skipped
+
+
+def build_chat_prompt(problem: dict) -> list[dict]:
+    """Chat messages for one problem: the recipe's system prompt, then the question asking for one code block."""
+    return [
+        {"role": "system", "content": SYSTEM_PROMPT},
+        {"role": "user", "content": f"{problem['question'].strip()}\n\n{ANSWER_INSTRUCTION}"},
+    ]
+
+
+def infer_entry_point(tests: list[str]) -> str | None:
+    """The function the tests call most often, ignoring builtins: `assert add(1, 2) == 3` -> 'add'."""
+    calls: Counter[str] = Counter()
+    for test in tests:
+        try:
+            tree = ast.parse(test)
+        except SyntaxError:
+            continue
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and not hasattr(builtins, node.func.id):
+                calls[node.func.id] += 1
+    return calls.most_common(1)[0][0] if calls else None
+
+
+@dataclass
+class ConversionReport:
+    read: int = 0
+    written: int = 0
+    hard_kept: int = 0  # rows passing the hard filter (before signature variants are added)
+    thresholds: dict = field(default_factory=dict)  # {"mean_max": ..., "std_min": ...} when hard_only
+    skipped: list[str] = field(default_factory=list)
+
+
+def convert_acecode(in_path: str | Path, out_path: str | Path, hard_only: bool = True,
+                    signature_variants: bool = True) -> ConversionReport:
+    """AceCode-87K rows (local JSONL or Parquet) -> problems JSONL, optionally only the hard subset.
+
+    Hard subset, as apple/ml-diffucoder `recipes/process_data.py` (the script behind the paper's 21K hard
+    prompts) selects it: for each row, `accs` = the pass rates of the inferences by the models
+    `qwen_coder_2.5` and `llama3_instruct`; thresholds over the whole input: mean_max = 20th percentile of
+    mean(accs), std_min = 40th percentile of std(accs) (population std); keep rows with
+    mean(accs) <= mean_max and std(accs) >= std_min. Rows without those models' pass rates are skipped.
+
+    `signature_variants` (the same script's `transform_question_format`): for each kept row whose question
+    does not say "you", also emit a copy whose question is wrapped under the signature of the best-passing
+    inference (`Please complete the following problem:` + `def ...:` + the question as its docstring).
+    """
+    in_path, out_path = Path(in_path), Path(out_path)
+    report = ConversionReport()
+    candidates: list[tuple[dict, list[float]]] = []
+    for where, row in _read_rows(in_path):
+        report.read += 1
+        if isinstance(row, str):
+            report.skipped.append(f"{where}: {row}")
+            continue
+        problem, accs, reason = _acecode_problem(row)
+        if reason is not None:
+            report.skipped.append(f"{where}: {reason}")
+            continue
+        if hard_only and not accs:
+            report.skipped.append(f"{where}: no pass rates from {', '.join(ACECODE_MODELS)}")
+            continue
+        candidates.append(((problem, row), accs))
+    if hard_only and candidates:
+        means = np.array([np.mean(a) for _, a in candidates])
+        stds = np.array([np.std(a) for _, a in candidates])
+        mean_max, std_min = np.percentile(means, HARD_MEAN_PERCENTILE), np.percentile(stds, HARD_STD_PERCENTILE)
+        report.thresholds = {"mean_max": float(mean_max), "std_min": float(std_min)}
+        candidates = [c for c, m, s in zip(candidates, means, stds) if m <= mean_max and s >= std_min]
+    report.hard_kept = len(candidates)
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+    with out_path.open("w") as out:
+        for (problem, row), _ in candidates:
+            variants = [problem]
+            if signature_variants and (signature := _signature_variant(problem, row)) is not None:
+                variants.append(signature)
+            for p in variants:
+                out.write(json.dumps(p) + "\n")
+                report.written += 1
+    return report
+
+
+def _acecode_problem(row: dict) -> tuple[dict | None, list[float], str | None]:
+    missing = [k for k in ("id", "question", "test_cases") if not row.get(k)]
+    if missing:
+        return None, [], f"missing field {missing[0]!r}"
+    tests = row["test_cases"]
+    if not isinstance(tests, list) or not all(isinstance(t, str) for t in tests):
+        return None, [], "test_cases is not a list of strings"
+    entry_point = infer_entry_point(tests)
+    if entry_point is None:
+        return None, [], "cannot infer the entry point from test_cases"
+    inferences = [i for i in row.get("inferences") or [] if isinstance(i, dict)]
+    accs = [float(i["pass_rate"]) for i in inferences
+            if i.get("model_name") in ACECODE_MODELS and i.get("pass_rate") is not None]
+    passing = [i for i in inferences if i.get("pass_rate") == 1.0 and i.get("completion")]
+    problem = {"task_id": str(row["id"]), "question": row["question"], "entry_point": entry_point,
+               "tests": list(tests), "reference": passing[0]["completion"] if passing else None,
+               "source": row.get("source")}
+    return problem, accs, None
+
+
+def _signature_variant(problem: dict, row: dict) -> dict | None:
+    if "you" in problem["question"].lower():
+        return None
+    inferences = [i for i in row.get("inferences") or [] if isinstance(i, dict) and i.get("completion")]
+    if not inferences:
+        return None
+    best = max(inferences, key=lambda i: i.get("pass_rate") or 0.0)["completion"]
+    signature = best.split(":\n")[0].strip()
+    if not signature.startswith("def "):
+        return None
+    question = (f"Please complete the following problem:\n```\n{signature}:\n    \"\"\"\n    {problem['question']}\n"
+                f"    \"\"\"\n```\n")
+    return {**problem, "task_id": f"{problem['task_id']}/signature", "question": question}
+
+
+def _as_problem(row: Any) -> tuple[dict | None, str | None]:
+    if not isinstance(row, dict):
+        return None, f"expected an object, got {type(row).__name__}"
+    if isinstance(row.get("task_id"), int) and not isinstance(row["task_id"], bool):
+        row = {**row, "task_id": str(row["task_id"])}
+    for name, kind in REQUIRED_FIELDS.items():
+        if row.get(name) in (None, "", []):
+            return None, f"missing field {name!r}"
+        if not isinstance(row[name], kind):
+            return None, f"field {name!r} must be a {kind.__name__}, got {type(row[name]).__name__}"
+    if not all(isinstance(t, str) and t.strip() for t in row["tests"]):
+        return None, "field 'tests' must be a list of non-empty strings"
+    if not row["entry_point"].isidentifier():
+        return None, f"entry_point {row['entry_point']!r} is not a Python identifier"
+    reference = row.get("reference")
+    if reference is not None and not isinstance(reference, str):
+        return None, f"field 'reference' must be a string or null, got {type(reference).__name__}"
+    return {**row, "reference": reference}, None
+
+
+def _read_rows(path: Path) -> Iterator[tuple[str, dict | str]]:
+    """(where, row) per row; row is the reason string when the row cannot be parsed at all."""
+    if not path.is_file():
+        raise UserError(f"dataset {path}: not found; expected a .jsonl or .parquet file")
+    suffix = path.suffix.lower()
+    if suffix in (".jsonl", ".json"):
+        yield from _read_jsonl(path)
+    elif suffix == ".parquet":
+        yield from _read_parquet(path)
+    else:
+        raise UserError(f"dataset {path}: unsupported format {suffix or '(no suffix)'!r}; expected .jsonl or .parquet")
+
+
+def _read_jsonl(path: Path) -> Iterator[tuple[str, dict | str]]:
+    try:
+        with path.open(encoding="utf-8") as f:
+            for number, line in enumerate(f, start=1):
+                if not line.strip():
+                    continue
+                try:
+                    yield f"line {number}", json.loads(line)
+                except json.JSONDecodeError as exc:
+                    yield f"line {number}", f"invalid JSON ({exc.msg})"
+    except UnicodeDecodeError:
+        raise UserError(f"dataset {path}: not UTF-8 text; expected JSON lines") from None
+
+
+def _read_parquet(path: Path) -> Iterator[tuple[str, dict | str]]:
+    try:
+        batches = pq.ParquetFile(path).iter_batches(batch_size=1024)
+    except (pa.ArrowInvalid, OSError) as exc:
+        raise UserError(f"dataset {path}: unreadable Parquet ({str(exc).splitlines()[0]})") from None
+    number = 0
+    for batch in batches:
+        for row in batch.to_pylist():
+            number += 1
+            yield f"row {number}", row
