@@ -78,6 +78,12 @@ def test_wrong_type_names_the_expected_type():
     assert "expected true or false" in user_error(DEMO, ["run.mode=sync", "data.shuffle=maybe"])
 
 
+def test_wrong_type_in_a_preset_names_the_file(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("base: %s\nrollout:\n  group_size: four\n" % DEMO)
+    assert user_error(bad) == f"rollout.group_size=four: expected an integer (in {bad})"
+
+
 def test_batch_that_does_not_split_into_micro_batches_is_rejected():
     message = user_error(DEMO, ["learner.micro_batch_size=3"])
     assert message == "learner.micro_batch_size=3: must divide rollout.prompts_per_step*rollout.group_size=8"

@@ -79,9 +79,11 @@ def test_restart_on_the_same_port_keeps_appended_data(tmp_path):
             os.kill(first_pid, 0)
         srv.start()
         assert srv.url == url and srv.pid != first_pid
+        stream.publish({"i": 5})  # the client from before the restart reconnects by itself
         replayed = TrajectoryStream(connect(url), run_id="restart").read(5, "learner-0")
         assert [entry_id for entry_id, _ in replayed] == ids
         assert [record["i"] for _, record in replayed] == list(range(5))
+        assert stream.depth() == 6
     finally:
         srv.stop()
 
