@@ -167,9 +167,10 @@ def load_config(path: str | os.PathLike, overrides: list[str] = ()) -> Config:
     cfg: Config = OmegaConf.to_object(merged)
     if cfg.ray.address is None:
         cfg.ray.address = os.environ.get("RAY_ADDRESS") or None
-    cfg.data.train = _resolve_data_path(cfg.data.train)
-    if cfg.data.eval is not None:
-        cfg.data.eval = _resolve_data_path(cfg.data.eval)
+    cfg.data.train = _absolute(cfg.data.train)
+    cfg.data.eval = _absolute(cfg.data.eval)
+    cfg.model.path = _absolute(cfg.model.path)
+    cfg.model.tiny.tokenizer_dir = _absolute(cfg.model.tiny.tokenizer_dir)
     validate(cfg)
     return cfg
 
@@ -371,12 +372,15 @@ def _describe(tp: Any) -> str:
     return str(tp)
 
 
-def _resolve_data_path(path: str) -> str:
-    """Relative data paths are taken from the working directory, else from the repository root."""
-    p = Path(path)
-    if p.is_absolute() or p.exists() or not (REPO_ROOT / p).exists():
+def _absolute(path: str | None) -> str | None:
+    """Relative paths are taken from the working directory, else from the repository root when only there
+    (so `diffurl train configs/demo.yaml` works from anywhere); absolute so Ray actors see the same files."""
+    if path is None or Path(path).is_absolute():
         return path
-    return str(REPO_ROOT / p)
+    here = Path(path).resolve()
+    if not here.exists() and (REPO_ROOT / path).exists():
+        return str(REPO_ROOT / path)
+    return str(here)
 
 
 def _show(value: Any) -> str:

@@ -146,3 +146,12 @@ def test_check_paths_names_a_missing_dataset(tmp_path):
     with pytest.raises(UserError, match=r"^data\.train=.*missing\.jsonl: not found"):
         check_paths(cfg)
     check_paths(load_config(DEMO))
+
+
+def test_relative_data_paths_become_absolute_and_resolve_from_any_directory(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    cfg = load_config(DEMO)
+    assert cfg.data.train == str(REPO / "configs" / "data" / "toy_train.jsonl")
+    check_paths(cfg)
+    (tmp_path / "mine.jsonl").write_text("")
+    assert load_config(DEMO, ["data.train=mine.jsonl"]).data.train == str(tmp_path / "mine.jsonl")
