@@ -139,7 +139,7 @@ def write_dream_dir(model, tokenizer, path, slow_tokenizer_files=False):
         "auto_map": {"AutoConfig": "configuration_dream.DreamConfig", "AutoModel": "modeling_dream.DreamModel"},
         **CONFIG, "vocab_size": len(tokenizer), "mask_token_id": tokenizer.mask_token_id,
         "pad_token_id": tokenizer.pad_token_id, "bos_token_id": tokenizer.eos_token_id,
-        "eos_token_id": tokenizer.eos_token_id, "rope_theta": 10000.0, "rope_scaling": None, "rms_norm_eps": 1e-6,
+        "eos_token_id": tokenizer.eos_token_id, "rope_theta": model.config.rope_parameters["rope_theta"], "rope_scaling": None, "rms_norm_eps": 1e-6,
         "hidden_act": "silu", "tie_word_embeddings": False, "torch_dtype": "float32", "use_sliding_window": False,
         "sliding_window": None, "max_window_layers": 28, "attention_dropout": 0.0, "use_cache": True,
     }
@@ -155,8 +155,9 @@ def write_dream_dir(model, tokenizer, path, slow_tokenizer_files=False):
 
 
 @pytest.mark.parametrize("slow_tokenizer_files", [False, True])
-def test_dream_style_directory_loads_without_trust_remote_code(tiny, tmp_path, slow_tokenizer_files):
-    model, tokenizer = tiny
+def test_dream_style_directory_loads_without_trust_remote_code(tmp_path, slow_tokenizer_files):
+    model, tokenizer = build_model({**SPEC, "config": {**CONFIG, "rope_theta": 1e6}})  # DiffuCoder's theta
+    model.eval()
     write_dream_dir(model, tokenizer, tmp_path / "dream", slow_tokenizer_files)
     loaded, loaded_tokenizer = build_model(tmp_path / "dream")
     ids = random_ids(tokenizer, (2, 8))
