@@ -1,0 +1,206 @@
+"""The trusted side of one sandbox slot: start bubblewrap with the warm executor inside, send jobs, read
+bounded replies under a watchdog, recycle.
+
+A job sent here holds only code to run and probe sources; expected values stay with the caller.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import select
+import struct
+import subprocess
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from sandbox_workers.isolation import (Interpreter, Limits, SelfTest, Slot, SandboxUnavailable, bwrap_argv,
+                                       bwrap_binary, data_fd, find_interpreter, kill_process_tree,
+                                       probe_host_layers, seccomp_filters)
+
+EXECUTOR_SOURCE = (Path(__file__).parent / "inside_executor.py").read_bytes()
+MAX_REPLY_BYTES = 64 << 20
+START_TIMEOUT_S = 20.0
+WATCHDOG_MARGIN_S = 10.0
+
+
+class SandboxFault(RuntimeError):
+    """The sandbox itself failed (not the candidate): the job must be retried elsewhere."""
+
+
+@dataclass(frozen=True)
+class Layers:
+    """Which optional layers this slot uses (from the self-test)."""
+    seccomp: bool
+    slot_uid: bool
+    cgroups: bool
+
+
+class WarmSandbox:
+    """One bwrap sandbox running the warm forking executor, owned by one worker."""
+
+    def __init__(self, name: str, limits: Limits, layers: Layers, recycle_every: int = 500):
+        self.name, self.limits, self.layers, self.recycle_every = name, limits, layers, recycle_every
+        self.interpreter: Interpreter = find_interpreter()
+        self.bwrap = bwrap_binary()
+        self.seccomp = seccomp_filters() if layers.seccomp else (b"", b"")
+        self.slot = Slot(name, limits, use_uid=layers.slot_uid, use_cgroups=layers.cgroups)
+        self.proc: subprocess.Popen | None = None
+        self.jobs_run = 0
+        self.restarts = 0
+        self.log = tempfile.TemporaryFile()
+        self.baseline_pids = 0
+
+    # -------------------------------------------------------------------------------- lifecycle
+
+    def start(self) -> None:
+        executor_fd = data_fd(EXECUTOR_SOURCE)
+        seccomp_fd = data_fd(self.seccomp[0]) if self.layers.seccomp else None
+        fds = [fd for fd in (executor_fd, seccomp_fd) if fd is not None]
+        argv = bwrap_argv(self.bwrap, self.interpreter, self.limits.tmpfs_mb, executor_fd, seccomp_fd)
+        try:
+            self.proc = subprocess.Popen(self.slot.launcher_argv(argv), stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                         stderr=self.log, pass_fds=fds, close_fds=True, start_new_session=True)
+        finally:
+            for fd in fds:
+                os.close(fd)
+        config = self.limits.executor_config()
+        config["seccomp_b64"] = base64.b64encode(self.seccomp[1]).decode() if self.layers.seccomp else ""
+        self._send(config)
+        hello = self._receive(START_TIMEOUT_S)
+        if not hello.get("ready"):
+            raise SandboxFault(f"executor did not start: {hello}")
+        self.jobs_run = 0
+        self.baseline_pids = len(self.slot.pids())
+
+    def stop(self) -> None:
+        if self.proc is None:
+            return
+        try:
+            self.proc.stdin.close()
+        except OSError:
+            pass
+        self.slot.kill_all()
+        kill_process_tree(self.proc)
+        self.proc.wait(timeout=10)
+        self.proc.stdout.close()
+        self.proc = None
+
+    def close(self) -> None:
+        self.stop()
+        self.slot.remove()
+
+    def restart(self) -> None:
+        self.stop()
+        self.restarts += 1
+        self.start()
+
+    # -------------------------------------------------------------------------------- jobs
+
+    def run(self, job: dict) -> dict:
+        """Run one job; SandboxFault if the sandbox broke (it is restarted before raising)."""
+        if self.proc is None or self.jobs_run >= self.recycle_every:
+            self.restart() if self.proc is not None else self.start()
+        n = max(1, len(job["probes"]))
+        watchdog = (n + 1) * (job["timeout"] + 1.0) + WATCHDOG_MARGIN_S
+        try:
+            self._send(job)
+            reply = self._receive(watchdog)
+        except SandboxFault as fault:
+            self.restart()
+            raise SandboxFault(f"{fault}; sandbox restarted") from None
+        self.jobs_run += 1
+        if "error" in reply:
+            self.restart()
+            raise SandboxFault(f"executor error: {reply['error']}; sandbox restarted")
+        stray = self.stray_processes()
+        if stray:
+            self.restart()
+            reply["recycled"] = f"{stray} stray processes after the job"
+        return reply
+
+    def stray_processes(self) -> int:
+        """Processes in the slot beyond bwrap + executor (0 between jobs when nothing is left running)."""
+        if not self.slot.cgroups:
+            return 0
+        return max(0, len(self.slot.pids()) - self.baseline_pids)
+
+    def stderr_tail(self, n: int = 2000) -> str:
+        self.log.seek(0, os.SEEK_END)
+        size = self.log.tell()
+        self.log.seek(max(0, size - n))
+        return self.log.read().decode(errors="replace")
+
+    # -------------------------------------------------------------------------------- frames
+
+    def _send(self, obj: dict) -> None:
+        data = json.dumps(obj).encode()
+        try:
+            self.proc.stdin.write(struct.pack(">I", len(data)) + data)
+            self.proc.stdin.flush()
+        except (BrokenPipeError, OSError) as exc:
+            raise SandboxFault(f"sandbox {self.name} is gone ({exc}): {self.stderr_tail(300)}") from None
+
+    def _receive(self, timeout_s: float) -> dict:
+        deadline = time.monotonic() + timeout_s
+        header = self._read_exact(4, deadline)
+        (size,) = struct.unpack(">I", header)
+        if size > MAX_REPLY_BYTES:
+            raise SandboxFault(f"reply of {size} bytes is over the cap")
+        try:
+            return json.loads(self._read_exact(size, deadline))
+        except ValueError as exc:
+            raise SandboxFault(f"malformed reply: {exc}") from None
+
+    def _read_exact(self, n: int, deadline: float) -> bytes:
+        fd = self.proc.stdout.fileno()
+        chunks = []
+        while n:
+            wait = deadline - time.monotonic()
+            if wait <= 0 or not select.select([fd], [], [], wait)[0]:
+                raise SandboxFault(f"watchdog: sandbox {self.name} did not answer in time")
+            chunk = os.read(fd, min(n, 1 << 20))
+            if not chunk:
+                raise SandboxFault(f"sandbox {self.name} exited: {self.stderr_tail(300)}")
+            chunks.append(chunk)
+            n -= len(chunk)
+        return b"".join(chunks)
+
+
+def self_test() -> SelfTest:
+    """Check every layer on this machine, ending with a real job through a full sandbox."""
+    layers = probe_host_layers()
+    if not all(layers[name][0] for name in ("interpreter", "bwrap")):
+        layers["job_namespaces"] = (False, "needs the interpreter and bwrap")
+        return SelfTest(layers)
+    chosen = Layers(seccomp=layers["seccomp"][0], slot_uid=layers["slot_uid"][0],
+                    cgroups=any(layers[k][0] for k in ("cgroup_memory", "cgroup_pids", "cgroup_kill")))
+    sandbox = None
+    try:
+        sandbox = WarmSandbox("selftest", Limits(), chosen)
+        sandbox.start()
+        probe = ("def __diffurl_probe__(f):\n    import os, socket\n"
+                 "    try:\n        socket.socket(socket.AF_INET, socket.SOCK_STREAM); net = 'socket allowed'\n"
+                 "    except OSError:\n        net = 'no inet sockets'\n"
+                 "    lines = open('/proc/net/dev').read().split()\n"
+                 "    return [f(), os.getpid(), os.getuid(), net, [w for w in lines if w.endswith(':')]]")
+        reply = sandbox.run({"program": "def f():\n    return 41 + 1\n", "preamble": "", "entry_point": "f",
+                             "probes": [{"source": probe, "trace": False}], "timeout": 5.0})
+        test = reply["tests"][0]
+        if test.get("status") != "ok":
+            raise SandboxFault(f"probe job failed: {test}")
+        from sandbox_workers.judge import decode_value
+        value, pid, uid, net, interfaces = decode_value(test["value"])
+        ok = value == 42 and pid == 2 and interfaces == ["lo:"]
+        layers["job_namespaces"] = (ok, f"job pid {pid}, uid {uid}, interfaces {interfaces}, {net}")
+        if chosen.seccomp and net != "no inet sockets":
+            layers["seccomp"] = (False, "filter did not block an AF_INET socket")
+    except (SandboxFault, SandboxUnavailable, OSError, KeyError, ValueError) as exc:
+        layers["job_namespaces"] = (False, f"{type(exc).__name__}: {exc}")
+    finally:
+        if sandbox is not None:
+            sandbox.close()
+    return SelfTest(layers)

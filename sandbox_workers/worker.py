@@ -1,0 +1,198 @@
+"""One scoring slot: compiles problems, runs programs in its warm sandbox, judges outside, caches.
+
+`Scorer` is plain Python (testable without Ray); pool.py wraps it in the `SandboxWorker` Ray actor.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import time
+from collections import Counter, OrderedDict
+from dataclasses import asdict, dataclass
+
+from sandbox_workers.executor import Layers, SandboxFault, WarmSandbox, self_test
+from sandbox_workers.isolation import Limits, SandboxUnavailable, SelfTest
+from sandbox_workers.judge import (DecodeError, JudgeSpec, build_program, compile_problem, compute_reward,
+                                   decode_trace, verdict)
+
+log = logging.getLogger(__name__)
+CACHEABLE = {"passed", "failed", "runtime_error"}
+_SELF_TEST: SelfTest | None = None
+
+
+@dataclass(frozen=True)
+class ScoreSettings:
+    pass_weight: float = 2.0
+    format_weight: float = 0.5
+    test_timeout_s: float = 5.0
+    memory_mb: int = 512
+    require_format: bool = True
+    recycle_every: int = 500
+    redis_url: str | None = None
+    cache_ttl_s: int = 7 * 24 * 3600
+
+    def limits(self) -> Limits:
+        return Limits(memory_mb=self.memory_mb, cpu_s=self.test_timeout_s)
+
+
+def process_self_test() -> SelfTest:
+    """The self-test, run once per process."""
+    global _SELF_TEST
+    if _SELF_TEST is None:
+        _SELF_TEST = self_test()
+    return _SELF_TEST
+
+
+class Scorer:
+    def __init__(self, worker_id: str, settings: ScoreSettings):
+        self.worker_id, self.settings = worker_id, settings
+        test = process_self_test()
+        if not test.usable:
+            raise SandboxUnavailable("no safe sandbox on this machine\n" + test.report())
+        self.mode = test.mode
+        layers = test.layers
+        self.sandbox = WarmSandbox(worker_id, settings.limits(), Layers(
+            seccomp=layers["seccomp"][0], slot_uid=layers["slot_uid"][0],
+            cgroups=any(layers[k][0] for k in ("cgroup_memory", "cgroup_pids", "cgroup_kill"))),
+            recycle_every=settings.recycle_every)
+        self.sandbox.start()
+        self.specs: OrderedDict[str, JudgeSpec] = OrderedDict()
+        self.references: dict[str, dict[int, list | None]] = {}
+        self.cache = _redis(settings.redis_url)
+        log.warning("%s: sandbox isolation mode %s", worker_id, self.mode)
+
+    def close(self) -> None:
+        self.sandbox.close()
+
+    # ------------------------------------------------------------------------------------------------
+
+    def score(self, problem: dict, completion: str) -> dict:
+        started = time.monotonic()
+        spec = self._spec(problem)
+        program = build_program(spec, completion, require_format=self.settings.require_format)
+        result = {"task_id": spec.task_id, "format": program.format, "format_how": program.how,
+                  "mode": self.mode, "worker": self.worker_id, "retried": False, "cached": False, "error": None}
+        if program.code is None:
+            return self._finish(result, [], [], spec, started, error="not run: format is not 1")
+        cache_key = self._cache_key(spec, program.code)
+        cached = self._cache_get(cache_key)
+        if cached is not None:
+            cached.update(worker=self.worker_id, cached=True, wall_s=round(time.monotonic() - started, 4))
+            return cached
+        try:
+            expected = self._reference_traces(spec)
+            reply = self.sandbox.run(self._job(spec, program.code, range(len(spec.probes))))
+        except SandboxFault as fault:
+            result.update(status="sandbox_error", tests=[], test_details=[], passed=0, total=len(spec.probes),
+                          pass_rate=None, reward=None, error=str(fault), wall_s=round(time.monotonic() - started, 4),
+                          cpu_s=0.0)
+            return result
+        statuses, details = [], []
+        for index, (probe, test) in enumerate(zip(spec.probes, reply["tests"])):
+            status, detail = verdict(probe, test or {}, expected.get(index))
+            statuses.append(status)
+            details.append(detail)
+        result.update(cpu_s=reply["cpu_s"], peak_rss_kb=reply["peak_rss_kb"], stdout_head=reply["stdout"][:1000],
+                      stderr_tail=reply["stderr"][-1000:], stdout_truncated=reply["stdout_truncated"],
+                      stderr_truncated=reply["stderr_truncated"])
+        if "recycled" in reply:
+            result["recycled"] = reply["recycled"]
+        result = self._finish(result, statuses, details, spec, started)
+        if set(statuses) <= CACHEABLE:
+            self._cache_put(cache_key, result)
+        return result
+
+    def _finish(self, result: dict, statuses: list[str], details: list, spec: JudgeSpec, started: float,
+                error: str | None = None) -> dict:
+        total = len(spec.probes)
+        passed = statuses.count("passed")
+        pass_rate = passed / total if statuses else 0.0
+        status = "passed" if statuses and passed == total else next((s for s in statuses if s != "passed"), "failed")
+        s = self.settings
+        result.update(status=status, tests=statuses, test_details=details, passed=passed, total=total,
+                      pass_rate=pass_rate, reward=compute_reward(pass_rate, result["format"], pass_weight=s.pass_weight,
+                                                                 format_weight=s.format_weight,
+                                                                 require_format=s.require_format),
+                      wall_s=round(time.monotonic() - started, 4))
+        result.setdefault("cpu_s", 0.0)
+        if error:
+            result["error"] = error
+        return result
+
+    def status(self) -> dict:
+        """What is running in this slot: for tests and `sandbox check`."""
+        return {"worker": self.worker_id, "mode": self.mode, "jobs_run": self.sandbox.jobs_run,
+                "restarts": self.sandbox.restarts, "stray_processes": self.sandbox.stray_processes(),
+                "slot_pids": self.sandbox.slot.pids(), "slot_uid": self.sandbox.slot.uid,
+                "oom_kills": self.sandbox.slot.oom_kills()}
+
+    # ------------------------------------------------------------------------------------------------
+
+    def _spec(self, problem: dict) -> JudgeSpec:
+        key = hashlib.sha256(json.dumps(problem, sort_keys=True, default=str).encode()).hexdigest()
+        spec = self.specs.get(key)
+        if spec is None:
+            spec = compile_problem(problem)
+            self.specs[key] = spec
+            if len(self.specs) > 4096:
+                self.specs.popitem(last=False)
+        return spec
+
+    def _job(self, spec: JudgeSpec, code: str, indices) -> dict:
+        return {"program": code, "preamble": spec.preamble, "entry_point": spec.entry_point,
+                "timeout": self.settings.test_timeout_s,
+                "probes": [{"source": spec.probes[i].source, "trace": spec.probes[i].kind == "trace"} for i in indices]}
+
+    def _reference_traces(self, spec: JudgeSpec) -> dict[int, list | None]:
+        """Expected traces from the reference solution, run once in the sandbox and kept here."""
+        if not spec.needs_reference:
+            return {}
+        if spec.key in self.references:
+            return self.references[spec.key]
+        indices = [i for i, p in enumerate(spec.probes) if p.kind == "trace"]
+        reply = self.sandbox.run(self._job(spec, spec.reference, indices))
+        expected: dict[int, list | None] = {}
+        for index, test in zip(indices, reply["tests"]):
+            try:
+                expected[index] = decode_trace(test["trace"]) if test.get("status") == "ok" else None
+            except DecodeError:
+                expected[index] = None
+            if expected[index] is None:
+                log.warning("%s: reference solution gives no result for a test: %s", spec.task_id, test)
+        if len(self.references) > 4096:
+            self.references.pop(next(iter(self.references)))
+        self.references[spec.key] = expected
+        return expected
+
+    def _cache_key(self, spec: JudgeSpec, code: str) -> str:
+        s = self.settings
+        parts = json.dumps([spec.key, code, s.pass_weight, s.format_weight, s.test_timeout_s, s.memory_mb,
+                            s.require_format])
+        return "diffurl:sandbox:reward:" + hashlib.sha256(parts.encode()).hexdigest()
+
+    def _cache_get(self, key: str) -> dict | None:
+        if self.cache is None:
+            return None
+        raw = self.cache.get(key)
+        return json.loads(raw) if raw else None
+
+    def _cache_put(self, key: str, result: dict) -> None:
+        if self.cache is not None:
+            self.cache.set(key, json.dumps(result), ex=self.settings.cache_ttl_s)
+
+
+def _redis(url: str | None):
+    if not url:
+        return None
+    import redis
+    return redis.Redis.from_url(url, socket_timeout=10)
+
+
+def status_histogram(results: list[dict]) -> dict[str, int]:
+    return dict(Counter(r["status"] for r in results).most_common())
+
+
+def settings_dict(settings: ScoreSettings) -> dict:
+    return asdict(settings)
