@@ -44,7 +44,7 @@ def lr_lambda(cfg_learner, total_updates: int):
 
 def _skip_shm_build() -> None:
     """DeepSpeed JIT-compiles a shared-memory all-reduce op on CPU (25-45 s) that training never uses."""
-    import deepspeed  # noqa: F401  (loads deepspeed.comm.torch)
+    import deepspeed.comm  # noqa: F401  (loads the module deepspeed.comm.torch)
 
     sys.modules["deepspeed.comm.torch"].build_shm_op = lambda: None
 
@@ -99,7 +99,8 @@ class LearnerImpl:
             model=model, optimizer=optimizer, lr_scheduler=scheduler,
             config=deepspeed_config(cfg, world_size))
         self.stream = open_stream() if rank == 0 else None
-        self.consumed_entries: list[str] = []
+        self.consumed_entries: list[str] = []  # consumed since the last checkpoint, acknowledged after it
+        self._first_read = True
 
     # ----------------------------------------------------------------- data
     def _read_groups(self, count: int, timeout_s: float) -> list[tuple[str, dict]]:
@@ -108,7 +109,10 @@ class LearnerImpl:
         while len(got) < count:
             if time.monotonic() > deadline:
                 raise TimeoutError(f"learner waited {timeout_s:.0f}s for {count} groups, got {len(got)}")
-            got += self.stream.read(count - len(got), consumer="learner", block_ms=1000)
+            # replay this consumer's unacknowledged entries only on the first read after a (re)start
+            got += self.stream.read(count - len(got), consumer="learner", block_ms=1000,
+                                    replay=self._first_read)
+            self._first_read = False
         return got
 
     def _shared_groups(self, count: int, timeout_s: float) -> list[tuple[str, dict]]:

@@ -10,9 +10,7 @@ from __future__ import annotations
 import functools
 import hashlib
 import json
-import os
 import shutil
-import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,8 +22,8 @@ from orchestrator.config import config_to_yaml, save_config
 from orchestrator.data import build_chat_prompt, load_prompts
 from orchestrator.errors import UserError
 from orchestrator.metrics import MetricsSink
-from orchestrator.redis_server import EmbeddedRedis, connect
-from orchestrator.run_setup import format_plan, free_port, init_ray, make_run_dir, prepare_model
+from orchestrator.redis_server import EmbeddedRedis, connect, free_port
+from orchestrator.run_setup import format_plan, init_ray, make_run_dir, prepare_model
 from orchestrator.stream import TrajectoryStream
 from orchestrator.weights import make_weight_sync
 
@@ -95,7 +93,8 @@ class Driver:
         self.open_stream = functools.partial(TrajectoryStream, redis_url, self.run_id,
                                              maxlen=cfg.redis.stream_maxlen)
         self.stream = self.open_stream()
-        self.metrics = MetricsSink(run_dir, self.run_id, tensorboard=cfg.metrics.tensorboard)
+        self.metrics = MetricsSink(run_dir, self.run_id, tensorboard=cfg.metrics.tensorboard,
+                                   progress_steps=cfg.run.steps if cfg.metrics.progress_bar else None)
         self.weight_sync = make_weight_sync("object_store")
         self.state = RunState()
         self.actors: list = []
@@ -103,7 +102,6 @@ class Driver:
     # ----------------------------------------------------------------- actors
     def start_actors(self) -> None:
         from actors.learner import Learner
-        from actors.rollout import RolloutWorker
         from sandbox_workers import SandboxPool
 
         cfg = self.cfg
@@ -198,9 +196,11 @@ class Driver:
             **timings,
         }
         self.metrics.log(step + 1, row)
+        self.metrics.count("groups", len(summaries))
+        self.metrics.count("sandbox_jobs", n_jobs)
         return row
 
-    def run(self, progress=None) -> list[dict]:
+    def run(self) -> list[dict]:
         cfg, st = self.cfg, self.state
         rows = []
         in_flight: dict = {}  # ObjectRef -> Group
@@ -232,8 +232,6 @@ class Driver:
                 with open(self.run_dir / "trained_groups.jsonl", "a") as f:
                     f.write(json.dumps({"step": st.step + 1, "groups": stats["groups"]}) + "\n")
                 rows.append(row)
-                if progress is not None:
-                    progress(st.step + 1, row)
                 st.step += 1
                 step_t0, timings = time.perf_counter(), {}
                 continue
@@ -280,10 +278,7 @@ def train(cfg, *, dry_run: bool = False, out=print) -> Path | None:
             out(f"ray metrics: http://127.0.0.1:{metrics_port}/metrics")
         driver = Driver(cfg, run_dir, model_dir, redis_url)
         driver.start_actors()
-        bar = _progress(cfg) if cfg.metrics.progress_bar else None
-        rows = driver.run(progress=bar.update if bar else None)
-        if bar:
-            bar.close()
+        rows = driver.run()
         last = rows[-1]
         out(f"done: {len(rows)} steps, reward {last['reward_mean']:.3f}, pass rate {last['pass_rate']:.3f}; "
             f"run directory {run_dir}")
@@ -298,20 +293,3 @@ def train(cfg, *, dry_run: bool = False, out=print) -> Path | None:
             ray.shutdown()
         if redis is not None:
             redis.stop()
-
-
-class _progress:
-    """A tqdm bar over optimiser steps showing the latest reward and pass rate."""
-
-    def __init__(self, cfg):
-        from tqdm import tqdm
-
-        self.bar = tqdm(total=cfg.run.steps, desc="coupled-GRPO", unit="step", file=sys.stderr)
-
-    def update(self, step: int, row: dict) -> None:
-        self.bar.set_postfix(reward=f"{row['reward_mean']:.3f}", pass_rate=f"{row['pass_rate']:.2f}",
-                             kl=f"{row['kl']:.4f}")
-        self.bar.update(1)
-
-    def close(self) -> None:
-        self.bar.close()

@@ -1,20 +1,13 @@
 """What a run needs before its first step: a run directory, Ray, the initial model, the actor plan."""
 from __future__ import annotations
 
-import socket
 import time
 from pathlib import Path
 
 import ray
 
 from orchestrator.errors import UserError
-
-
-def free_port() -> int:
-    """A free TCP port on 127.0.0.1 from the OS ephemeral range (outside Ray's 10002-19999)."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+from orchestrator.redis_server import free_port
 
 
 def make_run_dir(cfg) -> Path:

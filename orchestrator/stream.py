@@ -108,12 +108,15 @@ class TrajectoryStream:
                                     maxlen=self.maxlen, approximate=True)
         return _text(entry_id)
 
-    def read(self, count: int, consumer: str, block_ms: int | None = None) -> list[tuple[str, dict]]:
+    def read(self, count: int, consumer: str, block_ms: int | None = None,
+             replay: bool = True) -> list[tuple[str, dict]]:
         """Up to `count` entries for `consumer`: first its unacknowledged ones (replay), then new ones.
 
         `block_ms`: None returns at once; a number waits up to that long for new entries when none are ready.
+        `replay=False` skips the unacknowledged ones: a consumer that still holds them (consumed, waiting for
+        the checkpoint that acknowledges them) must not get them twice.
         """
-        entries = self._replay(count, consumer)
+        entries = self._replay(count, consumer) if replay else []
         if len(entries) < count:
             block = block_ms if not entries else None
             reply = self.client.xreadgroup(self.group, consumer, {self.key: ">"}, count=count - len(entries),

@@ -9,8 +9,7 @@ import ray
 
 from actors.dllm import build_model, save_model
 from orchestrator.config import load_config
-from orchestrator.redis_server import EmbeddedRedis
-from orchestrator.run_setup import free_port
+from orchestrator.redis_server import EmbeddedRedis, free_port
 from orchestrator.stream import TrajectoryStream
 from orchestrator.weights import make_weight_sync
 

@@ -13,8 +13,7 @@ from pathlib import Path
 import pytest
 
 from orchestrator.metrics import REQUIRED_STEP_METRICS
-from orchestrator.redis_server import EmbeddedRedis, connect
-from orchestrator.run_setup import free_port
+from orchestrator.redis_server import EmbeddedRedis, connect, free_port
 
 REPO = Path(__file__).resolve().parent.parent
 DIFFURL = [sys.executable, "-m", "orchestrator.cli"]
