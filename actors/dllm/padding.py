@@ -32,7 +32,7 @@ def attention_inputs(attention_mask: torch.Tensor) -> tuple[torch.Tensor, torch.
     position_ids = (real.long().cumsum(-1) - 1).clamp(min=0)  # [B, L]
     length = real.shape[1]
     diagonal = torch.eye(length, dtype=torch.bool, device=real.device)  # [L, L]
-    mask4d = (real[:, None, :, None] | True) | diagonal
+    mask4d = (real[:, None, :, None] & real[:, None, None, :]) | diagonal  # [B, 1, L, L]
     return position_ids, mask4d
 
 
