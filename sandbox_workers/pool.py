@@ -1,0 +1,146 @@
+"""SandboxWorker Ray actors and the SandboxPool that spreads scoring jobs over them.
+
+The pool object holds only settings and actor handles, so it pickles: rollout actors call pool.score from
+their own processes. A sandbox failure (status sandbox_error, or the actor dying) is retried once on
+another worker; if that also fails the result stays sandbox_error with reward None, never 0.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import deque
+
+import ray
+from ray.exceptions import RayActorError
+
+from sandbox_workers.worker import ScoreSettings, Scorer
+
+
+class SandboxWorker:
+    """Ray actor around one Scorer (one sandbox slot)."""
+
+    def __init__(self, worker_id: str, settings: ScoreSettings):
+        self.scorer = Scorer(worker_id, settings)
+
+    def ready(self) -> dict:
+        return self.scorer.status()
+
+    def score_batch(self, jobs: list[tuple[dict, str]]) -> list[dict]:
+        return [self.scorer.score(problem, completion) for problem, completion in jobs]
+
+    def status(self) -> dict:
+        return self.scorer.status()
+
+    def pid(self) -> int:
+        import os
+        return os.getpid()
+
+    def close(self) -> None:
+        self.scorer.close()
+
+
+class SandboxPool:
+    """A set of named SandboxWorker actors (`<name_prefix>-<i>`); needs ray.is_initialized()."""
+
+    def __init__(self, num_workers: int = 2, redis_url: str | None = None, pass_weight: float = 2.0,
+                 format_weight: float = 0.5, test_timeout_s: float = 5.0, memory_mb: int = 512,
+                 max_concurrency: int | None = None, *, require_format: bool = True, num_cpus: float = 0,
+                 name_prefix: str = "sandbox", batch_size: int = 4, recycle_every: int = 500):
+        if not ray.is_initialized():
+            raise RuntimeError("SandboxPool needs a running Ray: call ray.init() first")
+        if num_workers < 1:
+            raise ValueError(f"num_workers must be >= 1, got {num_workers}")
+        self.settings = ScoreSettings(pass_weight=pass_weight, format_weight=format_weight,
+                                      test_timeout_s=test_timeout_s, memory_mb=memory_mb,
+                                      require_format=require_format, recycle_every=recycle_every,
+                                      redis_url=redis_url)
+        self.max_concurrency = max_concurrency
+        self.num_cpus, self.name_prefix, self.batch_size = num_cpus, name_prefix, batch_size
+        self.workers: list = []
+        self.resize(num_workers)
+
+    @property
+    def num_workers(self) -> int:
+        return len(self.workers)
+
+    def resize(self, n: int) -> None:
+        """Start or retire workers until there are n (retired ones are the highest-numbered)."""
+        if n < 1:
+            raise ValueError(f"a pool needs at least one worker, got {n}")
+        new = [self._start(i) for i in range(len(self.workers), n)]
+        if new:
+            ray.get([w.ready.remote() for w in new])
+            self.workers.extend(new)
+        while len(self.workers) > n:
+            self._stop(self.workers.pop(), len(self.workers))
+
+    def shutdown(self) -> None:
+        while self.workers:
+            self._stop(self.workers.pop(), len(self.workers))
+
+    def statuses(self) -> list[dict]:
+        return ray.get([w.status.remote() for w in self.workers])
+
+    def score(self, problems: list[dict], completions: list[str], progress=None) -> list[dict]:
+        """One result per (problem, completion) pair, in order; progress(done, total) after each batch."""
+        if len(problems) != len(completions):
+            raise ValueError(f"{len(problems)} problems but {len(completions)} completions")
+        results: list[dict | None] = [None] * len(problems)
+        queue = deque((i, 0, None) for i in range(len(problems)))  # (job index, attempt, worker to avoid)
+        in_flight: dict = {}
+        limit = self.max_concurrency or 2 * self.num_workers
+        batch = max(1, min(self.batch_size, len(problems) // (2 * self.num_workers) or 1))
+        load = [0] * self.num_workers
+        while queue or in_flight:
+            while queue and len(in_flight) < limit:
+                chunk = [queue.popleft() for _ in range(min(batch, len(queue)))]
+                avoid = {a for _, _, a in chunk if a is not None}
+                w = min((i for i in range(self.num_workers) if i not in avoid or len(avoid) == self.num_workers),
+                        key=lambda i: load[i])
+                ref = self.workers[w].score_batch.remote([(problems[i], completions[i]) for i, _, _ in chunk])
+                in_flight[ref] = (w, chunk)
+                load[w] += 1
+            done, _ = ray.wait(list(in_flight), num_returns=1)
+            w, chunk = in_flight.pop(done[0])
+            load[w] -= 1
+            try:
+                replies = ray.get(done[0])
+            except RayActorError as exc:
+                replies = [_infra_error(problems[i], f"worker {self.name_prefix}-{w} died: {exc}") for i, _, _ in chunk]
+            for (i, attempt, _), reply in zip(chunk, replies):
+                if reply["status"] == "sandbox_error" and attempt == 0:
+                    queue.append((i, 1, w))
+                    continue
+                reply["retried"] = attempt > 0
+                results[i] = reply
+            if progress is not None:
+                progress(sum(r is not None for r in results), len(results))
+        return results
+
+    # --------------------------------------------------------------------------------------------
+
+    def _start(self, i: int):
+        name = f"{self.name_prefix}-{i}"
+        actor_cls = ray.remote(SandboxWorker).options(name=name, num_cpus=self.num_cpus, max_restarts=3,
+                                                      max_task_retries=0, max_concurrency=1)
+        return actor_cls.remote(name, self.settings)
+
+    def _stop(self, worker, i: int) -> None:
+        try:
+            ray.get(worker.close.remote(), timeout=30)
+        except Exception:  # noqa: BLE001 - a dead or hung actor is killed below either way
+            pass
+        ray.kill(worker, no_restart=True)
+        name = f"{self.name_prefix}-{i}"
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            try:
+                ray.get_actor(name)
+            except ValueError:
+                return
+            time.sleep(0.05)
+
+def _infra_error(problem: dict, message: str) -> dict:
+    return {"task_id": problem.get("task_id"), "status": "sandbox_error", "tests": [], "test_details": [],
+            "passed": 0, "total": 0, "pass_rate": None, "format": None, "reward": None, "mode": None,
+            "worker": None, "wall_s": 0.0, "cpu_s": 0.0, "retried": False, "cached": False, "error": message}
