@@ -5,7 +5,7 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from actors.dllm import build_model, generate
+from actors.dllm import build_model, generate, token_scores
 from actors.dllm.decoding import ALGORITHMS, _top_k_filter, _top_p_filter, decode_completions
 
 TEXTS = ["def add(a, b):\n    return a + b\n", "Write a function that adds two numbers.", "print(sum([1, 2, 3]))"] * 10
@@ -156,3 +156,16 @@ def test_bad_options_fail_with_a_clear_message(tiny):
         generate(model, tokenizer, ["x"], max_new_tokens=4, steps=4, alg="greedy")
     with pytest.raises(ValueError, match="top_p"):
         generate(model, tokenizer, ["x"], max_new_tokens=4, steps=4, top_p=1.5)
+
+
+def test_bf16_model_generates_and_scores_with_gradients():
+    model, tokenizer = build_model(SPEC, dtype=torch.bfloat16)
+    result = generate(model.eval(), tokenizer, [chat(tokenizer, "add"), chat(tokenizer, "print it")],
+                      max_new_tokens=8, steps=8, temperature=1.0, top_k=20, alg="topk_margin", seed=0)
+    assert (result.completion_ids != tokenizer.mask_token_id).all()
+    model.train()
+    model.gradient_checkpointing_enable()
+    scores = token_scores(model, result.sequences, result.attention_mask, torch.ones(2, 8, dtype=torch.bool), seed=0)
+    scores.scores.sum().backward()
+    assert scores.scores.dtype == torch.float32 and torch.isfinite(scores.scores).all()
+    assert model.lm_head.weight.grad is not None and torch.isfinite(model.lm_head.weight.grad).all()
