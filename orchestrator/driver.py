@@ -75,7 +75,7 @@ class RunState:
     version: int = 0
     groups_started: int = 0
     groups_trained: int = 0
-    accepted: list[dict] = field(default_factory=list)  # summaries published, not yet trained on
+    accepted: dict[str, dict] = field(default_factory=dict)  # group id -> summary, published, not trained on
 
 
 class Driver:
@@ -202,53 +202,48 @@ class Driver:
 
     def run(self) -> list[dict]:
         cfg, st = self.cfg, self.state
-        rows = []
-        in_flight: dict = {}  # ObjectRef -> Group
-        idle = list(range(len(self.rollouts)))
-        train_ref, train_refs, train_started = None, [], 0.0
-        batch: list[dict] = []
         B = cfg.rollout.prompts_per_step
         eta = cfg.run.eta if cfg.run.mode == "async" else 0
-        step_t0 = time.perf_counter()
-        gen_t0 = time.perf_counter()
-        timings = {}
+        rows: list[dict] = []
+        in_flight: dict = {}  # ObjectRef -> Group
+        idle = list(range(len(self.rollouts)))
+        train_refs: list = []
+        untrained = 0  # accepted groups not yet handed to the learner
+        step_t0 = gen_t0 = train_t0 = time.perf_counter()
+        timings: dict = {}
         while st.step < cfg.run.steps:
-            # admission: start groups while the staleness bound allows (sync: exactly B per version)
+            # admission: a group may start when accepted + running <= (eta + version + 1) * B (sync: eta = 0)
             limit = (eta + st.version + 1) * B
-            while idle and st.groups_trained + len(st.accepted) + len(in_flight) < limit \
+            while idle and st.groups_trained + untrained + len(in_flight) < limit \
                     and st.groups_started < cfg.run.steps * B:
                 g = self._start_group(idle.pop(0))
                 in_flight[g.ref] = g
-            waiting = list(in_flight) + ([train_ref] if train_ref is not None else [])
-            ready, _ = ray.wait(waiting, num_returns=1)
-            ref = ready[0]
-            if ref is train_ref:
+            if not train_refs and untrained >= B:
+                untrained -= B
+                st.groups_trained += B
+                timings["time_rollout_wall"] = time.perf_counter() - gen_t0
+                train_t0 = gen_t0 = time.perf_counter()
+                train_refs = [l.train_step.remote(st.step) for l in self.learners]
+            ready, _ = ray.wait(list(in_flight) + train_refs[:1], num_returns=1)
+            if train_refs and ready[0] is train_refs[0]:
                 stats = ray.get(train_refs)[0]
-                train_ref = None
-                timings["time_train_wall"] = time.perf_counter() - train_started
+                train_refs = []
+                timings["time_train_wall"] = time.perf_counter() - train_t0
+                batch = [st.accepted.pop(g["group_id"]) for g in stats["groups"]]
+                timings["time_generate"] = max(s["time_generate"] for s in batch)
+                timings["time_reward"] = max(s["time_reward"] for s in batch)
                 self._sync_and_checkpoint(st.step, timings)
-                wall = time.perf_counter() - step_t0
-                row = self._log(st.step, batch, stats, timings, wall)
+                rows.append(self._log(st.step, batch, stats, timings, time.perf_counter() - step_t0))
                 with open(self.run_dir / "trained_groups.jsonl", "a") as f:
                     f.write(json.dumps({"step": st.step + 1, "groups": stats["groups"]}) + "\n")
-                rows.append(row)
                 st.step += 1
                 step_t0, timings = time.perf_counter(), {}
                 continue
-            g = in_flight.pop(ref)
-            summary = ray.get(ref)
+            g = in_flight.pop(ready[0])
+            summary = ray.get(ready[0])
             idle.append(g.worker)
-            st.accepted.append(summary)
-            if train_ref is None and len(st.accepted) >= B:
-                batch, st.accepted = st.accepted[:B], st.accepted[B:]
-                st.groups_trained += B
-                timings["time_generate"] = max(s["time_generate"] for s in batch)
-                timings["time_reward"] = max(s["time_reward"] for s in batch)
-                timings["time_rollout_wall"] = time.perf_counter() - gen_t0
-                train_started = time.perf_counter()
-                train_refs = [l.train_step.remote(st.step) for l in self.learners]
-                train_ref = train_refs[0]
-                gen_t0 = time.perf_counter()
+            st.accepted[summary["group_id"]] = summary
+            untrained += 1
         return rows
 
 

@@ -13,7 +13,8 @@ from pathlib import Path
 import pytest
 
 from orchestrator.metrics import REQUIRED_STEP_METRICS
-from orchestrator.redis_server import EmbeddedRedis, connect, free_port
+from orchestrator.redis_server import EmbeddedRedis, connect
+from tests.ray_head import start_ray_head
 
 REPO = Path(__file__).resolve().parent.parent
 DIFFURL = [sys.executable, "-m", "orchestrator.cli"]
@@ -63,27 +64,29 @@ def _check_run(run_dir: Path, steps: int, groups_per_step: int) -> None:
 
 
 @pytest.mark.integration
-def test_sync_run_completes_with_every_metric_checkpoint_and_prometheus_export(tmp_path):
-    port = free_port()
-    name = f"it-sync-{port}"
-    cmd = DIFFURL + ["train", "configs/demo.yaml", *SMALL, f"run.root_dir={tmp_path}", f"run.name={name}",
-                     f"ray.metrics_export_port={port}"]
-    proc = subprocess.Popen(cmd, cwd=REPO, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    seen_metric = None
-    deadline = time.monotonic() + 600
-    while proc.poll() is None and time.monotonic() < deadline:
-        try:
-            text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=2).read().decode()
-            match = re.search(rf'^ray_diffurl_reward_mean\{{[^}}]*run="{name}[^"]*"[^}}]*\}} \S+', text, re.M)
-            seen_metric = seen_metric or (match and match.group(0))
-        except OSError:
-            pass
-        time.sleep(1)
-    out, _ = proc.communicate(timeout=60)
-    assert proc.returncode == 0, out[-3000:]
-    assert seen_metric, "the run's reward metric never appeared on the Prometheus endpoint"
-    assert "--- resolved config ---" in out
-    _check_run(_run_dir(tmp_path), steps=3, groups_per_step=2)
+def test_sync_run_on_a_ray_cluster_completes_with_every_metric_checkpoint_and_prometheus_export(tmp_path):
+    head = start_ray_head()
+    try:
+        name = f"it-sync-{head.metrics_port}"
+        cmd = DIFFURL + ["train", "configs/demo.yaml", *SMALL, f"run.root_dir={tmp_path / 'runs'}",
+                         f"run.name={name}", "rollout.num_cpus=0.5", "learner.num_cpus=0.5"]
+        proc = subprocess.run(cmd, cwd=REPO, env={**_env(), "RAY_ADDRESS": head.address},
+                              capture_output=True, text=True, timeout=600)
+        assert proc.returncode == 0, (proc.stdout + proc.stderr)[-3000:]
+        assert "--- resolved config ---" in proc.stdout
+        pattern = re.compile(rf'^ray_diffurl_reward_mean\{{[^}}]*run="{name}[^"]*"[^}}]*\}} \S+', re.M)
+        seen, deadline = None, time.monotonic() + 30
+        while not seen and time.monotonic() < deadline:
+            try:
+                text = urllib.request.urlopen(f"http://127.0.0.1:{head.metrics_port}/metrics", timeout=5).read()
+                seen = pattern.search(text.decode())
+            except OSError:
+                pass
+            time.sleep(1)
+        assert seen, "the run's reward metric never appeared on the cluster's Prometheus endpoint"
+    finally:
+        head.stop()
+    _check_run(_run_dir(tmp_path / "runs"), steps=3, groups_per_step=2)
 
 
 @pytest.mark.integration
