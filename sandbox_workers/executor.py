@@ -116,11 +116,18 @@ class WarmSandbox:
         if "error" in reply:
             self.restart()
             raise SandboxFault(f"executor error: {reply['error']}; sandbox restarted")
-        stray = self.stray_processes()
+        stray = self._settled_stray()
         if stray:
             self.restart()
             reply["recycled"] = f"{stray} stray processes after the job"
         return reply
+
+    def _settled_stray(self, settle_s: float = 2.0) -> int:
+        """Stray processes once the finished job's namespace has been torn down (that takes a moment)."""
+        deadline = time.monotonic() + settle_s
+        while (stray := self.stray_processes()) and time.monotonic() < deadline:
+            time.sleep(0.005)
+        return stray
 
     def stray_processes(self) -> int:
         """Processes in the slot beyond bwrap + executor (0 between jobs when nothing is left running)."""

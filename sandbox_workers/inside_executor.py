@@ -16,6 +16,7 @@ Job results on the zygote's fd 3: JSON lines {"ready"}, {"import_error"}, {"t", 
 import base64
 import builtins
 import ctypes
+import gc
 import json
 import os
 import random
@@ -31,11 +32,14 @@ CLONE_NEWNS, CLONE_NEWIPC, CLONE_NEWUSER, CLONE_NEWPID = 0x20000, 0x8000000, 0x1
 MS_NOSUID, MS_NODEV, MS_NOEXEC, MS_REC, MS_PRIVATE = 2, 4, 8, 0x4000, 0x40000
 PR_SET_PDEATHSIG, PR_CAPBSET_DROP, PR_SET_NO_NEW_PRIVS, PR_SET_SECCOMP, PR_CAP_AMBIENT = 1, 24, 38, 22, 47
 PR_CAP_AMBIENT_CLEAR_ALL, SECCOMP_MODE_FILTER, CAP_LAST = 4, 2, 63
-RESULT_FD = 3
+RESULT_FD, JOB_FD = 3, 4
 GRACE_S = 0.5
 MAX_VALUE_CHARS = 1 << 20
 MAX_TRACE_CALLS = 10_000
 HEAD = 4096
+# Imported once by the warm executor, so that forked jobs find them loaded (what "warm" buys).
+PRELOAD = ("typing", "math", "re", "collections", "itertools", "functools", "heapq", "bisect", "string", "copy",
+           "hashlib", "fractions", "decimal", "statistics", "operator", "datetime", "array", "unittest")
 
 libc = ctypes.CDLL(None, use_errno=True)
 
@@ -143,14 +147,16 @@ def emit(record):
         data = data[os.write(RESULT_FD, data):]
 
 
-def run_test(globals_, probe, entry_point, index):
+def run_test(globals_, code, trace, entry_point, index):
     """In the per-test process: call the probe, send the serialised result."""
     random.seed(0)  # tests that draw random inputs draw the same ones for reference and candidate
+    if entry_point not in globals_:
+        emit({"t": index, "error": "NameError"})
+        return
     try:
-        exec(compile(probe["source"], "<test>", "exec"), globals_)
-        fn = globals_[entry_point] if entry_point in globals_ else builtins.__dict__[entry_point]
-        probe_fn = globals_[PROBE_NAME]
-        if probe["trace"]:
+        exec(code, globals_)
+        fn, probe_fn = globals_[entry_point], globals_[PROBE_NAME]
+        if trace:
             recorder = Recorder(fn)
             try:
                 probe_fn(recorder)
@@ -163,14 +169,14 @@ def run_test(globals_, probe, entry_point, index):
             emit({"t": index, "value": encode(value, [200_000])})
         except Unserialisable as exc:
             emit({"t": index, "unserialisable": str(exc)})
-    except KeyError:
-        emit({"t": index, "error": "NameError"})
     except BaseException as exc:
         emit({"t": index, "error": type(exc).__name__})
 
 
 def zygote(job, start):
     """pid 1 of the job namespace, after lock-down: import the program once, fork per test."""
+    probes = job["probes"]
+    codes = {i: compile(probes[i]["source"], "<test>", "exec") for i in range(start, len(probes))}
     globals_ = {"__name__": "solution", "__builtins__": builtins}
     try:
         exec(compile(job["program"], "solution.py", "exec"), globals_)
@@ -180,15 +186,17 @@ def zygote(job, start):
         emit({"import_error": type(exc).__name__})
         os._exit(0)
     emit({"ready": True})
-    for index in range(start, len(job["probes"])):
+    gc.freeze()  # forked tests then never walk (and copy) the zygote's objects
+    for index in range(start, len(probes)):
         pid = os.fork()
         if pid == 0:
             try:
-                run_test(globals_, job["probes"][index], job["entry_point"], index)
+                run_test(globals_, codes[index], probes[index]["trace"], job["entry_point"], index)
             finally:
                 os._exit(0)
-        _, status = os.waitpid(pid, 0)
-        emit({"t": index, "exit": os.waitstatus_to_exitcode(status)})
+        _, status, usage = os.wait4(pid, 0)
+        emit({"t": index, "exit": os.waitstatus_to_exitcode(status), "cpu": usage.ru_utime + usage.ru_stime,
+              "rss": usage.ru_maxrss})
     os._exit(0)
 
 
@@ -239,9 +247,9 @@ def lock_down(config, seccomp_bpf):
         check(libc.prctl(PR_SET_SECCOMP, SECCOMP_MODE_FILTER, ctypes.byref(prog), 0, 0), "seccomp")
 
 
-def holder(config, seccomp_bpf, job, start, pipes):
-    """Forked from the executor. Make the job's namespaces, start the zygote, report its pid, wait."""
-    ctl_w, res_w, out_w, err_w = pipes
+def holder(config, seccomp_bpf, pipes):
+    """Forked from the executor: make the job's namespaces, start the zygote, report its pid, wait."""
+    ctl_w, job_r, res_w, out_w, err_w = pipes
     libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
     uid, gid = os.getuid(), os.getgid()
     check(libc.unshare(CLONE_NEWUSER | CLONE_NEWNS | CLONE_NEWPID | CLONE_NEWIPC), "unshare")
@@ -251,7 +259,6 @@ def holder(config, seccomp_bpf, job, start, pipes):
     if pid == 0:
         try:
             libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
-            os.close(ctl_w)
             flags = MS_NOSUID | MS_NODEV
             mount(b"proc", b"/proc", b"proc", flags | MS_NOEXEC, None)
             tmpfs = f"size={config['tmpfs_mb']}m,nr_inodes=4096,mode=1777".encode()
@@ -259,61 +266,98 @@ def holder(config, seccomp_bpf, job, start, pipes):
             if os.path.isdir("/dev/shm"):
                 mount(b"tmpfs", b"/dev/shm", b"tmpfs", flags, tmpfs)
             os.chdir("/tmp")
+            os.setsid()  # kill(0, ...) and killpg then reach only the job's own processes
             null = os.open("/dev/null", os.O_RDONLY)
-            for src, dst in ((null, 0), (out_w, 1), (err_w, 2), (res_w, RESULT_FD)):
+            for src, dst in ((null, 0), (out_w, 1), (err_w, 2), (res_w, RESULT_FD), (job_r, JOB_FD)):
                 os.dup2(src, dst)
-            os.closerange(RESULT_FD + 1, 1 << 16)
+            os.closerange(JOB_FD + 1, 1 << 16)
             lock_down(config, seccomp_bpf)
+            message = read_frame(JOB_FD)
+            os.close(JOB_FD)
         except BaseException as exc:
             os.write(2, f"sandbox setup failed: {exc}\n".encode())
             os._exit(70)
-        zygote(job, start)
+        zygote(message["job"], message["start"])
+    for fd in (job_r, res_w, out_w, err_w):
+        os.close(fd)
     os.write(ctl_w, str(pid).encode())
     os.close(ctl_w)
-    _, status = os.waitpid(pid, 0)
-    os._exit(0 if os.WIFEXITED(status) and os.WEXITSTATUS(status) != 70 else 70)
+    os.waitpid(pid, 0)
+    os._exit(0)
 
 
-# ----------------------------------------------------------------------------------- the executor
+class JobNamespace:
+    """A holder + locked-down zygote made ahead of time; the zygote waits for its job on a pipe."""
 
-class Segment:
-    """One zygote's run over tests[start:], supervised from outside the job."""
-
-    def __init__(self, config, seccomp_bpf, job, start, results, io):
-        self.job, self.results, self.io, self.current = job, results, io, start
-        self.timeout = float(job["timeout"]) + GRACE_S
+    def __init__(self, config, seccomp_bpf):
         ctl_r, ctl_w = os.pipe()
+        job_r, self.job_w = os.pipe()
         self.fds = {}
-        pipes = [ctl_w]
+        child_ends = [ctl_w, job_r]
         for name in ("res", "out", "err"):
             r, w = os.pipe()
             os.set_blocking(r, False)
             self.fds[r] = name
-            pipes.append(w)
+            child_ends.append(w)
         self.holder_pid = os.fork()
         if self.holder_pid == 0:
             try:
-                os.close(0)
-                os.close(1)
-                holder(config, seccomp_bpf, job, start, pipes)
+                for fd in [0, 1, ctl_r, self.job_w, *self.fds]:
+                    os.close(fd)
+                holder(config, seccomp_bpf, child_ends)
+            except BaseException as exc:
+                os.write(2, f"job namespace setup failed: {exc}\n".encode())
             finally:
                 os._exit(70)
-        for w in pipes:
-            os.close(w)
-        zygote_pid = os.read(ctl_r, 32)
-        os.close(ctl_r)
-        self.zygote_pid = int(zygote_pid) if zygote_pid else None
+        for fd in child_ends:
+            os.close(fd)
+        self.ctl_r, self.zygote_pid = ctl_r, None
+
+    def wait_ready(self):
+        """The zygote's pid, once the holder has made it (it was made while the executor was idle)."""
+        if self.zygote_pid is None:
+            pid = os.read(self.ctl_r, 32)
+            os.close(self.ctl_r)
+            if not pid:
+                self.kill()
+                raise RuntimeError("job namespace setup failed (see the sandbox log)")
+            self.zygote_pid = int(pid)
+        return self.zygote_pid
+
+    def start(self, job, start):
+        self.wait_ready()
+        try:
+            write_frame(self.job_w, {"job": job, "start": start})
+        except OSError as exc:
+            raise RuntimeError(f"job zygote is gone: {exc}") from None
+        finally:
+            os.close(self.job_w)
+
+    def kill(self):
+        for pid in (self.zygote_pid, self.holder_pid):
+            if pid:
+                try:
+                    os.kill(pid, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
+
+
+class Segment:
+    """One zygote's run over tests[start:], supervised from outside the job."""
+
+    def __init__(self, namespace, job, start, results, io):
+        self.ns, self.job, self.results, self.io, self.current = namespace, job, results, io, start
+        self.fds = dict(namespace.fds)
+        self.timeout = float(job["timeout"]) + GRACE_S
         self.buffer, self.pending, self.res_bytes, self.ready = b"", None, 0, False
-        self.holder_status = None
+        namespace.start(job, start)
 
     def run(self):
-        """Returns the index to restart from, or None when this job is done."""
-        if self.zygote_pid is None:
-            self._finish()
-            raise RuntimeError("job namespace setup failed: " + self.io["stderr"][-300:].decode(errors="replace"))
+        """Returns the index to restart from, or None when this job is done. The namespace is killed
+        either way; the caller reaps its holder later (teardown overlaps with the reply)."""
         deadline = time.monotonic() + self.timeout
         stop_reason = None
-        while self.fds:
+        while self.fds and self.current < len(self.results):
             wait = deadline - time.monotonic()
             if wait <= 0:
                 stop_reason = "timeout"
@@ -328,9 +372,8 @@ class Segment:
                     break
             if stop_reason:
                 break
-        if stop_reason:
-            self._kill()
-        self._finish()
+        self.ns.kill()
+        self._drain()
         return self._close_out(stop_reason)
 
     def _read(self, fd):
@@ -395,6 +438,10 @@ class Segment:
         if "exit" in record:
             self.results[index] = self._verdict(self.pending, record["exit"])
             self.pending, self.current = None, index + 1
+            for key, name in (("cpu", "cpu_s"), ("rss", "peak_rss_kb")):
+                value = record.get(key)
+                if isinstance(value, (int, float)) and value >= 0:
+                    self.io[name] = self.io[name] + value if key == "cpu" else max(self.io[name], int(value))
             return True
         if self.pending is None:
             self.pending = record
@@ -416,25 +463,15 @@ class Segment:
         name = str(record.get("error"))[:64]
         return {"status": "memory_limit" if name == "MemoryError" else "runtime_error", "detail": "raised " + name}
 
-    def _kill(self):
-        for pid in (self.zygote_pid, self.holder_pid):
-            try:
-                os.kill(pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
-
-    def _finish(self):
-        _, status, usage = os.wait4(self.holder_pid, 0)
-        self.holder_status = status
-        self.io["cpu_s"] += usage.ru_utime + usage.ru_stime
-        self.io["peak_rss_kb"] = max(self.io["peak_rss_kb"], usage.ru_maxrss)
+    def _drain(self):
+        """Keep what is already in the output pipes (test output was written before its exit record)."""
         for fd in list(self.fds):
-            os.set_blocking(fd, True)
-            while self.fds.get(fd) and self.fds[fd] != "res":
-                data = os.read(fd, 1 << 16)
-                if not data:
-                    break
-                self._output(self.fds[fd], data)
+            if self.fds[fd] != "res":
+                try:
+                    while data := os.read(fd, 1 << 16):
+                        self._output(self.fds[fd], data)
+                except BlockingIOError:
+                    pass
             os.close(fd)
         self.fds.clear()
 
@@ -443,8 +480,6 @@ class Segment:
         if self.current >= n:
             return None
         if stop_reason is None:
-            if os.WIFEXITED(self.holder_status) and os.WEXITSTATUS(self.holder_status) == 70:
-                raise RuntimeError("job sandbox setup failed: " + self.io["stderr"][-300:].decode(errors="replace"))
             for i in range(self.current, n):
                 self.results[i] = {"status": "runtime_error", "detail": "no result (the program ended the run)"}
             return None
@@ -458,21 +493,41 @@ class Segment:
         return self.current + 1
 
 
-def run_job(config, seccomp_bpf, job):
-    started = time.monotonic()
-    results = [None] * len(job["probes"])
-    io = {"stdout": b"", "stderr": b"", "stdout_bytes": 0, "stderr_bytes": 0, "stdout_truncated": False,
-          "stderr_truncated": False, "cap": config["output_cap"], "cpu_s": 0.0, "peak_rss_kb": 0}
-    start, segments = 0, 0
-    while start is not None:
-        segments += 1
-        io["stdout_bytes"] = io["stderr_bytes"] = 0
-        start = Segment(config, seccomp_bpf, job, start, results, io).run()
-    return {"tests": results, "stdout": io["stdout"].decode(errors="replace"),
-            "stderr": io["stderr"].decode(errors="replace"), "stdout_truncated": io["stdout_truncated"],
-            "stderr_truncated": io["stderr_truncated"], "cpu_s": round(io["cpu_s"], 4),
-            "peak_rss_kb": io["peak_rss_kb"], "wall_s": round(time.monotonic() - started, 4),
-            "segments": segments}
+class Executor:
+    """Keeps one job namespace ready ahead of time and reaps finished ones after replying."""
+
+    def __init__(self, config, seccomp_bpf):
+        self.config, self.seccomp_bpf = config, seccomp_bpf
+        self.spare, self.finished = None, []
+
+    def namespace(self):
+        namespace, self.spare = self.spare or JobNamespace(self.config, self.seccomp_bpf), None
+        self.finished.append(namespace)
+        return namespace
+
+    def prepare(self):
+        """Between jobs: reap the last job's processes, then make the next namespace."""
+        for namespace in self.finished:
+            os.waitpid(namespace.holder_pid, 0)
+        self.finished = []
+        if self.spare is None:
+            self.spare = JobNamespace(self.config, self.seccomp_bpf)
+
+    def run_job(self, job):
+        started = time.monotonic()
+        results = [None] * len(job["probes"])
+        io = {"stdout": b"", "stderr": b"", "stdout_bytes": 0, "stderr_bytes": 0, "stdout_truncated": False,
+              "stderr_truncated": False, "cap": self.config["output_cap"], "cpu_s": 0.0, "peak_rss_kb": 0}
+        start, segments = 0, 0
+        while start is not None:
+            segments += 1
+            io["stdout_bytes"] = io["stderr_bytes"] = 0
+            start = Segment(self.namespace(), job, start, results, io).run()
+        return {"tests": results, "stdout": io["stdout"].decode(errors="replace"),
+                "stderr": io["stderr"].decode(errors="replace"), "stdout_truncated": io["stdout_truncated"],
+                "stderr_truncated": io["stderr_truncated"], "cpu_s": round(io["cpu_s"], 4),
+                "peak_rss_kb": io["peak_rss_kb"], "wall_s": round(time.monotonic() - started, 4),
+                "segments": segments}
 
 
 def main():
@@ -482,6 +537,14 @@ def main():
     os.close(null)
     config = read_frame(0)
     seccomp_bpf = base64.b64decode(config.pop("seccomp_b64")) if config.get("seccomp_b64") else b""
+    for name in PRELOAD:
+        try:
+            __import__(name)
+        except ImportError:
+            pass
+    executor = Executor(config, seccomp_bpf)
+    executor.prepare()
+    executor.spare.wait_ready()  # the slot's process count is steady from here on
     write_frame(9, {"ready": True, "python": sys.version.split()[0], "pid": os.getpid()})
     while True:
         try:
@@ -489,10 +552,11 @@ def main():
         except EOFError:
             return
         try:
-            reply = run_job(config, seccomp_bpf, job)
+            reply = executor.run_job(job)
         except Exception as exc:
             reply = {"error": f"{type(exc).__name__}: {exc}"}
         write_frame(9, reply)
+        executor.prepare()
 
 
 if __name__ == "__main__":

