@@ -189,21 +189,25 @@ def parse_autoclaim(reply) -> tuple[str, list, list[str]]:
     return cursor, entries, deleted
 
 
+WORKER_ROLES = ("rollout", "sandbox")
+
+
 class RunState:
-    """Shared run state: desired rollout worker count (for `diffurl scale`), status, heartbeats."""
+    """Shared run state: desired rollout/sandbox worker counts (for `diffurl scale`), status, heartbeats."""
 
     def __init__(self, client: redis.Redis, run_id: str):
         self.client = client
         self.key = f"diffurl:{run_id}:state"
         self.heartbeat_key = f"diffurl:{run_id}:heartbeat"
 
-    def set_desired_workers(self, n: int) -> None:
+    def set_desired_workers(self, n: int, role: str = "rollout") -> None:
+        field_name = _desired_field(role)
         if n < 1:
-            raise ValueError(f"desired rollout workers must be >= 1, got {n}")
-        self.client.hset(self.key, "desired_workers", n)
+            raise ValueError(f"desired {role} workers must be >= 1, got {n}")
+        self.client.hset(self.key, field_name, n)
 
-    def desired_workers(self) -> int | None:
-        value = self.client.hget(self.key, "desired_workers")
+    def desired_workers(self, role: str = "rollout") -> int | None:
+        value = self.client.hget(self.key, _desired_field(role))
         return int(value) if value is not None else None
 
     def set_status(self, status: str) -> None:
@@ -219,6 +223,12 @@ class RunState:
     def heartbeats(self) -> dict[str, float]:
         """worker id -> unix time of its last heartbeat."""
         return {_text(k): float(v) for k, v in self.client.hgetall(self.heartbeat_key).items()}
+
+
+def _desired_field(role: str) -> str:
+    if role not in WORKER_ROLES:
+        raise ValueError(f"worker role {role!r}: expected one of {', '.join(WORKER_ROLES)}")
+    return f"desired_{role}_workers"
 
 
 def _check_json_safe(value: Any, path: str) -> None:

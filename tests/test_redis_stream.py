@@ -240,3 +240,13 @@ def test_run_state_holds_desired_workers_status_and_heartbeats(client):
     assert state.heartbeats() == {"rollout-0": 1234.5, "rollout-1": 1300.25}
     with pytest.raises(ValueError):
         state.set_desired_workers(0)
+
+
+def test_run_state_keeps_rollout_and_sandbox_desired_counts_apart(client):
+    state = RunState(client, run_id=uuid.uuid4().hex[:8])
+    state.set_desired_workers(2)
+    state.set_desired_workers(5, role="sandbox")
+    assert state.desired_workers() == 2 and state.desired_workers("rollout") == 2
+    assert state.desired_workers(role="sandbox") == 5
+    with pytest.raises(ValueError, match="learner"):
+        state.set_desired_workers(1, role="learner")
