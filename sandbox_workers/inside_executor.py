@@ -451,8 +451,8 @@ class Segment:
         if record is None:
             if exit_code == -signal.SIGXCPU:
                 return {"status": "timeout", "detail": "cpu time limit"}
-            if exit_code == -signal.SIGKILL:
-                return {"status": "memory_limit", "detail": "killed (out of memory)"}
+            if exit_code == -signal.SIGKILL:  # the trusted side tells the OOM killer from the program itself
+                return {"status": "runtime_error", "detail": "killed by SIGKILL", "sigkill": True}
             return {"status": "runtime_error", "detail": f"no result (exit {exit_code})"}
         if "value" in record:
             return {"status": "ok", "value": record["value"]}

@@ -7,6 +7,7 @@ another worker; if that also fails the result stays sandbox_error with reward No
 
 from __future__ import annotations
 
+import threading
 import time
 from collections import deque
 
@@ -17,16 +18,18 @@ from sandbox_workers.worker import ScoreSettings, Scorer
 
 
 class SandboxWorker:
-    """Ray actor around one Scorer (one sandbox slot)."""
+    """Ray actor around one Scorer (one sandbox slot). Jobs run one at a time; status() answers meanwhile."""
 
     def __init__(self, worker_id: str, settings: ScoreSettings):
         self.scorer = Scorer(worker_id, settings)
+        self.lock = threading.Lock()
 
     def ready(self) -> dict:
         return self.scorer.status()
 
     def score_batch(self, jobs: list[tuple[dict, str]]) -> list[dict]:
-        return [self.scorer.score(problem, completion) for problem, completion in jobs]
+        with self.lock:
+            return [self.scorer.score(problem, completion) for problem, completion in jobs]
 
     def status(self) -> dict:
         return self.scorer.status()
@@ -36,7 +39,8 @@ class SandboxWorker:
         return os.getpid()
 
     def close(self) -> None:
-        self.scorer.close()
+        with self.lock:
+            self.scorer.close()
 
 
 class SandboxPool:
@@ -122,7 +126,7 @@ class SandboxPool:
     def _start(self, i: int):
         name = f"{self.name_prefix}-{i}"
         actor_cls = ray.remote(SandboxWorker).options(name=name, num_cpus=self.num_cpus, max_restarts=3,
-                                                      max_task_retries=0, max_concurrency=1)
+                                                      max_task_retries=0, max_concurrency=3)
         return actor_cls.remote(name, self.settings)
 
     def _stop(self, worker, i: int) -> None:

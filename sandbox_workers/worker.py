@@ -83,7 +83,12 @@ class Scorer:
             return cached
         try:
             expected = self._reference_traces(spec)
+            oom_kills = self.sandbox.slot.oom_kills()
             reply = self.sandbox.run(self._job(spec, program.code, range(len(spec.probes))))
+            if self.sandbox.slot.oom_kills() > oom_kills:
+                for test in reply["tests"]:
+                    if test and test.get("sigkill"):
+                        test.update(status="memory_limit", detail="killed by the out-of-memory killer")
         except SandboxFault as fault:
             result.update(status="sandbox_error", tests=[], test_details=[], passed=0, total=len(spec.probes),
                           pass_rate=None, reward=None, error=str(fault), wall_s=round(time.monotonic() - started, 4),

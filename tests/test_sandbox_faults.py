@@ -1,0 +1,119 @@
+"""Infrastructure faults are retried, never scored 0; the reward cache in a real Redis; pool resizing."""
+
+import os
+import signal
+import threading
+import time
+
+import pytest
+import ray
+import redis
+
+from orchestrator.redis_server import EmbeddedRedis
+from sandbox_workers import SandboxPool
+
+pytestmark = pytest.mark.integration
+
+SLOW = {"task_id": "slow", "entry_point": "add", "tests": ["assert add(1, 2) == 3", "assert add(2, 2) == 4"]}
+SLOW_OK = "import time\ndef add(a, b):\n    time.sleep(1.0)\n    return a + b\n"
+ADD_OK = "def add(a, b):\n    return a + b\n"
+
+
+@pytest.fixture(scope="module")
+def ray_cluster():
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    yield
+    ray.shutdown()
+
+
+@pytest.fixture(scope="module")
+def pool(ray_cluster):
+    pool = SandboxPool(num_workers=2, test_timeout_s=3.0, memory_mb=256, require_format=False,
+                       name_prefix="fault-sandbox")
+    yield pool
+    pool.shutdown()
+
+
+def _score_in_background(pool, problem, completion):
+    box = {}
+    thread = threading.Thread(target=lambda: box.update(result=pool.score([problem], [completion])[0]))
+    thread.start()
+    return thread, box
+
+
+def _busy_worker(pool, deadline_s=10.0) -> int:
+    """Index of the worker whose slot is running a job (more processes than its idle baseline)."""
+    deadline = time.monotonic() + deadline_s
+    while time.monotonic() < deadline:
+        for i, status in enumerate(pool.statuses()):
+            if status["stray_processes"] > 0:
+                return i
+        time.sleep(0.02)
+    raise AssertionError("no worker picked up the job")
+
+
+def _executor_pid(slot_pids: list[int]) -> int:
+    """The warm executor: the python process whose parent is bubblewrap."""
+    def cmdline(pid):
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            return f.read()
+
+    for pid in slot_pids:
+        with open(f"/proc/{pid}/stat") as f:
+            parent = int(f.read().rsplit(")", 1)[1].split()[1])
+        if b"executor.py" in cmdline(pid) and b"bwrap" in cmdline(parent):
+            return pid
+    raise AssertionError(f"no executor among {slot_pids}")
+
+
+def test_killing_a_worker_mid_job_gives_a_retried_correct_result(pool):
+    thread, box = _score_in_background(pool, SLOW, SLOW_OK)
+    victim = _busy_worker(pool)
+    os.kill(ray.get(pool.workers[victim].pid.remote()), signal.SIGKILL)
+    thread.join(60)
+    result = box["result"]
+    assert (result["status"], result["reward"], result["retried"]) == ("passed", 2.0, True), result
+    assert pool.score([SLOW], [ADD_OK])[0]["status"] == "passed"   # the killed worker was restarted by Ray
+
+
+def test_killing_the_sandbox_mid_job_gives_a_retried_correct_result(pool):
+    thread, box = _score_in_background(pool, SLOW, SLOW_OK)
+    victim = _busy_worker(pool)
+    os.kill(_executor_pid(pool.statuses()[victim]["slot_pids"]), signal.SIGKILL)
+    thread.join(60)
+    result = box["result"]
+    assert (result["status"], result["reward"], result["retried"]) == ("passed", 2.0, True), result
+    assert sum(s["restarts"] for s in pool.statuses()) >= 1
+
+
+def test_reward_cache_in_redis_answers_repeated_code(ray_cluster, tmp_path):
+    with EmbeddedRedis(tmp_path / "redis") as server:
+        cached_pool = SandboxPool(num_workers=1, redis_url=server.url, require_format=False, name_prefix="cache-sandbox")
+        try:
+            first, second = (cached_pool.score([SLOW], [ADD_OK])[0] for _ in range(2))
+        finally:
+            cached_pool.shutdown()
+        keys = redis.Redis.from_url(server.url).keys("diffurl:sandbox:reward:*")
+    assert (first["cached"], second["cached"]) == (False, True)
+    assert second["reward"] == first["reward"] == 2.0 and second["tests"] == first["tests"]
+    assert len(keys) == 1
+
+
+def test_pool_resizes_and_scores_with_every_size(pool):
+    pool.resize(3)
+    assert pool.num_workers == 3
+    assert ray.get_actor("fault-sandbox-2") is not None
+    results = pool.score([SLOW] * 6, [ADD_OK] * 6)
+    assert {r["worker"] for r in results} == {"fault-sandbox-0", "fault-sandbox-1", "fault-sandbox-2"}
+    pool.resize(2)
+    with pytest.raises(ValueError):
+        ray.get_actor("fault-sandbox-2")
+    assert [r["status"] for r in pool.score([SLOW] * 2, [ADD_OK] * 2)] == ["passed", "passed"]
+
+
+def test_pool_passes_to_another_actor_and_scores_there(pool):
+    @ray.remote(num_cpus=0)
+    def score_remotely(p):
+        return p.score([SLOW], [ADD_OK])[0]["status"]
+
+    assert ray.get(score_remotely.remote(pool)) == "passed"
