@@ -10,14 +10,17 @@ from __future__ import annotations
 import hashlib
 import math
 import os
+import random
 import sys
 import time
+from pathlib import Path
 
+import numpy as np
 import ray
 import torch
 import torch.distributed as dist
 
-from actors.dllm import (build_model, generate, grpo_advantages, grpo_loss, left_pad,
+from actors.dllm import (build_model, generate, grpo_advantages, grpo_loss, left_pad, save_model,
                          token_scores, update_reference)
 
 
@@ -65,7 +68,9 @@ def deepspeed_config(cfg, world_size: int) -> dict:
 
 
 class LearnerImpl:
-    def __init__(self, cfg, model_dir: str, rank: int, world_size: int, master_port: int, open_stream):
+    def __init__(self, cfg, model_dir: str, rank: int, world_size: int, master_port: int, open_stream,
+                 resume_from: tuple[str, str] | None = None):
+        """`resume_from`: (checkpoint root, tag) to continue from; `model_dir` is then that checkpoint's policy."""
         os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(master_port), RANK=str(rank),
                           WORLD_SIZE=str(world_size), LOCAL_RANK="0", LOCAL_SIZE="1")
         torch.set_num_threads(max(1, int(os.environ.get("OMP_NUM_THREADS", "1"))))
@@ -100,19 +105,31 @@ class LearnerImpl:
             config=deepspeed_config(cfg, world_size))
         self.stream = open_stream() if rank == 0 else None
         self.consumed_entries: list[str] = []  # consumed since the last checkpoint, acknowledged after it
+        self.trained_group_ids: set[str] = set()  # every group trained on, as of the latest step
         self._first_read = True
+        if resume_from is not None:
+            self._load_checkpoint(*resume_from)
 
     # ----------------------------------------------------------------- data
     def _read_groups(self, count: int, timeout_s: float) -> list[tuple[str, dict]]:
+        """`count` groups never trained on. A second copy of a group (a re-issued rollout whose first try
+        was published after all) is acknowledged and dropped, so no group is trained on twice."""
         got: list[tuple[str, dict]] = []
+        seen = set(self.trained_group_ids)
         deadline = time.monotonic() + timeout_s
         while len(got) < count:
             if time.monotonic() > deadline:
                 raise TimeoutError(f"learner waited {timeout_s:.0f}s for {count} groups, got {len(got)}")
             # replay this consumer's unacknowledged entries only on the first read after a (re)start
-            got += self.stream.read(count - len(got), consumer="learner", block_ms=1000,
-                                    replay=self._first_read)
+            entries = self.stream.read(count - len(got), consumer="learner", block_ms=1000,
+                                       replay=self._first_read)
             self._first_read = False
+            duplicates = [eid for eid, rec in entries if rec["group_id"] in seen]
+            self.stream.ack(duplicates)
+            for eid, rec in entries:
+                if rec["group_id"] not in seen:
+                    seen.add(rec["group_id"])
+                    got.append((eid, rec))
         return got
 
     def _shared_groups(self, count: int, timeout_s: float) -> list[tuple[str, dict]]:
@@ -157,6 +174,7 @@ class LearnerImpl:
         entries = self._shared_groups(cfg.rollout.prompts_per_step, read_timeout_s)
         groups = [rec for _, rec in entries]
         self.consumed_entries += [eid for eid, _ in entries]
+        self.trained_group_ids.update(rec["group_id"] for rec in groups)
         batches, rewards = self._micro_batches(groups)
         t_read = time.perf_counter() - t0
 
@@ -233,10 +251,39 @@ class LearnerImpl:
         return out.completion_ids.tolist()
 
     def save_checkpoint(self, ckpt_dir: str, tag: str, client_state: dict) -> list[str]:
-        """Save this rank's shard; return (rank 0) the stream entries that this checkpoint covers."""
-        self.engine.save_checkpoint(ckpt_dir, tag=tag, client_state=client_state)
+        """Save this rank's DeepSpeed shard, its RNG states and the trained group ids; rank 0 also writes the
+        reference model and the policy as an HF directory (`<tag>/policy`). Returns (rank 0) the stream
+        entries that this checkpoint covers, to be acknowledged once every rank has saved."""
+        state = {**client_state, "trained_group_ids": sorted(self.trained_group_ids),
+                 "rng": {"python": random.getstate(), "numpy": np.random.get_state(),
+                         "torch": torch.get_rng_state()}}
+        self.engine.save_checkpoint(ckpt_dir, tag=tag, client_state=state)
+        tag_dir = Path(ckpt_dir) / tag
+        if self.cfg.learner.zero_stage == 3:
+            self.engine.save_16bit_model(str(tag_dir / "policy"), "pytorch_model.bin")
+        if self.rank == 0:
+            if self.cfg.learner.zero_stage == 3:
+                self.engine.module.config.save_pretrained(tag_dir / "policy")
+                self.tokenizer.save_pretrained(tag_dir / "policy")
+            else:
+                save_model(self.engine.module, self.tokenizer, tag_dir / "policy")
+            if self.ref_model is not None:
+                torch.save(self.ref_model.state_dict(), tag_dir / "reference_model.pt")
         covered, self.consumed_entries = self.consumed_entries, []
         return covered
+
+    def _load_checkpoint(self, ckpt_dir: str, tag: str) -> None:
+        _, state = self.engine.load_checkpoint(ckpt_dir, tag=tag, load_optimizer_states=True,
+                                               load_lr_scheduler_states=True)
+        if state is None:
+            raise RuntimeError(f"learner-{self.rank}: no DeepSpeed checkpoint {tag} in {ckpt_dir}")
+        self.trained_group_ids = set(state["trained_group_ids"])
+        random.setstate(state["rng"]["python"])
+        np.random.set_state(state["rng"]["numpy"])
+        torch.set_rng_state(state["rng"]["torch"])
+        ref_file = Path(ckpt_dir) / tag / "reference_model.pt"
+        if self.ref_model is not None and ref_file.is_file():
+            self.ref_model.load_state_dict(torch.load(ref_file, weights_only=True))
 
     def ack(self, entry_ids: list[str]) -> int:
         if self.rank == 0 and entry_ids:

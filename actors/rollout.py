@@ -18,14 +18,15 @@ from actors.prompts import encode_prompt
 
 
 class RolloutWorkerImpl:
-    def __init__(self, cfg, model_dir: str, pool, open_stream, run_id: str, worker_id: str):
-        """`open_stream()` returns the run's trajectory stream (a picklable factory from the driver)."""
+    def __init__(self, cfg, model_dir: str, pool, open_stream, run_id: str, worker_id: str, version: int = 0):
+        """`open_stream()` returns the run's trajectory stream (a picklable factory from the driver);
+        `model_dir` holds policy version `version` (a restarted actor comes back with these arguments)."""
         torch.set_num_threads(max(1, int(os.environ.get("OMP_NUM_THREADS", "1"))))
         self.cfg = cfg
         self.worker_id = worker_id
         self.model, self.tokenizer = build_model(model_dir)
         self.model.eval()
-        self.version = 0
+        self.version = version
         self.pool = pool
         self.stream = open_stream()
         self.run_id = run_id
@@ -51,9 +52,17 @@ class RolloutWorkerImpl:
         return out.completion_ids.tolist()
 
     # ----------------------------------------------------------------- one group
-    def rollout_group(self, problem: dict, prompt_id: str, group_id: str, seed: int) -> dict:
+    def rollout_group(self, problem: dict, prompt_id: str, group_id: str, seed: int, attempt: int = 0,
+                      expected_version: int | None = None) -> dict:
+        """Decode, score and publish one group. A worker whose weights are not `expected_version` (Ray
+        restarted it from its constructor arguments) publishes nothing and says so: {"stale": version}."""
         r = self.cfg.rollout
         version_start = self.version
+        if expected_version is not None and expected_version != self.version:
+            return {"stale": self.version, "group_id": group_id}
+        chaos_group = self.cfg.chaos.rollout_exit_at_group
+        if chaos_group is not None and attempt == 0 and group_id == f"g{chaos_group:08d}":
+            os._exit(1)  # fault injection for the chaos tests: die mid-step like a crashed process
         prompt_ids = encode_prompt(self.tokenizer, problem["messages"], self.cfg.data.max_prompt_tokens)
 
         t0 = time.perf_counter()
@@ -95,17 +104,24 @@ class RolloutWorkerImpl:
             "timings": {"generate": t_generate, "reward": t_reward},
         }
         entry_id = self.stream.publish(record)
-        return {
-            "entry_id": entry_id, "group_id": group_id, "prompt_id": prompt_id,
-            "rewards": record["rewards"], "version_start": version_start,
-            "pass_rates": [float(x.get("pass_rate") or 0.0) for x in results],
-            "formats": [float(x.get("format") or 0.0) for x in results],
-            "timeouts": sum(1 for x in results for t in (x.get("tests") or []) if _status(t) == "timeout"),
-            "completion_tokens": int(cmask.sum()),
-            "local_arness": local, "global_arness": global_,
-            "time_generate": t_generate, "time_reward": t_reward,
-            "sandbox_jobs": len(results), "worker_id": self.worker_id,
-        }
+        return summarize_record(entry_id, record)
+
+
+def summarize_record(entry_id: str, record: dict) -> dict:
+    """What the driver keeps of a published group: enough for the step's metrics, nothing token-sized."""
+    parts = record["reward_parts"]
+    decode = record["decode"]
+    return {
+        "entry_id": entry_id, "group_id": record["group_id"], "prompt_id": record["prompt_id"],
+        "rewards": record["rewards"], "version_start": record["version_start"],
+        "pass_rates": [float(p.get("pass_rate") or 0.0) for p in parts],
+        "formats": [float(p.get("format") or 0.0) for p in parts],
+        "timeouts": sum(1 for p in parts for t in (p.get("tests") or []) if _status(t) == "timeout"),
+        "completion_tokens": sum(sum(row) for row in record["completion_mask"]),
+        "local_arness": decode["local_arness"], "global_arness": decode["global_arness"],
+        "time_generate": record["timings"]["generate"], "time_reward": record["timings"]["reward"],
+        "sandbox_jobs": len(parts), "worker_id": record["worker_id"],
+    }
 
 
 def _status(test_result) -> str:

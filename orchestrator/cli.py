@@ -14,15 +14,21 @@ import os
 import sys
 from pathlib import Path
 
-from orchestrator.errors import UserError
+from orchestrator.errors import RunFailed, UserError
 
 DEMO_CONFIG = Path(__file__).resolve().parent.parent / "configs" / "demo.yaml"
 
 
 def _cmd_train(args) -> int:
     from orchestrator.config import check_paths, load_config
-    from orchestrator.driver import train
+    from orchestrator.driver import resume, train
 
+    if args.resume:
+        overrides = ([args.config] if args.config else []) + args.overrides  # `--resume RUN k=v`: no CONFIG
+        resume(args.resume, overrides)
+        return 0
+    if not args.config:
+        raise UserError("train: give a CONFIG (e.g. configs/demo.yaml) or --resume RUN_DIR")
     cfg = load_config(args.config, args.overrides)
     check_paths(cfg)
     train(cfg, dry_run=args.dry_run)
@@ -47,9 +53,10 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("train", help="run coupled-GRPO training from a YAML config")
-    p.add_argument("config", help="YAML preset, e.g. configs/demo.yaml")
+    p.add_argument("config", nargs="?", help="YAML preset, e.g. configs/demo.yaml")
     p.add_argument("overrides", nargs="*", help="key=value overrides, e.g. run.steps=10")
     p.add_argument("--dry-run", action="store_true", help="print the actor plan and exit")
+    p.add_argument("--resume", metavar="RUN_DIR", help="continue a run from its latest checkpoint")
     p.set_defaults(func=_cmd_train)
 
     p = sub.add_parser("demo", help="train the tiny demo config on this machine")
@@ -73,6 +80,9 @@ def main(argv: list[str] | None = None) -> int:
     except UserError as e:
         print(f"diffurl: error: {e}", file=sys.stderr)
         return 2
+    except RunFailed as e:
+        print(f"diffurl: run failed: {e}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         print("diffurl: interrupted", file=sys.stderr)
         return 130

@@ -146,6 +146,12 @@ class MetricsConfig:
 
 
 @dataclass
+class ChaosConfig:
+    """Fault injection for the chaos tests; leave unset in real runs."""
+    rollout_exit_at_group: Optional[int] = None  # the rollout worker running this group index dies (first try)
+
+
+@dataclass
 class Config:
     run: RunConfig = field(default_factory=RunConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
@@ -156,6 +162,7 @@ class Config:
     redis: RedisConfig = field(default_factory=RedisConfig)
     ray: RayConfig = field(default_factory=RayConfig)
     metrics: MetricsConfig = field(default_factory=MetricsConfig)
+    chaos: ChaosConfig = field(default_factory=ChaosConfig)
 
 
 def load_config(path: str | os.PathLike, overrides: list[str] = ()) -> Config:

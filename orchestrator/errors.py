@@ -7,3 +7,8 @@ class UserError(Exception):
     The CLI prints `diffurl: error: <message>` on one line and exits with code 2.
     The message names the thing, the value, and what would be accepted.
     """
+
+
+class RunFailed(Exception):
+    """A run cannot go on (a learner died, a rollout keeps failing). The message says how to resume;
+    the CLI prints it on one line and exits with code 1."""

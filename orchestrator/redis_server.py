@@ -25,6 +25,8 @@ from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
 
 import redis
+from redis.backoff import ExponentialBackoff
+from redis.retry import Retry
 
 from orchestrator.errors import UserError
 
@@ -134,7 +136,7 @@ class EmbeddedRedis:
         conf = self.data_dir / "redis.conf"
         lines = [
             "bind 127.0.0.1", f"port {self.port}", f"requirepass {self.password}", "protected-mode yes",
-            f"dir {self.data_dir.resolve()}", "appendonly yes", "appendfsync everysec", 'save ""',
+            f"dir {self.data_dir.resolve()}", "appendonly yes", "appendfsync always", 'save ""',
             "daemonize no", f"logfile {(self.data_dir / 'redis.log').resolve()}",
         ]
         fd = os.open(conf, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)  # holds the password
@@ -148,6 +150,9 @@ class EmbeddedRedis:
         return lines[-1] if lines else "no log"
 
 
+RECONNECT_RETRIES = 70  # with the 2 s backoff cap: a command waits about 2 minutes for Redis to come back
+
+
 def connect(url: str, retries: int = 20, delay_s: float = 0.25) -> redis.Redis:
     """A client (bytes responses) for `url`, once PING answers; UserError if it never does."""
     try:
@@ -158,6 +163,8 @@ def connect(url: str, retries: int = 20, delay_s: float = 0.25) -> redis.Redis:
     for attempt in range(retries + 1):
         try:
             client.ping()
+            # from now on every command waits out a server restart (about 2 minutes) instead of failing
+            client.set_retry(Retry(ExponentialBackoff(cap=2.0, base=0.1), RECONNECT_RETRIES))
             return client
         except redis.exceptions.AuthenticationError as exc:
             raise UserError(f"redis.url={redact(url)}: authentication failed ({exc})") from None

@@ -142,6 +142,17 @@ class TrajectoryStream:
             lag = len(self.client.xrange(self.key, min="(" + _text(info["last-delivered-id"]), max="+"))
         return int(lag) + int(info["pending"])
 
+    def entries(self, batch: int = 500):
+        """Every entry still in the stream, oldest first, as (entry id, record) (used on resume)."""
+        start = "-"
+        while True:
+            chunk = self.client.xrange(self.key, min=start, max="+", count=batch)
+            for entry_id, fields in chunk:
+                yield _text(entry_id), decode_record(fields[RECORD_FIELD])
+            if len(chunk) < batch:
+                return
+            start = "(" + _text(chunk[-1][0])
+
     def length(self) -> int:
         return int(self.client.xlen(self.key))
 

@@ -101,7 +101,8 @@ def test_weight_sync_gives_every_rollout_worker_the_learners_version_and_outputs
         cfg, str(path), None, open_stream, "sync", f"rollout-{i}") for i in range(2)]
     try:
         ray.get(learner.train_step.remote(0, 120.0))
-        make_weight_sync("object_store").push([learner], workers, version=1)
+        sync = make_weight_sync("object_store")
+        sync.load(workers, sync.publish([learner], version=1), version=1)
         infos = ray.get([w.info.remote() for w in workers])
         assert [i["version"] for i in infos] == [1, 1]
         prompts = ["def f3(x):\n", "def f7(x):\n    return"]
