@@ -7,6 +7,7 @@ A job sent here holds only code to run and probe sources; expected values stay w
 from __future__ import annotations
 
 import base64
+import ctypes
 import json
 import os
 import select
@@ -25,6 +26,7 @@ EXECUTOR_SOURCE = (Path(__file__).parent / "inside_executor.py").read_bytes()
 MAX_REPLY_BYTES = 64 << 20
 START_TIMEOUT_S = 20.0
 WATCHDOG_MARGIN_S = 10.0
+PR_SET_CHILD_SUBREAPER = 36
 
 
 class SandboxFault(RuntimeError):
@@ -43,6 +45,7 @@ class WarmSandbox:
     """One bwrap sandbox running the warm forking executor, owned by one worker."""
 
     def __init__(self, name: str, limits: Limits, layers: Layers, recycle_every: int = 500):
+        become_subreaper()
         self.name, self.limits, self.layers, self.recycle_every = name, limits, layers, recycle_every
         self.interpreter: Interpreter = find_interpreter()
         self.bwrap = bwrap_binary()
@@ -77,17 +80,21 @@ class WarmSandbox:
         self.baseline_pids = len(self.slot.pids())
 
     def stop(self) -> None:
+        """Close the executor's input (it exits, bwrap follows); kill whatever is left; reap everything."""
         if self.proc is None:
             return
+        pids = self.slot.pids()
         try:
             self.proc.stdin.close()
-        except OSError:
+            self.proc.wait(timeout=2)
+        except (OSError, subprocess.TimeoutExpired):
             pass
         self.slot.kill_all()
         kill_process_tree(self.proc)
         self.proc.wait(timeout=10)
         self.proc.stdout.close()
         self.proc = None
+        reap_orphans(pids)
 
     def close(self) -> None:
         self.stop()
@@ -175,6 +182,21 @@ class WarmSandbox:
             chunks.append(chunk)
             n -= len(chunk)
         return b"".join(chunks)
+
+
+def become_subreaper() -> None:
+    """Orphans of a killed sandbox (bwrap's own pid 1) come back to this process to be reaped; where the
+    machine's init does not reap, they would otherwise stay zombies."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0)
+
+
+def reap_orphans(pids: list[int]) -> None:
+    for pid in pids:
+        try:
+            os.waitpid(pid, os.WNOHANG)
+        except ChildProcessError:
+            pass
 
 
 def self_test() -> SelfTest:

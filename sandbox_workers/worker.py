@@ -10,7 +10,7 @@ import json
 import logging
 import time
 from collections import Counter, OrderedDict
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 
 from sandbox_workers.executor import Layers, SandboxFault, WarmSandbox, self_test
 from sandbox_workers.isolation import Limits, SandboxUnavailable, SelfTest
@@ -131,6 +131,7 @@ class Scorer:
         return {"worker": self.worker_id, "mode": self.mode, "jobs_run": self.sandbox.jobs_run,
                 "restarts": self.sandbox.restarts, "stray_processes": self.sandbox.stray_processes(),
                 "slot_pids": self.sandbox.slot.pids(), "slot_uid": self.sandbox.slot.uid,
+                "slot_cgroups": [str(p) for p in self.sandbox.slot.cgroups.values()],
                 "oom_kills": self.sandbox.slot.oom_kills()}
 
     # ------------------------------------------------------------------------------------------------
@@ -197,7 +198,3 @@ def _redis(url: str | None):
 
 def status_histogram(results: list[dict]) -> dict[str, int]:
     return dict(Counter(r["status"] for r in results).most_common())
-
-
-def settings_dict(settings: ScoreSettings) -> dict:
-    return asdict(settings)

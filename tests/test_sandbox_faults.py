@@ -117,3 +117,26 @@ def test_pool_passes_to_another_actor_and_scores_there(pool):
         return p.score([SLOW], [ADD_OK])[0]["status"]
 
     assert ray.get(score_remotely.remote(pool)) == "passed"
+
+
+def _processes_of_uid(uid: int) -> list[int]:
+    found = []
+    for entry in os.listdir("/proc"):
+        try:
+            with open(f"/proc/{entry}/status") as f:
+                uids = next(line for line in f if line.startswith("Uid:")).split()[1:]
+        except (OSError, StopIteration):
+            continue
+        if str(uid) in uids:
+            found.append(int(entry))
+    return found
+
+
+def test_shutdown_leaves_no_slot_cgroup_and_no_slot_process(ray_cluster):
+    short_lived = SandboxPool(num_workers=1, require_format=False, name_prefix="cleanup-sandbox")
+    status = short_lived.statuses()[0]
+    assert short_lived.score([SLOW], [ADD_OK])[0]["status"] == "passed"
+    assert status["slot_cgroups"] and _processes_of_uid(status["slot_uid"])
+    short_lived.shutdown()
+    assert [p for p in status["slot_cgroups"] if os.path.exists(p)] == []
+    assert _processes_of_uid(status["slot_uid"]) == []
