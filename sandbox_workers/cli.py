@@ -49,14 +49,21 @@ def score_command(args) -> int:
 
     import ray
 
+    from sandbox_workers.isolation import SandboxUnavailable
     from sandbox_workers.pool import SandboxPool
     from sandbox_workers.worker import status_histogram
 
     started_ray = not ray.is_initialized()
     if started_ray:
         ray.init(include_dashboard=False, log_to_driver=False, configure_logging=False)
-    pool = SandboxPool(num_workers=args.workers, test_timeout_s=args.timeout, memory_mb=args.memory_mb,
-                       require_format=args.require_format)
+    try:
+        pool = SandboxPool(num_workers=args.workers, test_timeout_s=args.timeout, memory_mb=args.memory_mb,
+                           require_format=args.require_format)
+    except SandboxUnavailable as exc:
+        print(f"error: {str(exc).splitlines()[0]} (run `diffurl sandbox check`)", file=sys.stderr)
+        if started_ray:
+            ray.shutdown()
+        return 1
     try:
         started = time.monotonic()
         results = pool.score([by_id[s["task_id"]] for s in samples], [s["completion"] for s in samples],

@@ -109,8 +109,10 @@ class WarmSandbox:
 
     def run(self, job: dict) -> dict:
         """Run one job; SandboxFault if the sandbox broke (it is restarted before raising)."""
-        if self.proc is None or self.jobs_run >= self.recycle_every:
-            self.restart() if self.proc is not None else self.start()
+        if self.proc is None:
+            self.start()
+        elif self.jobs_run >= self.recycle_every:
+            self.restart()
         n = max(1, len(job["probes"]))
         watchdog = (n + 1) * (job["timeout"] + 1.0) + WATCHDOG_MARGIN_S
         try:

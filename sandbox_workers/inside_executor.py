@@ -438,6 +438,7 @@ class Segment:
         if "exit" in record:
             self.results[index] = self._verdict(self.pending, record["exit"])
             self.pending, self.current = None, index + 1
+            self.io["stdout_bytes"] = self.io["stderr_bytes"] = 0  # the output cap is per test
             for key, name in (("cpu", "cpu_s"), ("rss", "peak_rss_kb")):
                 value = record.get(key)
                 if isinstance(value, (int, float)) and value >= 0:

@@ -10,6 +10,7 @@ SandboxUnavailable is raised.
 from __future__ import annotations
 
 import errno
+import functools
 import json
 import os
 import re
@@ -106,6 +107,7 @@ class Interpreter:
     symlinks: tuple[tuple[str, str], ...]  # (target, link) such as ("usr/lib64", "/lib64")
 
 
+@functools.lru_cache(maxsize=1)
 def find_interpreter() -> Interpreter:
     """A world-readable system python3 and the files it needs; SandboxUnavailable if there is none."""
     tried = []

@@ -14,6 +14,7 @@ from collections import deque
 import ray
 from ray.exceptions import RayActorError
 
+from sandbox_workers.isolation import SandboxUnavailable
 from sandbox_workers.worker import ScoreSettings, Scorer
 
 
@@ -73,7 +74,12 @@ class SandboxPool:
             raise ValueError(f"a pool needs at least one worker, got {n}")
         new = [self._start(i) for i in range(len(self.workers), n)]
         if new:
-            ray.get([w.ready.remote() for w in new])
+            try:
+                ray.get([w.ready.remote() for w in new])
+            except RayActorError as exc:
+                for i, worker in enumerate(new, start=len(self.workers)):
+                    self._stop(worker, i)
+                raise SandboxUnavailable(f"sandbox workers could not start: {exc}") from None
             self.workers.extend(new)
         while len(self.workers) > n:
             self._stop(self.workers.pop(), len(self.workers))

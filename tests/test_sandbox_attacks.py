@@ -106,6 +106,7 @@ def _attacks(c: Canaries):
         "fork_bomb": (ADD, "import os\ndef add(a, b):\n    while True:\n        try:\n            os.fork()\n"
                            "        except OSError:\n            pass\n", 12),
         "busy_loop": (ADD, "def add(a, b):\n    while True:\n        pass\n", 8),
+        "busy_loop_at_import": (ADD, "while True:\n    pass\ndef add(a, b):\n    return a + b\n", 8),
         "ignore_signals": (ADD, "import signal\nfor s in (signal.SIGTERM, signal.SIGINT, signal.SIGXCPU, "
                                 "signal.SIGHUP):\n    signal.signal(s, signal.SIG_IGN)\n"
                                 "def add(a, b):\n    while True:\n        pass\n", 8),
@@ -134,7 +135,7 @@ def _attacks(c: Canaries):
     }
 
 
-ATTACK_NAMES = ["fork_bomb", "busy_loop", "ignore_signals", "alloc_10gib", "file_10gib", "many_16mib_files",
+ATTACK_NAMES = ["fork_bomb", "busy_loop", "busy_loop_at_import", "ignore_signals", "alloc_10gib", "file_10gib", "many_16mib_files",
                 "stdout_1gib", "connect_loopback", "read_host_canary", "list_project_dir", "kill_at_import",
                 "kill_in_test", "double_fork_daemon", "exhaust_fds"]
 
@@ -212,6 +213,12 @@ def test_one_timeout_fails_one_test_not_the_completion(pool):
     result = pool.score([ADD], [code])[0]
     assert result["tests"] == ["timeout", "passed"]
     assert result["pass_rate"] == 0.5 and result["reward"] == 1.0
+
+
+def test_output_cap_applies_per_test_not_per_job(pool):
+    problem = {"task_id": "chatty", "entry_point": "add", "tests": [f"assert add({i}, 1) == {i + 1}" for i in range(4)]}
+    code = "def add(a, b):\n    print('x' * 600_000)\n    return a + b\n"
+    assert pool.score([problem], [code])[0]["tests"] == ["passed"] * 4
 
 
 def test_each_result_names_the_isolation_mode_and_worker(pool):
