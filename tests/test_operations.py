@@ -1,0 +1,177 @@
+"""Operating a run on real parts: exact resume after SIGKILL, a dying rollout worker, a restarting
+redis-server, and live scaling of rollout workers seen in Ray's own actor table."""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from safetensors.torch import load_file
+
+from orchestrator.redis_server import EmbeddedRedis, connect
+from orchestrator.stream import RunState
+from tests.ray_head import start_ray_head
+
+pytestmark = pytest.mark.integration
+
+REPO = Path(__file__).resolve().parent.parent
+DIFFURL = [sys.executable, "-m", "orchestrator.cli"]
+SMALL = ["rollout.group_size=2", "rollout.prompts_per_step=2", "rollout.max_new_tokens=16", "rollout.steps=8",
+         "learner.micro_batch_size=2", "metrics.progress_bar=false", "metrics.tensorboard=false",
+         "model.tiny.vocab_size=512", "model.tiny.hidden_size=32", "model.tiny.intermediate_size=64",
+         "model.tiny.num_hidden_layers=1", "learner.lr=0.001", "rollout.num_cpus=0.5", "learner.num_cpus=0.5"]
+
+
+def _env(**extra) -> dict:
+    return {**os.environ, "RAY_AUTH_MODE": "disabled", "RAY_USAGE_STATS_ENABLED": "0", "PYTHONUNBUFFERED": "1",
+            **extra}
+
+
+def _train(args: list[str], env: dict, timeout: float = 600) -> subprocess.CompletedProcess:
+    proc = subprocess.run(DIFFURL + ["train", *args], cwd=REPO, env=env, capture_output=True, text=True,
+                          timeout=timeout)
+    assert proc.returncode == 0, (proc.stdout + proc.stderr)[-4000:]
+    return proc
+
+
+def _only_run(root: Path) -> Path:
+    (run_dir,) = [p for p in root.iterdir() if p.is_dir()]
+    return run_dir
+
+
+def _wait_for(predicate, timeout: float, what: str, proc: subprocess.Popen | None = None):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        if proc is not None and proc.poll() is not None:
+            raise AssertionError(f"the run ended ({proc.returncode}) before {what}: {proc.stdout.read()[-3000:]}")
+        time.sleep(0.2)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def _metric_steps(run_dir: Path) -> list[int]:
+    path = run_dir / "metrics.jsonl"
+    if not path.exists():
+        return []
+    return [json.loads(line)["step"] for line in path.read_text().splitlines() if line.strip()]
+
+
+def _trained_group_ids(run_dir: Path) -> list[str]:
+    lines = (run_dir / "trained_groups.jsonl").read_text().splitlines()
+    return [g["group_id"] for line in lines for g in json.loads(line)["groups"]]
+
+
+def _final_weights(run_dir: Path) -> dict:
+    tag = (run_dir / "checkpoints" / "latest").read_text()
+    return load_file(run_dir / "checkpoints" / tag / "policy" / "model.safetensors")
+
+
+@pytest.fixture(scope="module")
+def head():
+    head = start_ray_head(num_cpus=4, dashboard=True)
+    yield head
+    head.stop()
+
+
+def test_resume_after_sigkill_ends_with_bit_identical_weights(head, tmp_path):
+    env = _env(RAY_ADDRESS=head.address)
+    common = ["configs/demo.yaml", *SMALL, "run.steps=4", "run.mode=sync", "learner.zero_stage=2"]
+    _train([*common, f"run.root_dir={tmp_path / 'straight'}", "run.name=straight"], env)
+    straight = _only_run(tmp_path / "straight")
+
+    cmd = DIFFURL + ["train", *common, f"run.root_dir={tmp_path / 'killed'}", "run.name=killed"]
+    proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    root = tmp_path / "killed"
+    latest = lambda: next(iter(root.glob("*/checkpoints/latest")), None)  # noqa: E731
+    _wait_for(lambda: latest() and latest().read_text() == "step000002", 300, "checkpoint 2", proc)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(timeout=30)
+    killed = _only_run(root)
+    assert _metric_steps(killed)[-1] < 4, "the driver was killed after the run ended: nothing was resumed"
+
+    proc = subprocess.run(DIFFURL + ["train", "--resume", str(killed)], cwd=REPO, env=env, capture_output=True,
+                          text=True, timeout=600)
+    assert proc.returncode == 0, (proc.stdout + proc.stderr)[-4000:]
+    assert "resuming" in proc.stdout
+
+    assert _metric_steps(killed) == [1, 2, 3, 4], "each step exactly once in metrics.jsonl"
+    assert _trained_group_ids(killed) == _trained_group_ids(straight)
+    a, b = _final_weights(straight), _final_weights(killed)
+    assert a.keys() == b.keys()
+    different = [k for k in a if not (a[k] == b[k]).all()]
+    assert not different, f"resumed weights differ from the uninterrupted run in {different[:5]}"
+    init = load_file(straight / "init_model" / "model.safetensors")
+    assert any(not (a[k] == init[k]).all() for k in a), "training changed nothing: the comparison is vacuous"
+
+
+def test_a_rollout_worker_dying_mid_step_loses_no_group_and_repeats_none(tmp_path):
+    _train(["configs/demo.yaml", *SMALL, "run.steps=3", f"run.root_dir={tmp_path}", "chaos.rollout_exit_at_group=3",
+            "rollout.max_restarts=2"], _env())
+    run_dir = _only_run(tmp_path)
+    trained = _trained_group_ids(run_dir)
+    assert sorted(trained) == [f"g{i:08d}" for i in range(6)], trained
+    assert _metric_steps(run_dir) == [1, 2, 3]
+    state = json.loads((run_dir / "checkpoints" / "step000003" / "driver_state.json").read_text())
+    assert len(state["consumed_prompt_ids"]) == 6
+
+
+def test_redis_restart_mid_run_loses_no_group(tmp_path):
+    cmd = DIFFURL + ["train", "configs/demo.yaml", *SMALL, "run.steps=8", f"run.root_dir={tmp_path}",
+                     "rollout.max_new_tokens=32", "rollout.steps=32"]
+    proc = subprocess.Popen(cmd, cwd=REPO, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    run_dir = _wait_for(lambda: next(iter(tmp_path.glob("*/run.json")), None), 120, "run.json", proc).parent
+    _wait_for(lambda: _metric_steps(run_dir), 300, "the first step", proc)
+    info = json.loads((run_dir / "run.json").read_text())
+    os.kill(info["redis_pid"], signal.SIGKILL)
+    steps_at_kill = len(_metric_steps(run_dir))
+    time.sleep(2)
+    url = info["redis_url"]
+    port, password = int(url.rsplit(":", 1)[1].split("/")[0]), url.split("//:", 1)[1].split("@", 1)[0]
+    server = EmbeddedRedis(run_dir / "redis", port=port, password=password)
+    server.start()
+    try:
+        out, _ = proc.communicate(timeout=600)
+        assert proc.returncode == 0, out[-4000:]
+        assert steps_at_kill < 8, "Redis was killed after the run ended"
+        trained = _trained_group_ids(run_dir)
+        assert sorted(trained) == [f"g{i:08d}" for i in range(16)], trained
+        client = connect(server.url)
+        assert client.xpending(f"diffurl:{run_dir.name}:traj", "learner")["pending"] == 0
+    finally:
+        server.stop()
+
+
+def test_scaling_rollout_workers_1_3_1_during_a_run_matches_ray_actor_counts(head, tmp_path):
+    from ray.util.state import list_actors
+
+    cmd = DIFFURL + ["train", "configs/demo.yaml", *SMALL, "run.steps=60", f"run.root_dir={tmp_path}",
+                     "rollout.num_workers=1", "rollout.num_cpus=0.25"]
+    proc = subprocess.Popen(cmd, cwd=REPO, env=_env(RAY_ADDRESS=head.address), stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True)
+    run_dir = _wait_for(lambda: next(iter(tmp_path.glob("*/run.json")), None), 120, "run.json", proc).parent
+    _wait_for(lambda: _metric_steps(run_dir), 300, "the first step", proc)
+    client = connect(json.loads((run_dir / "run.json").read_text())["redis_url"])
+    state = RunState(client, run_dir.name)
+
+    def alive_rollouts() -> int:
+        actors = list_actors(address=head.dashboard_url, filters=[("state", "=", "ALIVE")], limit=1000)
+        return sum(1 for a in actors if (a.name or "").startswith("rollout-"))
+
+    assert alive_rollouts() == 1
+    state.set_desired_workers(3)
+    _wait_for(lambda: alive_rollouts() == 3, 180, "3 rollout workers", proc)
+    state.set_desired_workers(1)
+    _wait_for(lambda: alive_rollouts() == 1, 180, "1 rollout worker", proc)
+    out, _ = proc.communicate(timeout=600)
+    assert proc.returncode == 0, out[-4000:]
+    rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    assert max(r["rollout_workers"] for r in rows) == 3 and rows[-1]["rollout_workers"] == 1
+    trained = _trained_group_ids(run_dir)
+    assert len(trained) == len(set(trained)) == 120
