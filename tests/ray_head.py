@@ -39,7 +39,9 @@ class RayHead:
         shutil.rmtree(self.tmp_dir, ignore_errors=True)
 
 
-def start_ray_head(*, num_cpus: int = 3, dashboard: bool = False, timeout_s: float = 90) -> RayHead:
+def start_ray_head(*, num_cpus: int = 3, dashboard: bool = False, timeout_s: float = 90,
+                   env: dict | None = None) -> RayHead:
+    """`env`: extra environment for the head (and the readiness probe), e.g. RAY_AUTH_MODE=token + RAY_AUTH_TOKEN."""
     tmp_dir = Path(tempfile.mkdtemp(prefix="rh-", dir="/tmp"))  # short: Ray's socket paths must fit 107 bytes
     gcs, metrics, dash = free_port(), free_port(), free_port()
     cmd = [RAY, "start", "--head", "--block", "--node-ip-address=127.0.0.1", f"--port={gcs}", f"--num-cpus={num_cpus}",
@@ -48,7 +50,7 @@ def start_ray_head(*, num_cpus: int = 3, dashboard: bool = False, timeout_s: flo
            f"--dashboard-agent-listen-port={free_port()}", f"--dashboard-agent-grpc-port={free_port()}",
            f"--runtime-env-agent-port={free_port()}", f"--node-manager-port={free_port()}",
            f"--object-manager-port={free_port()}", "--disable-usage-stats", f"--temp-dir={tmp_dir}"]
-    env = {**os.environ, "RAY_AUTH_MODE": "disabled"}
+    env = {**os.environ, "RAY_AUTH_MODE": "disabled", **(env or {})}
     log = open(tmp_dir / "ray-head.log", "w")
     proc = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     head = RayHead(proc, f"127.0.0.1:{gcs}", f"http://127.0.0.1:{dash}" if dashboard else "", metrics, tmp_dir)

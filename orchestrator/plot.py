@@ -1,0 +1,98 @@
+"""`diffurl plot RUN [--out PNG]`: training curves from `RUN/metrics.jsonl`, one panel per quantity.
+
+Panels: reward (mean, with a +-std band), pass rate, KL, AR-ness (local and global) and phase times (every
+`time_*` metric). Drawn with matplotlib's Agg canvas directly: no pyplot, no global backend switch.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+from orchestrator.errors import UserError
+from orchestrator.metrics import read_metrics
+from orchestrator.status import run_dir_arg
+
+PANELS = (  # (title, metrics drawn as lines, y label)
+    ("reward", ("reward_mean",), "reward"),
+    ("pass rate", ("pass_rate",), "fraction of tests passed"),
+    ("KL to reference", ("kl",), "KL"),
+    ("AR-ness", ("local_arness", "global_arness"), "AR-ness"),
+    ("phase times", None, "seconds"),  # None: every time_* metric
+)
+
+
+@dataclass
+class Plot:
+    path: Path
+    panels: dict[str, list[str]]  # panel title -> the curves drawn in it, read back from the figure's axes
+    steps: int  # metrics rows drawn
+
+
+def plot_run(run_dir: str | Path, out: str | Path | None = None) -> Plot:
+    """Write the curves of `run_dir`'s metrics to `out` (default RUN/curves.png)."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    run_dir = run_dir_arg(run_dir)
+    path = run_dir / "metrics.jsonl"
+    rows = read_metrics(run_dir) if path.is_file() else []
+    if not rows:
+        raise UserError(f"run directory {run_dir}: no metrics in metrics.jsonl yet; nothing to plot")
+    out = Path(out) if out is not None else run_dir / "curves.png"
+    steps = [row["step"] for row in rows]
+    phases = sorted({k for row in rows for k in row if k.startswith("time_")})
+
+    fig = Figure(figsize=(4.2 * len(PANELS), 3.6), layout="constrained")
+    FigureCanvasAgg(fig)
+    axes = fig.subplots(1, len(PANELS))
+    for ax, (title, names, ylabel) in zip(axes, PANELS):
+        names = phases if names is None else names
+        drawn = [name for name in names if _draw(ax, steps, rows, name, prefix="time_" if title == "phase times" else "")]
+        if title == "reward" and drawn:
+            _std_band(ax, steps, rows)
+        if not drawn:
+            ax.text(0.5, 0.5, "not logged", ha="center", va="center", transform=ax.transAxes, color="gray")
+        elif len(drawn) > 1:
+            ax.legend(fontsize="small")
+        ax.set(title=title, xlabel="step", ylabel=ylabel)
+        ax.grid(alpha=0.3)
+    fig.suptitle(run_dir.name)
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        fig.savefig(out, dpi=100)
+    except OSError as e:
+        raise UserError(f"--out {out}: cannot write the PNG ({e.strerror})") from None
+    return Plot(out, {ax.get_title(): [line.get_label() for line in ax.get_lines()] for ax in fig.axes}, len(rows))
+
+
+def _values(rows: list[dict], name: str) -> list[float]:
+    """The metric per row, NaN where it is missing or was logged as null (non-finite)."""
+    return [float(row[name]) if isinstance(row.get(name), (int, float)) else math.nan for row in rows]
+
+
+def _draw(ax, steps: list[int], rows: list[dict], name: str, prefix: str) -> bool:
+    values = _values(rows, name)
+    if all(math.isnan(v) for v in values):
+        return False
+    ax.plot(steps, values, marker="o", markersize=3, label=name.removeprefix(prefix))
+    return True
+
+
+def _std_band(ax, steps: list[int], rows: list[dict]) -> None:
+    mean, std = _values(rows, "reward_mean"), _values(rows, "reward_std")
+    ax.fill_between(steps, [m - s for m, s in zip(mean, std)], [m + s for m, s in zip(mean, std)],
+                    alpha=0.2, label="+-std")
+
+
+def add_plot_command(sub) -> None:
+    p = sub.add_parser("plot", help="draw a run's curves (reward, pass rate, KL, AR-ness, phase times) to a PNG")
+    p.add_argument("run_dir", metavar="RUN", help="the run directory, e.g. runs/demo-20250101-120000")
+    p.add_argument("--out", metavar="PNG", help="output file (default RUN/curves.png)")
+    p.set_defaults(func=cmd_plot)
+
+
+def cmd_plot(args) -> int:
+    plot = plot_run(args.run_dir, args.out)
+    print(f"wrote {plot.path}: {len(plot.panels)} panels ({', '.join(plot.panels)}) over {plot.steps} steps")
+    return 0

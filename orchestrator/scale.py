@@ -1,0 +1,52 @@
+"""`diffurl scale RUN --rollout-workers N [--sandbox-workers M]`: change a live run's worker counts.
+
+Writes the desired counts into the run's Redis (`RunState`); the driver adds or retires workers between
+groups, so no work is lost. The run directory's `run.json` says where that Redis is.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+from orchestrator.errors import UserError
+from orchestrator.status import connect_run, load_run_info
+from orchestrator.stream import RunState
+
+ENDED = ("finished", "failed", "stopped")
+
+
+def scale_run(run_dir: str | Path, rollout_workers: int | None = None,
+              sandbox_workers: int | None = None) -> dict[str, int]:
+    """Set the desired counts given (each >= 1); returns {role: count} as now stored in Redis."""
+    wanted = {role: n for role, n in (("rollout", rollout_workers), ("sandbox", sandbox_workers)) if n is not None}
+    if not wanted:
+        raise UserError("scale: nothing to change; give --rollout-workers N and/or --sandbox-workers N")
+    for role, n in wanted.items():
+        if n < 1:
+            raise UserError(f"--{role}-workers={n}: must be an integer >= 1")
+    info = load_run_info(run_dir)
+    client = connect_run(info)
+    try:
+        state = RunState(client, info["run_id"])
+        status = state.status()
+        if status in ENDED:
+            raise UserError(f"run {info['run_id']}: status is {status}; only a running run can be scaled")
+        for role, n in wanted.items():
+            state.set_desired_workers(n, role=role)
+        return {role: state.desired_workers(role) for role in wanted}
+    finally:
+        client.close()
+
+
+def add_scale_command(sub) -> None:
+    p = sub.add_parser("scale", help="change a running run's rollout/sandbox worker counts")
+    p.add_argument("run_dir", metavar="RUN", help="the run directory, e.g. runs/demo-20250101-120000")
+    p.add_argument("--rollout-workers", type=int, metavar="N", help="desired rollout workers (>= 1)")
+    p.add_argument("--sandbox-workers", type=int, metavar="N", help="desired sandbox workers (>= 1)")
+    p.set_defaults(func=cmd_scale)
+
+
+def cmd_scale(args) -> int:
+    counts = scale_run(args.run_dir, args.rollout_workers, args.sandbox_workers)
+    print("desired " + ", ".join(f"{role} workers: {n}" for role, n in counts.items())
+          + "; the driver applies them between groups (watch with `diffurl status RUN`)")
+    return 0

@@ -1,0 +1,208 @@
+"""`diffurl submit CONFIG [key=value ...] --address http://HEAD:8265`: run training as a Ray job.
+
+The config is validated here first (a bad one exits 2 before anything is submitted). The job's entrypoint is
+`python -m orchestrator.cli train CONFIG overrides...`, run on the cluster in a copy of this project (the Ray
+runtime env's `working_dir`, without .venv, runs/, .cache, .git), so relative config and data paths work there.
+The job's driver connects to the cluster through the RAY_ADDRESS its job supervisor sets and inherits the
+cluster's RAY_AUTH_MODE and token from the node it runs on.
+
+Token authentication: when a token exists (RAY_AUTH_TOKEN, the file RAY_AUTH_TOKEN_PATH names, or
+~/.ray/auth_token, Ray's own order), it is sent as `Authorization: Bearer <token>`, whatever RAY_AUTH_MODE
+says on this machine; a cluster without token auth ignores it.
+
+This module also gathers the operating commands (`add_ops_commands`) and has a `main(argv)` for them.
+"""
+from __future__ import annotations
+
+import argparse
+import contextlib
+import os
+import shlex
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from orchestrator.errors import UserError
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+EXCLUDES = [".venv", "runs", ".cache", ".git", "**/__pycache__", "*.egg-info", ".pytest_cache"]
+DEFAULT_TOKEN_PATH = Path("~/.ray/auth_token")
+TERMINAL = ("SUCCEEDED", "FAILED", "STOPPED")  # ray.job_submission.JobStatus values
+
+
+def auth_token() -> tuple[str, str] | tuple[None, None]:
+    """(token, where it came from) in Ray's order of precedence, or (None, None) when this machine has none."""
+    if os.environ.get("RAY_AUTH_TOKEN", "").strip():
+        return os.environ["RAY_AUTH_TOKEN"].strip(), "RAY_AUTH_TOKEN"
+    named = os.environ.get("RAY_AUTH_TOKEN_PATH")
+    path = Path(named).expanduser() if named else DEFAULT_TOKEN_PATH.expanduser()
+    if named and not path.is_file():
+        raise UserError(f"RAY_AUTH_TOKEN_PATH={named}: no such file; point it at the cluster's token file")
+    token = path.read_text(encoding="utf-8").strip() if path.is_file() else ""
+    return (token, str(path)) if token else (None, None)
+
+
+def dashboard_url(address: str | None) -> str:
+    """`http://HOST:PORT` of the dashboard (a bare HOST:PORT gets http://); UserError when there is none."""
+    address = address or os.environ.get("RAY_API_SERVER_ADDRESS")
+    if not address:
+        raise UserError("--address: missing; give the Ray dashboard URL, e.g. --address http://HEAD:8265 "
+                        "(or set RAY_API_SERVER_ADDRESS)")
+    if "://" not in address:
+        address = "http://" + address
+    if not address.startswith(("http://", "https://")):
+        raise UserError(f"--address={address}: expected the dashboard's http(s)://HOST:PORT, e.g. http://HEAD:8265")
+    return address.rstrip("/")
+
+
+def job_client(address: str):
+    """A JobSubmissionClient for the dashboard at `address`, sending the auth token when one exists."""
+    from ray.exceptions import AuthenticationError
+    from ray.job_submission import JobSubmissionClient
+
+    token, source = auth_token()
+    headers = {"Authorization": f"Bearer {token}"} if token else None
+    with _without_env("RAY_ADDRESS", "RAY_API_SERVER_ADDRESS"):  # they would silently override `address`
+        try:
+            return JobSubmissionClient(address, headers=headers)
+        except AuthenticationError:
+            sent = f"the token from {source} was refused" if token else "none was found"
+            raise UserError(f"--address={address}: the cluster requires a Ray auth token and {sent}; set "
+                            f"RAY_AUTH_TOKEN or RAY_AUTH_TOKEN_PATH, or put the cluster's token in "
+                            f"{DEFAULT_TOKEN_PATH}") from None
+        except (ConnectionError, RuntimeError) as e:
+            reason = " ".join(str(e).split()) or type(e).__name__
+            raise UserError(f"--address={address}: cannot reach the Ray Jobs API there ({reason[:300]})") from None
+
+
+def job_config_path(config: str) -> str:
+    """CONFIG as the job will see it: relative to the project root when inside it, else absolute."""
+    path = Path(config).resolve()
+    return str(path.relative_to(REPO_ROOT)) if path.is_relative_to(REPO_ROOT) else str(path)
+
+
+def entrypoint(config: str, overrides: list[str]) -> str:
+    return shlex.join(["python", "-m", "orchestrator.cli", "train", config, *overrides])
+
+
+def runtime_env() -> dict:
+    """The project as the job's working directory. No env vars: the job inherits the cluster's RAY_AUTH_MODE
+    and token from its nodes (this machine's RAY_AUTH_MODE may differ, and a token must not travel in plain
+    sight in the job's runtime env)."""
+    return {"working_dir": str(REPO_ROOT), "excludes": EXCLUDES}
+
+
+@dataclass
+class Submitted:
+    job_id: str
+    url: str  # the dashboard
+    client: object  # the JobSubmissionClient
+    notes: list[str]  # things the user should know about how the job sees the config
+
+
+def submit(config: str, overrides: list[str], address: str | None) -> Submitted:
+    """Validate the config here, then submit the training job to the cluster's dashboard at `address`."""
+    from orchestrator.config import check_paths, load_config
+
+    cfg = load_config(config, overrides)
+    check_paths(cfg)
+    url = dashboard_url(address)
+    client = job_client(url)
+    job_config = job_config_path(config)
+    job_id = client.submit_job(entrypoint=entrypoint(job_config, overrides), runtime_env=runtime_env(),
+                               metadata={"diffurl_run": cfg.run.name})
+    notes = []
+    if Path(job_config).is_absolute():
+        notes.append(f"{config} is outside {REPO_ROOT} (what the job gets): it must exist at {job_config} "
+                     "on the cluster")
+    if not Path(cfg.run.root_dir).is_absolute():
+        notes.append(f"run.root_dir={cfg.run.root_dir} is relative: the run directory lands inside the job's "
+                     "temporary copy of the project; give run.root_dir=/shared/path to keep it")
+    return Submitted(job_id, url, client, notes)
+
+
+def wait_for_job(client, job_id: str, url: str, poll_s: float = 2.0) -> str:
+    """Block until the job ends, printing each status change; returns the final status name."""
+    last = None
+    while True:
+        try:
+            status = str(client.get_job_status(job_id))  # JobStatus prints as its name
+        except OSError as e:  # requests' ConnectionError: the head went away
+            raise UserError(f"--address={url}: lost the Ray Jobs API while waiting for job {job_id} "
+                            f"({type(e).__name__}); once it is back: ray job status {job_id} --address {url}") from None
+        if status != last:
+            print(f"job {job_id}: {status}", flush=True)
+            last = status
+        if status in TERMINAL:
+            return status
+        time.sleep(poll_s)
+
+
+@contextlib.contextmanager
+def _without_env(*names: str):
+    saved = {n: os.environ.pop(n) for n in names if n in os.environ}
+    try:
+        yield
+    finally:
+        os.environ.update(saved)
+
+
+def add_submit_command(sub) -> None:
+    p = sub.add_parser("submit", help="submit a training run to a Ray cluster through the Ray Jobs API")
+    p.add_argument("config", help="YAML preset, e.g. configs/diffucoder_7b.yaml")
+    p.add_argument("overrides", nargs="*", help="key=value overrides, e.g. run.root_dir=/shared/runs")
+    p.add_argument("--address", help="Ray dashboard URL, e.g. http://HEAD:8265 (default: RAY_API_SERVER_ADDRESS)")
+    p.add_argument("--wait", action="store_true", help="block until the job ends; exit 1 unless it succeeded")
+    p.set_defaults(func=cmd_submit)
+
+
+def cmd_submit(args) -> int:
+    job = submit(args.config, args.overrides, args.address)
+    job_id, url, client = job.job_id, job.url, job.client
+    print(f"submitted job {job_id} to {url}")
+    for note in job.notes:
+        print(f"note: {note}")
+    print(f"follow its logs:  ray job logs --follow {job_id} --address {url}")
+    print(f"its status:       ray job status {job_id} --address {url}   (dashboard: {url}/#/jobs/{job_id})")
+    if not args.wait:
+        return 0
+    status = wait_for_job(client, job_id, url)
+    if status == "SUCCEEDED":
+        return 0
+    tail = client.get_job_logs(job_id).rstrip().splitlines()[-20:]
+    print("\n".join(tail), file=sys.stderr)
+    print(f"diffurl: job {job_id} ended {status}; full logs: ray job logs {job_id} --address {url}", file=sys.stderr)
+    return 1
+
+
+def add_ops_commands(sub) -> None:
+    """Add `submit`, `status`, `plot` and `scale` to the `diffurl` subparsers; each sets `func(args) -> int`."""
+    from orchestrator.plot import add_plot_command
+    from orchestrator.scale import add_scale_command
+    from orchestrator.status import add_status_command
+
+    add_submit_command(sub)
+    add_status_command(sub)
+    add_plot_command(sub)
+    add_scale_command(sub)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """The operating commands alone, with `diffurl`'s error convention: one line and exit 2 for user errors."""
+    parser = argparse.ArgumentParser(prog="diffurl")
+    add_ops_commands(parser.add_subparsers(dest="command", required=True))
+    args, extra = parser.parse_known_args(argv)
+    if extra:  # overrides may follow an option: `submit CONFIG --wait k=v`
+        if not hasattr(args, "overrides") or any(e.startswith("-") for e in extra):
+            parser.error(f"unrecognized arguments: {' '.join(extra)}")
+        args.overrides += extra
+    try:
+        return int(args.func(args) or 0)
+    except UserError as e:
+        print(f"diffurl: error: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

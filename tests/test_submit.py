@@ -1,0 +1,148 @@
+"""`diffurl submit`: local validation first, token auth, and real jobs on a `ray start --head` with a dashboard."""
+from __future__ import annotations
+
+import json
+import os
+import shlex
+import sys
+from pathlib import Path
+
+import pytest
+
+from orchestrator import submit
+from orchestrator.redis_server import free_port
+from tests.ray_head import start_ray_head
+from tests.test_train_integration import SMALL
+
+TOKEN = "diffurl-test-token-7f3a"
+VENV_BIN = str(Path(sys.executable).parent)
+
+
+def one_error_line(capsys) -> str:
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("diffurl: error: "), lines
+    return lines[0]
+
+
+@pytest.fixture
+def no_token(monkeypatch, tmp_path):
+    """A machine with no Ray token anywhere: empty HOME, no RAY_AUTH_TOKEN(_PATH)."""
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    monkeypatch.delenv("RAY_AUTH_TOKEN", raising=False)
+    monkeypatch.delenv("RAY_AUTH_TOKEN_PATH", raising=False)
+
+
+def test_auth_token_follows_rays_precedence_env_then_named_file_then_home(no_token, monkeypatch, tmp_path):
+    assert submit.auth_token() == (None, None)
+    home_token = tmp_path / "home" / ".ray" / "auth_token"
+    home_token.parent.mkdir(parents=True)
+    home_token.write_text("from-home\n")
+    assert submit.auth_token() == ("from-home", str(home_token))
+    named = tmp_path / "cluster_token"
+    named.write_text("from-path")
+    monkeypatch.setenv("RAY_AUTH_TOKEN_PATH", str(named))
+    assert submit.auth_token() == ("from-path", str(named))
+    monkeypatch.setenv("RAY_AUTH_TOKEN", "from-env")
+    assert submit.auth_token() == ("from-env", "RAY_AUTH_TOKEN")
+
+
+def test_token_path_naming_a_missing_file_exits_2_with_one_line(no_token, monkeypatch, tmp_path, capsys):
+    monkeypatch.setenv("RAY_AUTH_TOKEN_PATH", str(tmp_path / "nope"))
+    rc = submit.main(["submit", "configs/demo.yaml", "--address", f"http://127.0.0.1:{free_port()}"])
+    assert rc == 2
+    assert "RAY_AUTH_TOKEN_PATH=" in one_error_line(capsys)
+
+
+def test_the_job_gets_the_project_without_local_state_and_a_project_relative_config():
+    env = submit.runtime_env()
+    assert Path(env["working_dir"]) == submit.REPO_ROOT and (submit.REPO_ROOT / "orchestrator" / "cli.py").is_file()
+    assert {".venv", "runs", ".cache", ".git"} <= set(env["excludes"])
+    assert "env_vars" not in env, "the job must inherit the cluster's auth mode and token, not this machine's"
+    config = submit.job_config_path(str(submit.REPO_ROOT / "configs" / "demo.yaml"))
+    assert config == "configs/demo.yaml"
+    assert shlex.split(submit.entrypoint(config, ["run.name=a b"])) == [
+        "python", "-m", "orchestrator.cli", "train", "configs/demo.yaml", "run.name=a b"]
+
+
+@pytest.mark.parametrize("address, expected", [
+    ("http://head:8265/", "http://head:8265"), ("head:8265", "http://head:8265"), ("https://h:1", "https://h:1")])
+def test_dashboard_address_is_normalised_to_an_http_url(address, expected):
+    assert submit.dashboard_url(address) == expected
+
+
+def test_a_ray_client_address_is_rejected_with_a_hint(capsys):
+    rc = submit.main(["submit", "configs/demo.yaml", "--address", "ray://head:10001"])
+    assert rc == 2
+    assert "http://HEAD:8265" in one_error_line(capsys)
+
+
+def test_bad_config_exits_2_before_contacting_the_cluster(capsys):
+    rc = submit.main(["submit", "configs/demo.yaml", "learner.bogus=1", "--address", f"http://127.0.0.1:{free_port()}"])
+    assert rc == 2
+    assert "learner.bogus=1: unknown key" in one_error_line(capsys)
+
+
+def test_unreachable_address_exits_2_with_one_line(no_token, capsys):
+    address = f"http://127.0.0.1:{free_port()}"
+    assert submit.main(["submit", "configs/demo.yaml", "--address", address]) == 2
+    assert f"--address={address}: cannot reach the Ray Jobs API" in one_error_line(capsys)
+
+
+@pytest.fixture(scope="module")
+def token_head():
+    """A real head with a dashboard in token-auth mode; `python` on its PATH is this environment's."""
+    head = start_ray_head(num_cpus=3, dashboard=True, env={
+        "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": TOKEN, "PATH": f"{VENV_BIN}:{os.environ['PATH']}"})
+    try:
+        yield head
+    finally:
+        head.stop()
+
+
+@pytest.mark.integration
+def test_submit_without_the_clusters_token_is_refused_with_one_line(token_head, no_token, capsys):
+    rc = submit.main(["submit", "configs/demo.yaml", "--address", token_head.dashboard_url])
+    assert rc == 2
+    assert "requires a Ray auth token and none was found" in one_error_line(capsys)
+
+
+@pytest.mark.integration
+def test_submit_runs_a_two_step_job_to_success_and_status_and_plot_report_it(token_head, tmp_path, monkeypatch,
+                                                                              capsys):
+    monkeypatch.setenv("RAY_AUTH_MODE", "disabled")  # the token is sent by diffurl itself, not by Ray's client
+    monkeypatch.setenv("RAY_AUTH_TOKEN", TOKEN)
+    monkeypatch.setenv("RAY_ADDRESS", f"127.0.0.1:{free_port()}")  # must not override --address
+    overrides = [o for o in SMALL if not o.startswith("run.steps")] + [
+        "run.steps=2", f"run.root_dir={tmp_path / 'runs'}", "run.name=submitted",
+        "rollout.num_cpus=0.5", "learner.num_cpus=0.5"]
+    rc = submit.main(["submit", "configs/demo.yaml", *overrides, "--address", token_head.dashboard_url, "--wait"])
+    out = capsys.readouterr().out
+    assert rc == 0, out
+    assert "SUCCEEDED" in out and "ray job logs --follow raysubmit_" in out
+    assert f"--address {token_head.dashboard_url}" in out
+    (run_dir,) = (tmp_path / "runs").iterdir()
+    assert json.loads((run_dir / "run.json").read_text())["status"] == "finished"
+
+    assert submit.main(["status", str(run_dir)]) == 0
+    status = capsys.readouterr().out
+    assert "step       2/2" in status and "finished" in status and str(run_dir) in status
+    assert "does not answer (the run has ended?)" in status  # its embedded redis stopped with the driver
+
+    assert submit.main(["plot", str(run_dir)]) == 0
+    assert (run_dir / "curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert "5 panels" in capsys.readouterr().out
+
+
+@pytest.mark.integration
+def test_submit_wait_exits_1_when_the_job_fails_on_the_cluster(token_head, tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("RAY_AUTH_TOKEN", TOKEN)
+    bad_data = tmp_path / "bad.jsonl"
+    bad_data.write_text('{"task_id": "x"}\n')  # exists (passes the local check), holds no usable problem
+    rc = submit.main(["submit", "configs/demo.yaml", f"data.train={bad_data}", f"run.root_dir={tmp_path / 'runs'}",
+                      "--address", token_head.dashboard_url, "--wait"])
+    captured = capsys.readouterr()
+    assert rc == 1, captured.out + captured.err
+    assert "FAILED" in captured.out
+    last = captured.err.strip().splitlines()[-1]
+    assert last.startswith("diffurl: job raysubmit_") and "ended FAILED" in last
+    assert "no usable problems" in captured.err  # the job's own error, from its log tail
