@@ -1,0 +1,195 @@
+"""`diffurl status`, `plot` and `scale` on run directories built here, against a real redis-server."""
+from __future__ import annotations
+
+import json
+import time
+import uuid
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+from orchestrator.plot import plot_run
+from orchestrator.redis_server import EmbeddedRedis, connect, free_port
+from orchestrator.status import ALIVE_WITHIN_S
+from orchestrator.stream import RunState, TrajectoryStream
+from orchestrator.submit import main
+
+PHASES = {"time_generate": 1.5, "time_reward": 0.25, "time_score": 0.5, "time_train": 2.0, "time_sync": 0.1,
+          "time_checkpoint": 0.3}
+
+
+def metrics_row(step: int) -> dict:
+    return {"step": step, "time": 1.7e9 + step, "reward_mean": 0.1 * step, "reward_std": 0.05, "pass_rate": 0.2 * step,
+            "kl": 0.01 * step, "local_arness": 0.3, "global_arness": 0.6, "staleness": 0.5, "staleness_max": 1.0,
+            "stream_depth": 3.0, **PHASES}
+
+
+def make_run(root: Path, redis_url: str, rows: list[dict], status: str = "running", steps: int = 4) -> Path:
+    """A run directory as the driver leaves it: run.json, the resolved config.yaml, metrics.jsonl."""
+    run_id = f"ops-{uuid.uuid4().hex[:8]}"
+    run_dir = root / run_id
+    run_dir.mkdir(parents=True)
+    now = time.time()
+    (run_dir / "run.json").write_text(json.dumps({
+        "run_id": run_id, "run_dir": str(run_dir), "redis_url": redis_url, "ray_address": None, "driver_pid": 1,
+        "status": status, "started": now - 60, "updated": now}))
+    (run_dir / "config.yaml").write_text(f"run:\n  name: ops\n  steps: {steps}\n")
+    (run_dir / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return run_dir
+
+
+def one_error_line(capsys) -> str:
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("diffurl: error: "), lines
+    return lines[0]
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    with EmbeddedRedis(tmp_path_factory.mktemp("redis")) as srv:
+        yield srv
+
+
+@pytest.fixture
+def client(server):
+    c = connect(server.url)
+    yield c
+    c.close()
+
+
+@pytest.fixture
+def gone_url():
+    """The URL of a Redis that does not run (the run ended and its embedded server stopped)."""
+    return f"redis://:pw@127.0.0.1:{free_port()}/0"
+
+
+def test_status_reports_live_workers_stream_and_the_latest_step_with_phase_times(tmp_path, server, client, capsys):
+    run_dir = make_run(tmp_path, server.url, [metrics_row(1), metrics_row(2)])
+    run_id = run_dir.name
+    state = RunState(client, run_id)
+    state.set_status("running")
+    state.set_desired_workers(3)
+    state.set_desired_workers(2, role="sandbox")
+    now = time.time()
+    state.heartbeat("rollout-0", now=now)
+    state.heartbeat("rollout-1", now=now - ALIVE_WITHIN_S - 5)  # stale: not alive
+    state.heartbeat("sandbox-0", now=now)
+    stream = TrajectoryStream(client, run_id)
+    for i in range(3):
+        stream.publish({"group": i})
+    stream.ack([eid for eid, _ in stream.read(1, "learner-0")])
+
+    assert main(["status", str(run_dir)]) == 0
+    out = capsys.readouterr().out
+    assert "status     running (redis)" in out
+    assert "step       2/4" in out
+    assert "reward     0.200 (std 0.050)   pass rate 0.400" in out
+    assert "rollout 1 alive / 3 desired" in out and "sandbox 1 alive / 2 desired" in out
+    assert "stream     depth 2 (redis)" in out
+    assert "staleness  mean 0.500, max 1.000" in out
+    assert "generate 1.50s" in out and "checkpoint 0.30s" in out
+    assert str(run_dir) in out and "note" not in out
+
+
+def test_status_of_an_ended_run_says_redis_is_gone_and_shows_the_run_directory(tmp_path, gone_url, capsys):
+    run_dir = make_run(tmp_path, gone_url, [metrics_row(1), metrics_row(2), metrics_row(3)], status="finished")
+    assert main(["status", str(run_dir)]) == 0
+    out = capsys.readouterr().out
+    assert "status     finished (run.json" in out and "step       3/4" in out
+    assert "stream     depth 3 at step 3" in out
+    assert "does not answer (the run has ended?)" in out and ":pw@" not in out  # the password is redacted
+
+
+def test_status_of_a_run_with_no_metrics_yet_says_so(tmp_path, server, capsys):
+    run_dir = make_run(tmp_path, server.url, [])
+    assert main(["status", str(run_dir)]) == 0
+    assert "step       0/4  (no metrics logged yet)" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("command", ["status", "plot", "scale"])
+def test_a_missing_run_directory_exits_2_with_one_line(tmp_path, command, capsys):
+    extra = ["--rollout-workers", "2"] if command == "scale" else []
+    assert main([command, str(tmp_path / "nope"), *extra]) == 2
+    assert f"run directory {tmp_path / 'nope'}: not found" in one_error_line(capsys)
+
+
+def test_scale_writes_desired_counts_that_run_state_reads_back(tmp_path, server, client, capsys):
+    run_dir = make_run(tmp_path, server.url, [metrics_row(1)])
+    state = RunState(client, run_dir.name)
+    state.set_desired_workers(1)
+    state.set_desired_workers(1, role="sandbox")
+    assert main(["scale", str(run_dir), "--rollout-workers", "3"]) == 0
+    assert (state.desired_workers(), state.desired_workers("sandbox")) == (3, 1)
+    assert main(["scale", str(run_dir), "--rollout-workers", "2", "--sandbox-workers", "4"]) == 0
+    assert (state.desired_workers(), state.desired_workers("sandbox")) == (2, 4)
+    assert "rollout workers: 2, sandbox workers: 4" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--rollout-workers", "0"], "--rollout-workers=0: must be an integer >= 1"),
+    (["--rollout-workers", "2", "--sandbox-workers", "-1"], "--sandbox-workers=-1: must be an integer >= 1"),
+    ([], "nothing to change"),
+])
+def test_scale_rejects_bad_counts_with_one_line_and_changes_nothing(tmp_path, server, client, capsys, args, message):
+    run_dir = make_run(tmp_path, server.url, [])
+    state = RunState(client, run_dir.name)
+    state.set_desired_workers(1)
+    assert main(["scale", str(run_dir), *args]) == 2
+    assert message in one_error_line(capsys)
+    assert state.desired_workers() == 1 and state.desired_workers("sandbox") is None
+
+
+def test_scale_with_unreachable_redis_exits_2_with_one_line(tmp_path, gone_url, capsys):
+    run_dir = make_run(tmp_path, gone_url, [])
+    assert main(["scale", str(run_dir), "--rollout-workers", "2"]) == 2
+    line = one_error_line(capsys)
+    assert f"run {run_dir.name}: " in line and "cannot connect" in line and "(has the run ended?)" in line
+
+
+def test_scale_of_a_finished_run_is_refused(tmp_path, server, client, capsys):
+    run_dir = make_run(tmp_path, server.url, [], status="finished")
+    RunState(client, run_dir.name).set_status("finished")
+    assert main(["scale", str(run_dir), "--rollout-workers", "2"]) == 2
+    assert "status is finished; only a running run can be scaled" in one_error_line(capsys)
+    assert RunState(client, run_dir.name).desired_workers() is None
+
+
+def test_scale_of_a_directory_without_run_json_exits_2(tmp_path, capsys):
+    assert main(["scale", str(tmp_path), "--rollout-workers", "2"]) == 2
+    assert "no run.json" in one_error_line(capsys)
+
+
+def test_plot_writes_a_png_with_five_panels_and_a_curve_per_metric(tmp_path, gone_url, capsys):
+    run_dir = make_run(tmp_path, gone_url, [metrics_row(s) for s in range(1, 6)])
+    assert main(["plot", str(run_dir)]) == 0
+    assert "5 panels" in capsys.readouterr().out
+    png = run_dir / "curves.png"
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    with Image.open(png) as image:
+        image.verify()
+    with Image.open(png) as image:
+        width, height = image.size
+        assert 1000 <= width <= 4000 and 200 <= height <= 1000
+        assert len(image.convert("L").getcolors(maxcolors=1 << 16)) > 10, "the image is blank"
+
+    plot = plot_run(run_dir, tmp_path / "out" / "c.png")
+    assert plot.path.is_file() and plot.steps == 5
+    assert plot.panels == {
+        "reward": ["reward_mean"], "pass rate": ["pass_rate"], "KL to reference": ["kl"],
+        "AR-ness": ["local_arness", "global_arness"],
+        "phase times": sorted(name.removeprefix("time_") for name in PHASES)}
+
+
+def test_plot_leaves_a_metric_that_was_never_logged_empty(tmp_path, gone_url):
+    rows = [{k: v for k, v in metrics_row(s).items() if k != "kl"} for s in (1, 2)]
+    rows[1]["reward_mean"] = None  # a non-finite value is logged as null
+    plot = plot_run(make_run(tmp_path, gone_url, rows))
+    assert plot.panels["KL to reference"] == [] and plot.panels["reward"] == ["reward_mean"]
+
+
+def test_plot_of_a_run_without_metrics_exits_2_with_one_line(tmp_path, gone_url, capsys):
+    run_dir = make_run(tmp_path, gone_url, [])
+    assert main(["plot", str(run_dir)]) == 2
+    assert "no metrics in metrics.jsonl yet" in one_error_line(capsys)
+    assert not (run_dir / "curves.png").exists()
