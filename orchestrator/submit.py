@@ -1,5 +1,8 @@
 """`diffurl submit CONFIG [key=value ...] --address http://HEAD:8265`: run training as a Ray job.
 
+    diffurl submit configs/diffucoder_7b.yaml run.root_dir=/shared/runs --address http://HEAD:8265 [--wait]
+    diffurl submit --resume /shared/runs/diffucoder-20250101-120000 --address http://HEAD:8265
+
 The config is validated here first (a bad one exits 2 before anything is submitted). The job's entrypoint is
 `python -m orchestrator.cli train CONFIG overrides...`, run on the cluster in a copy of this project (the Ray
 runtime env's `working_dir`, without .venv, runs/, .cache, .git), so relative config and data paths work there.
@@ -82,8 +85,10 @@ def job_config_path(config: str) -> str:
     return str(path.relative_to(REPO_ROOT)) if path.is_relative_to(REPO_ROOT) else str(path)
 
 
-def entrypoint(config: str, overrides: list[str]) -> str:
-    return shlex.join(["python", "-m", "orchestrator.cli", "train", config, *overrides])
+def entrypoint(config: str | None, overrides: list[str], resume: str | None = None) -> str:
+    """The job's command: `train CONFIG overrides...`, or `train --resume RUN overrides...`."""
+    train = ["--resume", resume] if resume else [config]
+    return shlex.join(["python", "-m", "orchestrator.cli", "train", *train, *overrides])
 
 
 def runtime_env() -> dict:
@@ -101,24 +106,38 @@ class Submitted:
     notes: list[str]  # things the user should know about how the job sees the config
 
 
-def submit(config: str, overrides: list[str], address: str | None) -> Submitted:
-    """Validate the config here, then submit the training job to the cluster's dashboard at `address`."""
+def submit(config: str | None, overrides: list[str], address: str | None, resume: str | None = None) -> Submitted:
+    """Validate here, then submit the training job (a new run from CONFIG, or `--resume RUN`) to `address`."""
     from orchestrator.config import check_paths, load_config
 
+    if resume:
+        run_dir = Path(resume).resolve()
+        if not (run_dir / "config.yaml").is_file():
+            raise UserError(f"--resume {resume}: not a run directory here (no config.yaml); give the run directory "
+                            "as this machine sees it on the shared disk")
+        if not (run_dir / "checkpoints" / "latest").is_file():
+            raise UserError(f"--resume {resume}: the run has no checkpoint yet; submit it again from its config")
+        config = str(run_dir / "config.yaml")
+    elif not config:
+        raise UserError("submit: give a CONFIG (e.g. configs/demo.yaml) or --resume RUN")
     cfg = load_config(config, overrides)
     check_paths(cfg)
     url = dashboard_url(address)
     client = job_client(url)
-    job_config = job_config_path(config)
-    job_id = client.submit_job(entrypoint=entrypoint(job_config, overrides), runtime_env=runtime_env(),
-                               metadata={"diffurl_run": cfg.run.name})
     notes = []
-    if Path(job_config).is_absolute():
-        notes.append(f"{config} is outside {REPO_ROOT} (what the job gets): it must exist at {job_config} "
-                     "on the cluster")
-    if not Path(cfg.run.root_dir).is_absolute():
-        notes.append(f"run.root_dir={cfg.run.root_dir} is relative: the run directory lands inside the job's "
-                     "temporary copy of the project; give run.root_dir=/shared/path to keep it")
+    if resume:
+        command = entrypoint(None, overrides, resume=str(run_dir))
+        notes.append(f"{run_dir} must be the same path on the cluster")
+    else:
+        job_config = job_config_path(config)
+        command = entrypoint(job_config, overrides)
+        if Path(job_config).is_absolute():
+            notes.append(f"{config} is outside {REPO_ROOT} (what the job gets): it must exist at {job_config} "
+                         "on the cluster")
+        if not Path(cfg.run.root_dir).is_absolute():
+            notes.append(f"run.root_dir={cfg.run.root_dir} is relative: the run directory lands inside the job's "
+                         "temporary copy of the project; give run.root_dir=/shared/path to keep it")
+    job_id = client.submit_job(entrypoint=command, runtime_env=runtime_env(), metadata={"diffurl_run": cfg.run.name})
     return Submitted(job_id, url, client, notes)
 
 
@@ -150,15 +169,19 @@ def _without_env(*names: str):
 
 def add_submit_command(sub) -> None:
     p = sub.add_parser("submit", help="submit a training run to a Ray cluster through the Ray Jobs API")
-    p.add_argument("config", help="YAML preset, e.g. configs/diffucoder_7b.yaml")
+    p.add_argument("config", nargs="?", help="YAML preset, e.g. configs/diffucoder_7b.yaml")
     p.add_argument("overrides", nargs="*", help="key=value overrides, e.g. run.root_dir=/shared/runs")
+    p.add_argument("--resume", metavar="RUN", help="continue the run in directory RUN from its latest checkpoint")
     p.add_argument("--address", help="Ray dashboard URL, e.g. http://HEAD:8265 (default: RAY_API_SERVER_ADDRESS)")
     p.add_argument("--wait", action="store_true", help="block until the job ends; exit 1 unless it succeeded")
     p.set_defaults(func=cmd_submit)
 
 
 def cmd_submit(args) -> int:
-    job = submit(args.config, args.overrides, args.address)
+    overrides = args.overrides
+    if args.resume and args.config:  # `submit --resume RUN k=v`: the first override lands in CONFIG
+        overrides = [args.config, *overrides]
+    job = submit(None if args.resume else args.config, overrides, args.address, resume=args.resume)
     job_id, url, client = job.job_id, job.url, job.client
     print(f"submitted job {job_id} to {url}")
     for note in job.notes:

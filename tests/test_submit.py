@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from orchestrator import submit
+from orchestrator.metrics import read_metrics
 from orchestrator.redis_server import free_port
 from tests.ray_head import start_ray_head
 from tests.test_train_integration import SMALL
@@ -62,6 +63,8 @@ def test_the_job_gets_the_project_without_local_state_and_a_project_relative_con
     assert config == "configs/demo.yaml"
     assert shlex.split(submit.entrypoint(config, ["run.name=a b"])) == [
         "python", "-m", "orchestrator.cli", "train", "configs/demo.yaml", "run.name=a b"]
+    assert shlex.split(submit.entrypoint(None, ["run.steps=9"], resume="/shared/runs/r")) == [
+        "python", "-m", "orchestrator.cli", "train", "--resume", "/shared/runs/r", "run.steps=9"]
 
 
 @pytest.mark.parametrize("address, expected", [
@@ -80,6 +83,22 @@ def test_bad_config_exits_2_before_contacting_the_cluster(capsys):
     rc = submit.main(["submit", "configs/demo.yaml", "learner.bogus=1", "--address", f"http://127.0.0.1:{free_port()}"])
     assert rc == 2
     assert "learner.bogus=1: unknown key" in one_error_line(capsys)
+
+
+def test_resume_of_a_run_without_a_checkpoint_exits_2_before_contacting_the_cluster(tmp_path, capsys):
+    run_dir = tmp_path / "demo-1"
+    run_dir.mkdir()
+    (run_dir / "config.yaml").write_text((submit.REPO_ROOT / "configs" / "demo.yaml").read_text())
+    rc = submit.main(["submit", "--resume", str(run_dir), "--address", f"http://127.0.0.1:{free_port()}"])
+    assert rc == 2
+    assert "the run has no checkpoint yet" in one_error_line(capsys)
+    assert submit.main(["submit", "--resume", str(tmp_path), "--address", "http://h:1"]) == 2
+    assert "not a run directory here" in one_error_line(capsys)
+
+
+def test_submit_without_config_or_resume_exits_2(capsys):
+    assert submit.main(["submit", "--address", "http://h:1"]) == 2
+    assert "give a CONFIG" in one_error_line(capsys)
 
 
 def test_unreachable_address_exits_2_with_one_line(no_token, capsys):
@@ -107,7 +126,7 @@ def test_submit_without_the_clusters_token_is_refused_with_one_line(token_head, 
 
 
 @pytest.mark.integration
-def test_submit_runs_a_two_step_job_to_success_and_status_and_plot_report_it(token_head, tmp_path, monkeypatch,
+def test_submitted_two_step_job_succeeds_status_and_plot_report_it_and_a_resubmitted_resume_adds_a_step(token_head, tmp_path, monkeypatch,
                                                                               capsys):
     monkeypatch.setenv("RAY_AUTH_MODE", "disabled")  # the token is sent by diffurl itself, not by Ray's client
     monkeypatch.setenv("RAY_AUTH_TOKEN", TOKEN)
@@ -131,6 +150,14 @@ def test_submit_runs_a_two_step_job_to_success_and_status_and_plot_report_it(tok
     assert submit.main(["plot", str(run_dir)]) == 0
     assert (run_dir / "curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert "5 panels" in capsys.readouterr().out
+
+    rc = submit.main(["submit", "--resume", str(run_dir), "run.steps=3", "--address", token_head.dashboard_url,
+                      "--wait"])
+    out = capsys.readouterr().out
+    assert rc == 0, out
+    assert [row["step"] for row in read_metrics(run_dir)] == [1, 2, 3]
+    assert submit.main(["status", str(run_dir)]) == 0
+    assert "step       3/3" in capsys.readouterr().out
 
 
 @pytest.mark.integration
