@@ -47,8 +47,8 @@ def plot_run(run_dir: str | Path, out: str | Path | None = None) -> Plot:
     FigureCanvasAgg(fig)
     axes = fig.subplots(1, len(PANELS))
     for ax, (title, names, ylabel) in zip(axes, PANELS):
-        names = phases if names is None else names
-        drawn = [name for name in names if _draw(ax, steps, rows, name, prefix="time_" if title == "phase times" else "")]
+        prefix = "time_" if names is None else ""  # phase curves are labelled by phase name
+        drawn = [name for name in (phases if names is None else names) if _draw(ax, steps, rows, name, prefix)]
         if title == "reward" and drawn:
             _std_band(ax, steps, rows)
         if not drawn:

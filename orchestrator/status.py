@@ -80,12 +80,14 @@ def collect_status(run_dir: str | Path, now: float | None = None) -> RunStatus:
         return status
     try:
         client = connect_run(info)
-    except UserError:
-        status.redis_note = (f"redis at {redact(info['redis_url'])} does not answer (the run has ended?): "
-                             "showing the run directory only")
+    except UserError as e:
+        status.redis_note = f"{e}; showing the run directory only"
         return status
     try:
         status.live = _live_state(client, info["run_id"], time.time() if now is None else now)
+    except redis.exceptions.RedisError as e:  # went away between PING and the reads
+        status.redis_note = (f"redis at {redact(info['redis_url'])} failed mid-read ({e}); "
+                             "showing the run directory only")
     finally:
         client.close()
     return status

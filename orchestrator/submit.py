@@ -75,8 +75,7 @@ def job_client(address: str):
                             f"RAY_AUTH_TOKEN or RAY_AUTH_TOKEN_PATH, or put the cluster's token in "
                             f"{DEFAULT_TOKEN_PATH}") from None
         except (ConnectionError, RuntimeError) as e:
-            reason = " ".join(str(e).split()) or type(e).__name__
-            raise UserError(f"--address={address}: cannot reach the Ray Jobs API there ({reason[:300]})") from None
+            raise UserError(f"--address={address}: cannot reach the Ray Jobs API there ({_one_line(e)})") from None
 
 
 def job_config_path(config: str) -> str:
@@ -137,7 +136,11 @@ def submit(config: str | None, overrides: list[str], address: str | None, resume
         if not Path(cfg.run.root_dir).is_absolute():
             notes.append(f"run.root_dir={cfg.run.root_dir} is relative: the run directory lands inside the job's "
                          "temporary copy of the project; give run.root_dir=/shared/path to keep it")
-    job_id = client.submit_job(entrypoint=command, runtime_env=runtime_env(), metadata={"diffurl_run": cfg.run.name})
+    try:
+        job_id = client.submit_job(entrypoint=command, runtime_env=runtime_env(),
+                                   metadata={"diffurl_run": cfg.run.name})
+    except (RuntimeError, OSError) as e:  # a refused request, a failed upload of the project
+        raise UserError(f"--address={url}: the cluster did not accept the job ({_one_line(e)})") from None
     return Submitted(job_id, url, client, notes)
 
 
@@ -156,6 +159,10 @@ def wait_for_job(client, job_id: str, url: str, poll_s: float = 2.0) -> str:
         if status in TERMINAL:
             return status
         time.sleep(poll_s)
+
+
+def _one_line(exc: BaseException, limit: int = 300) -> str:
+    return (" ".join(str(exc).split()) or type(exc).__name__)[:limit]
 
 
 @contextlib.contextmanager

@@ -98,7 +98,8 @@ def test_status_of_an_ended_run_says_redis_is_gone_and_shows_the_run_directory(t
     out = capsys.readouterr().out
     assert "status     finished (run.json" in out and "step       3/4" in out
     assert "stream     depth 3 at step 3" in out
-    assert "does not answer (the run has ended?)" in out and ":pw@" not in out  # the password is redacted
+    assert "cannot connect" in out and "(has the run ended?); showing the run directory only" in out
+    assert ":pw@" not in out  # the password is redacted
 
 
 def test_status_of_a_run_with_no_metrics_yet_says_so(tmp_path, server, capsys):

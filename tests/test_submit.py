@@ -126,8 +126,8 @@ def test_submit_without_the_clusters_token_is_refused_with_one_line(token_head, 
 
 
 @pytest.mark.integration
-def test_submitted_two_step_job_succeeds_status_and_plot_report_it_and_a_resubmitted_resume_adds_a_step(token_head, tmp_path, monkeypatch,
-                                                                              capsys):
+def test_submitted_two_step_job_succeeds_status_and_plot_report_it_and_a_resubmitted_resume_adds_a_step(
+        token_head, tmp_path, monkeypatch, capsys):
     monkeypatch.setenv("RAY_AUTH_MODE", "disabled")  # the token is sent by diffurl itself, not by Ray's client
     monkeypatch.setenv("RAY_AUTH_TOKEN", TOKEN)
     monkeypatch.setenv("RAY_ADDRESS", f"127.0.0.1:{free_port()}")  # must not override --address
@@ -145,7 +145,7 @@ def test_submitted_two_step_job_succeeds_status_and_plot_report_it_and_a_resubmi
     assert submit.main(["status", str(run_dir)]) == 0
     status = capsys.readouterr().out
     assert "step       2/2" in status and "finished" in status and str(run_dir) in status
-    assert "does not answer (the run has ended?)" in status  # its embedded redis stopped with the driver
+    assert "(has the run ended?); showing the run directory only" in status  # its redis stopped with the driver
 
     assert submit.main(["plot", str(run_dir)]) == 0
     assert (run_dir / "curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
