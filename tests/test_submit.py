@@ -126,6 +126,7 @@ def test_submit_without_the_clusters_token_is_refused_with_one_line(token_head, 
 
 
 @pytest.mark.integration
+@pytest.mark.slow
 def test_submitted_two_step_job_succeeds_status_and_plot_report_it_and_a_resubmitted_resume_adds_a_step(
         token_head, tmp_path, monkeypatch, capsys):
     monkeypatch.setenv("RAY_AUTH_MODE", "disabled")  # the token is sent by diffurl itself, not by Ray's client
