@@ -47,6 +47,7 @@ def _cmd_demo(args) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from orchestrator.submit import add_ops_commands
     from sandbox_workers.cli import add_sandbox_commands
 
     parser = argparse.ArgumentParser(prog="diffurl", description="coupled-GRPO for diffusion LMs on Ray")
@@ -64,11 +65,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_cmd_demo)
 
     add_sandbox_commands(sub)
+    add_ops_commands(sub)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
-    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    from orchestrator.run_setup import ACTOR_ENV
+
+    for key, value in ACTOR_ENV.items():  # the driver process too: quiet model loading, no thread pools
+        os.environ.setdefault(key, value)
     parser = build_parser()
     args, extra = parser.parse_known_args(argv)
     if extra:  # `train CONFIG --dry-run k=v`: overrides may follow an option

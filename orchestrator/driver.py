@@ -31,7 +31,7 @@ from orchestrator.data import build_chat_prompt, load_prompts
 from orchestrator.errors import RunFailed, UserError
 from orchestrator.metrics import MetricsSink
 from orchestrator.redis_server import EmbeddedRedis, connect, free_port
-from orchestrator.run_setup import format_plan, init_ray, make_run_dir, prepare_model
+from orchestrator.run_setup import format_plan, init_ray, make_run_dir, prepare_model, probe_ray_address
 from orchestrator.stream import RunState as RedisRunState
 from orchestrator.stream import TrajectoryStream
 from orchestrator.weights import make_weight_sync
@@ -372,6 +372,7 @@ class Driver:
                     idle.append(g.worker)
                 continue
             idle.append(g.worker)
+            self.run_state.heartbeat(f"rollout-{g.worker}")  # a worker that delivers a group is alive
             if summary["group_id"] not in st.trained:
                 st.accepted[summary["group_id"]] = summary
         return rows
@@ -383,6 +384,8 @@ def train(cfg, *, dry_run: bool = False, out=print) -> Path | None:
     if dry_run:
         out(format_plan(cfg))
         return None
+    if cfg.ray.address:
+        probe_ray_address(cfg.ray.address)
     run_dir = make_run_dir(cfg)
     save_config(cfg, run_dir)
     out(f"run directory: {run_dir}\n--- resolved config ---\n{config_to_yaml(cfg)}-----------------------")
@@ -401,6 +404,8 @@ def resume(run_dir: str | Path, overrides: list[str] = (), *, out=print) -> Path
     saved = json.loads((run_dir / "checkpoints" / tag / "driver_state.json").read_text())
     cfg = load_config(run_dir / "config.yaml", list(overrides))
     check_paths(cfg)
+    if cfg.ray.address:
+        probe_ray_address(cfg.ray.address)
     save_config(cfg, run_dir)
     out(f"resuming {run_dir} from {tag} (step {saved['step']} of {cfg.run.steps})\n"
         f"--- resolved config ---\n{config_to_yaml(cfg)}-----------------------")

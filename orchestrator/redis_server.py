@@ -87,7 +87,7 @@ class EmbeddedRedis:
         self.data_dir.mkdir(parents=True, exist_ok=True)
         conf = self._write_conf()
         self._proc = subprocess.Popen(
-            [server_binary(), str(conf)], cwd=self.data_dir, stdin=subprocess.DEVNULL,
+            [server_binary(), str(conf.resolve())], cwd=self.data_dir, stdin=subprocess.DEVNULL,
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, close_fds=True,
             # the parent-death signal fires when the starting *thread* ends: only tie it to the main thread
             preexec_fn=_die_with_parent if threading.current_thread() is threading.main_thread() else None)

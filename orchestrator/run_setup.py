@@ -1,6 +1,7 @@
 """What a run needs before its first step: a run directory, Ray, the initial model, the actor plan."""
 from __future__ import annotations
 
+import socket
 import time
 from pathlib import Path
 
@@ -25,6 +26,11 @@ def make_run_dir(cfg) -> Path:
     return run_dir
 
 
+# quiet, deterministic actors: no per-load progress bars, no tokenizer thread pools, no accelerator probing
+ACTOR_ENV = {"HF_HUB_DISABLE_PROGRESS_BARS": "1", "TRANSFORMERS_VERBOSITY": "error",
+             "TOKENIZERS_PARALLELISM": "false", "DS_ACCELERATOR": "cpu"}
+
+
 def init_ray(cfg, run_id: str) -> tuple[bool, int | None]:
     """Connect to `ray.address` (from the config or RAY_ADDRESS) or start a local cluster.
 
@@ -35,19 +41,32 @@ def init_ray(cfg, run_id: str) -> tuple[bool, int | None]:
         return False, None
     if cfg.ray.address:
         try:
-            ray.init(address=cfg.ray.address, namespace=namespace, log_to_driver=True)
+            ray.init(address=cfg.ray.address, namespace=namespace, log_to_driver=True,
+                     runtime_env={"env_vars": ACTOR_ENV})
         except (ConnectionError, ValueError, RuntimeError) as e:
             raise UserError(f"ray.address={cfg.ray.address}: cannot connect to a Ray cluster there ({e})")
         return False, None
     port = cfg.ray.metrics_export_port or free_port()
     kwargs = dict(namespace=namespace, include_dashboard=cfg.ray.include_dashboard,
-                  _metrics_export_port=port, log_to_driver=True)
+                  _metrics_export_port=port, log_to_driver=True, runtime_env={"env_vars": ACTOR_ENV})
     if cfg.ray.include_dashboard:
         kwargs["dashboard_port"] = cfg.ray.dashboard_port
     if cfg.ray.num_cpus is not None:
         kwargs["num_cpus"] = cfg.ray.num_cpus
     ray.init(**kwargs)
     return True, port
+
+
+def probe_ray_address(address: str, timeout_s: float = 5.0) -> None:
+    """Fail in seconds, not minutes, when a HOST:PORT cluster address does not answer (ray.init would hang)."""
+    host, sep, port = address.removeprefix("ray://").rpartition(":")
+    if not sep or not port.isdigit():
+        return  # "auto" and other forms: leave them to ray.init
+    try:
+        socket.create_connection((host, int(port)), timeout=timeout_s).close()
+    except OSError as e:
+        raise UserError(f"ray.address={address}: no Ray cluster answers there ({e.strerror or e}); "
+                        f"start one with `ray start --head` or unset RAY_ADDRESS for a local cluster") from None
 
 
 def tokenizer_corpus(problems: list[dict]) -> list[str]:
