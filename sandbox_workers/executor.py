@@ -56,6 +56,7 @@ class WarmSandbox:
         self.restarts = 0
         self.log = tempfile.TemporaryFile()
         self.baseline_pids = 0
+        self.cpu_s_earlier, self.cpu_s_current = 0.0, 0.0  # sandbox CPU: sandboxes before this one, this one
 
     # -------------------------------------------------------------------------------- lifecycle
 
@@ -100,7 +101,13 @@ class WarmSandbox:
         self.stop()
         self.slot.remove()
 
+    @property
+    def cpu_s(self) -> float:
+        """CPU seconds used by this slot's executors and their reaped job processes, over all restarts."""
+        return self.cpu_s_earlier + self.cpu_s_current
+
     def restart(self) -> None:
+        self.cpu_s_earlier, self.cpu_s_current = self.cpu_s, 0.0
         self.stop()
         self.restarts += 1
         self.start()
@@ -122,6 +129,7 @@ class WarmSandbox:
             self.restart()
             raise SandboxFault(f"{fault}; sandbox restarted") from None
         self.jobs_run += 1
+        self.cpu_s_current = reply.get("executor_cpu_s", self.cpu_s_current)
         if "error" in reply:
             self.restart()
             raise SandboxFault(f"executor error: {reply['error']}; sandbox restarted")

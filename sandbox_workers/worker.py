@@ -8,6 +8,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import os
 import time
 from collections import Counter, OrderedDict
 from dataclasses import dataclass
@@ -132,7 +133,8 @@ class Scorer:
                 "restarts": self.sandbox.restarts, "stray_processes": self.sandbox.stray_processes(),
                 "slot_pids": self.sandbox.slot.pids(), "slot_uid": self.sandbox.slot.uid,
                 "slot_cgroups": [str(p) for p in self.sandbox.slot.cgroups.values()],
-                "oom_kills": self.sandbox.slot.oom_kills()}
+                "oom_kills": self.sandbox.slot.oom_kills(), "sandbox_cpu_s": round(self.sandbox.cpu_s, 4),
+                "worker_cpu_s": round(sum(os.times()[:2]), 4)}
 
     # ------------------------------------------------------------------------------------------------
 
