@@ -45,6 +45,9 @@ class WarmSandbox:
     """One bwrap sandbox running the warm forking executor, owned by one worker."""
 
     def __init__(self, name: str, limits: Limits, layers: Layers, recycle_every: int = 500):
+        if os.geteuid() == 0 and not layers.slot_uid:
+            raise SandboxUnavailable("as root the sandbox needs its slot uid (bwrap run by root cannot give jobs "
+                                     "their own /proc)")
         become_subreaper()
         self.name, self.limits, self.layers, self.recycle_every = name, limits, layers, recycle_every
         self.interpreter: Interpreter = find_interpreter()

@@ -1,0 +1,92 @@
+"""The isolation layers themselves, through a WarmSandbox (no Ray): the self-test, what a job can see and
+call, and the degraded modes."""
+
+import pytest
+
+from sandbox_workers.executor import Layers, WarmSandbox, self_test
+from sandbox_workers.isolation import Limits, SelfTest
+from sandbox_workers.judge import decode_value
+
+pytestmark = pytest.mark.integration
+
+
+def _run(sandbox: WarmSandbox, body: str):
+    """Run `body` (the inside of a probe function) in a job; the decoded value or the failure status."""
+    probe = "def __diffurl_probe__(f):\n" + "".join(f"    {line}\n" for line in body.splitlines())
+    reply = sandbox.run({"program": "def f():\n    return 0\n", "preamble": "", "entry_point": "f",
+                         "probes": [{"source": probe, "trace": False}], "timeout": 5.0})
+    test = reply["tests"][0]
+    return decode_value(test["value"]) if test["status"] == "ok" else (test["status"], test.get("detail"))
+
+
+@pytest.fixture(scope="module")
+def full_sandbox():
+    sandbox = WarmSandbox("iso-full", Limits(), Layers(seccomp=True, slot_uid=True, cgroups=True))
+    sandbox.start()
+    yield sandbox
+    sandbox.close()
+
+
+def test_self_test_names_every_layer_and_a_mode():
+    report = self_test()
+    names = set(report.layers)
+    assert {"interpreter", "bwrap", "job_namespaces", "seccomp", "slot_uid", "cgroup_memory", "cgroup_pids",
+            "cgroup_cpu", "cgroup_kill"} <= names
+    assert report.usable
+    assert report.mode in report.report()
+
+
+def test_missing_layers_name_a_degraded_or_unavailable_mode():
+    ok = {name: (True, "") for name in ("interpreter", "bwrap", "job_namespaces", "seccomp", "slot_uid",
+                                        "cgroup_memory", "cgroup_pids", "cgroup_cpu", "cgroup_kill")}
+    assert SelfTest(ok).mode == "full"
+    no_root = {**ok, "slot_uid": (False, ""), "cgroup_memory": (False, ""), "cgroup_pids": (False, ""),
+               "cgroup_cpu": (False, ""), "cgroup_kill": (False, "")}
+    assert SelfTest(no_root).mode == "degraded:no-slot_uid,no-cgroup_memory,no-cgroup_pids,no-cgroup_cpu,no-cgroup_kill"
+    assert SelfTest({**ok, "bwrap": (False, "")}).mode == "unavailable"
+
+
+def test_job_sees_its_own_pid_namespace_uid_and_loopback_only(full_sandbox):
+    pid, uid, interfaces, procs = _run(full_sandbox, "import os\nlines = open('/proc/net/dev').read().split()\n"
+                                       "return [os.getpid(), os.getuid(), [w for w in lines if w.endswith(':')], "
+                                       "sorted(int(p) for p in os.listdir('/proc') if p.isdigit())]")
+    assert (pid, uid, interfaces, procs) == (2, 1000, ["lo:"], [1, 2])
+
+
+def test_job_sees_no_host_files(full_sandbox):
+    assert _run(full_sandbox, "import os\nreturn sorted(os.listdir('/'))") == \
+        sorted(["bin", "dev", "lib", "lib64", "proc", "sandbox", "tmp", "usr"])
+    assert _run(full_sandbox, "import os\nreturn [os.path.exists(p) for p in ('/etc/passwd', '/root', '/work')]") == \
+        [False, False, False]
+
+
+@pytest.mark.parametrize("call, errno_name", [
+    ("import socket\nsocket.socket(socket.AF_INET, socket.SOCK_STREAM)", "EAFNOSUPPORT"),
+    ("import ctypes\nctypes.CDLL(None, use_errno=True).unshare(0x10000000) or None\n"
+     "raise OSError(ctypes.get_errno(), '')", "EPERM"),
+    ("import ctypes\nr = ctypes.CDLL(None, use_errno=True).syscall(435, 0, 0)\n"
+     "raise OSError(ctypes.get_errno(), '')", "ENOSYS"),
+    ("import ctypes\nctypes.CDLL(None, use_errno=True).ptrace(16, 1, 0, 0)\n"
+     "raise OSError(ctypes.get_errno(), '')", "EPERM"),
+])
+def test_seccomp_refuses_sockets_namespaces_clone3_and_ptrace(full_sandbox, call, errno_name):
+    body = f"import errno\ntry:\n" + "".join(f"    {line}\n" for line in call.splitlines()) + \
+        "except OSError as exc:\n    return errno.errorcode.get(exc.errno)\nreturn 'allowed'"
+    assert _run(full_sandbox, body) == errno_name
+
+
+def test_threads_still_work_with_clone3_refused(full_sandbox):
+    body = ("import threading\nout = []\nt = threading.Thread(target=lambda: out.append(7))\nt.start()\n"
+            "t.join()\nreturn out")
+    assert _run(full_sandbox, body) == [7]
+
+
+def test_degraded_sandbox_without_cgroups_or_seccomp_still_isolates():
+    sandbox = WarmSandbox("iso-degraded", Limits(), Layers(seccomp=False, slot_uid=True, cgroups=False))
+    sandbox.start()
+    try:
+        assert sandbox.slot.cgroups == {}
+        assert _run(sandbox, "import os\nreturn [os.getpid(), os.path.exists('/work')]") == [2, False]
+        assert _run(sandbox, "x = bytearray(10 << 30)\nreturn 1")[0] == "memory_limit"
+    finally:
+        sandbox.close()
