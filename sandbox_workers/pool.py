@@ -7,6 +7,7 @@ another worker; if that also fails the result stays sandbox_error with reward No
 
 from __future__ import annotations
 
+import os
 import threading
 import time
 from collections import deque
@@ -15,6 +16,7 @@ import ray
 from ray.exceptions import RayActorError
 
 from sandbox_workers.isolation import SandboxUnavailable
+from sandbox_workers.judge import compile_problem
 from sandbox_workers.worker import ScoreSettings, Scorer
 
 
@@ -36,7 +38,6 @@ class SandboxWorker:
         return self.scorer.status()
 
     def pid(self) -> int:
-        import os
         return os.getpid()
 
     def close(self) -> None:
@@ -93,8 +94,7 @@ class SandboxPool:
 
     def score(self, problems: list[dict], completions: list[str], progress=None) -> list[dict]:
         """One result per (problem, completion) pair, in order; progress(done, total) after each batch."""
-        if len(problems) != len(completions):
-            raise ValueError(f"{len(problems)} problems but {len(completions)} completions")
+        _validate(problems, completions)
         results: list[dict | None] = [None] * len(problems)
         queue = deque((i, 0, None) for i in range(len(problems)))  # (job index, attempt, worker to avoid)
         in_flight: dict = {}
@@ -149,6 +149,23 @@ class SandboxPool:
             except ValueError:
                 return
             time.sleep(0.05)
+
+
+def _validate(problems: list[dict], completions: list[str]) -> None:
+    """Fail here, with the task named, rather than inside a worker."""
+    if len(problems) != len(completions):
+        raise ValueError(f"{len(problems)} problems but {len(completions)} completions")
+    seen = set()
+    for problem, completion in zip(problems, completions):
+        if not isinstance(completion, str):
+            raise TypeError(f"completion for {problem.get('task_id')!r} must be a str, got {type(completion).__name__}")
+        if id(problem) not in seen:
+            seen.add(id(problem))
+            try:
+                compile_problem(problem)
+            except ValueError as exc:
+                raise ValueError(f"problem {problem.get('task_id')!r}: {exc}") from None
+
 
 def _infra_error(problem: dict, message: str) -> dict:
     return {"task_id": problem.get("task_id"), "status": "sandbox_error", "tests": [], "test_details": [],

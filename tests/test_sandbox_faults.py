@@ -140,3 +140,10 @@ def test_shutdown_leaves_no_slot_cgroup_and_no_slot_process(ray_cluster):
     short_lived.shutdown()
     assert [p for p in status["slot_cgroups"] if os.path.exists(p)] == []
     assert _processes_of_uid(status["slot_uid"]) == []
+
+
+def test_score_rejects_a_bad_problem_naming_its_task_before_running_anything(pool):
+    with pytest.raises(ValueError, match="problem 'broken': field 'entry_point'"):
+        pool.score([SLOW, {"task_id": "broken", "entry_point": "1x", "tests": ["assert f() == 1"]}], [ADD_OK] * 2)
+    with pytest.raises(ValueError, match="2 problems but 1 completions"):
+        pool.score([SLOW, SLOW], [ADD_OK])
