@@ -13,6 +13,9 @@ import time
 from collections import Counter, OrderedDict
 from dataclasses import dataclass
 
+import redis
+from redis.exceptions import RedisError
+
 from sandbox_workers.executor import Layers, SandboxFault, WarmSandbox, self_test
 from sandbox_workers.isolation import Limits, SandboxUnavailable, SelfTest
 from sandbox_workers.judge import (DecodeError, JudgeSpec, build_program, compile_problem, compute_reward,
@@ -128,7 +131,7 @@ class Scorer:
         return result
 
     def status(self) -> dict:
-        """What is running in this slot: for tests and `sandbox check`."""
+        """What is running in this slot, and the CPU it has used."""
         return {"worker": self.worker_id, "mode": self.mode, "jobs_run": self.sandbox.jobs_run,
                 "restarts": self.sandbox.restarts, "stray_processes": self.sandbox.stray_processes(),
                 "slot_pids": self.sandbox.slot.pids(), "slot_uid": self.sandbox.slot.uid,
@@ -181,21 +184,26 @@ class Scorer:
         return "diffurl:sandbox:reward:" + hashlib.sha256(parts.encode()).hexdigest()
 
     def _cache_get(self, key: str) -> dict | None:
+        """A cached result, or None; an unreachable Redis only costs the cache (logged), never a score."""
         if self.cache is None:
             return None
-        raw = self.cache.get(key)
+        try:
+            raw = self.cache.get(key)
+        except RedisError as exc:
+            log.warning("%s: reward cache unavailable: %s", self.worker_id, exc)
+            return None
         return json.loads(raw) if raw else None
 
     def _cache_put(self, key: str, result: dict) -> None:
         if self.cache is not None:
-            self.cache.set(key, json.dumps(result), ex=self.settings.cache_ttl_s)
+            try:
+                self.cache.set(key, json.dumps(result), ex=self.settings.cache_ttl_s)
+            except RedisError as exc:
+                log.warning("%s: reward cache unavailable: %s", self.worker_id, exc)
 
 
 def _redis(url: str | None):
-    if not url:
-        return None
-    import redis
-    return redis.Redis.from_url(url, socket_timeout=10)
+    return redis.Redis.from_url(url, socket_timeout=5) if url else None
 
 
 def status_histogram(results: list[dict]) -> dict[str, int]:

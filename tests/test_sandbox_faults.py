@@ -2,6 +2,7 @@
 
 import os
 import signal
+import socket
 import threading
 import time
 
@@ -97,6 +98,19 @@ def test_reward_cache_in_redis_answers_repeated_code(ray_cluster, tmp_path):
     assert (first["cached"], second["cached"]) == (False, True)
     assert second["reward"] == first["reward"] == 2.0 and second["tests"] == first["tests"]
     assert len(keys) == 1
+
+
+def test_unreachable_redis_costs_the_cache_not_the_score(ray_cluster):
+    closed = socket.socket()
+    closed.bind(("127.0.0.1", 0))
+    url = f"redis://:pw@127.0.0.1:{closed.getsockname()[1]}/0"    # bound, never listening: refused
+    uncached = SandboxPool(num_workers=1, redis_url=url, require_format=False, name_prefix="nocache-sandbox")
+    try:
+        result = uncached.score([SLOW], [ADD_OK])[0]
+    finally:
+        uncached.shutdown()
+        closed.close()
+    assert (result["status"], result["cached"]) == ("passed", False)
 
 
 def test_pool_resizes_and_scores_with_every_size(pool):
