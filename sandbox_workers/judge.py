@@ -17,6 +17,7 @@ Statements that do not mention f are setup code, run before each later probe.
 from __future__ import annotations
 
 import ast
+import dataclasses
 import hashlib
 import json
 import math
@@ -66,7 +67,7 @@ class Probe:
     text: str                 # the original test statement, for reports
     source: str               # defines PROBE_NAME(callee) -> value (pair kinds) or None (trace)
     kind: str                 # eq | close | truthy | falsy | trace
-    expected: object = None   # eq/close: the literal; trace: filled from the reference run
+    expected: object = None   # eq/close: the literal (trace probes: the worker keeps the reference's trace)
     tolerance: float = 0.0
     strict_less: bool = True  # close: `<` (True) or `<=` (False)
 
@@ -116,7 +117,7 @@ def compile_problem(problem: dict) -> JudgeSpec:
         raise ValueError(f"test {bad[:80]!r} is not 'assert {callee}(...) == literal' and there is no reference "
                          "solution ('canonical_solution' or 'reference') to compute its expected value")
     spec = JudgeSpec(task_id, entry_point, prompt, preamble, tuple(probes), reference)
-    return JudgeSpec(**{**spec.__dict__, "key": _spec_key(spec)})
+    return dataclasses.replace(spec, key=_spec_key(spec))
 
 
 def _spec_key(spec: JudgeSpec) -> str:

@@ -1,6 +1,10 @@
 """The isolation layers themselves, through a WarmSandbox (no Ray): the self-test, what a job can see and
 call, and the degraded modes."""
 
+import subprocess
+import sys
+from pathlib import Path
+
 import pytest
 
 from sandbox_workers.executor import Layers, WarmSandbox, self_test
@@ -34,6 +38,16 @@ def test_self_test_names_every_layer_and_a_mode():
             "cgroup_cpu", "cgroup_kill"} <= names
     assert report.usable
     assert report.mode in report.report()
+
+
+def test_diffurl_sandbox_check_prints_each_layer_and_the_mode():
+    run = subprocess.run([str(Path(sys.executable).with_name("diffurl")), "sandbox", "check"],
+                         capture_output=True, text=True, timeout=120)
+    assert run.returncode == 0, run.stderr
+    lines = run.stdout.splitlines()
+    assert lines[0] == "sandbox isolation layers:"
+    assert lines[-1] == "mode: full" or lines[-1].startswith("mode: degraded:")
+    assert sum(line.startswith(("  ok ", "  NO ")) for line in lines) == 9
 
 
 def test_missing_layers_name_a_degraded_or_unavailable_mode():
