@@ -84,7 +84,7 @@ def test_job_sees_no_host_files(full_sandbox):
      "raise OSError(ctypes.get_errno(), '')", "EPERM"),
 ])
 def test_seccomp_refuses_sockets_namespaces_clone3_and_ptrace(full_sandbox, call, errno_name):
-    body = f"import errno\ntry:\n" + "".join(f"    {line}\n" for line in call.splitlines()) + \
+    body = "import errno\ntry:\n" + "".join(f"    {line}\n" for line in call.splitlines()) + \
         "except OSError as exc:\n    return errno.errorcode.get(exc.errno)\nreturn 'allowed'"
     assert _run(full_sandbox, body) == errno_name
 
