@@ -1,0 +1,160 @@
+"""Warm start for the demo: an in-repo BPE tokenizer and a tiny bidirectional Qwen2 dLLM trained from scratch
+with the masked-diffusion SFT loss (`actors.dllm.sft_loss`) on the training split's reference solutions.
+
+    model_dir = warm_start(WarmStartSettings(), cache_root=".cache/diffurl", train_path="train.jsonl")
+
+Prompt = the chat template of the problem (`build_chat_prompt` + `encode_prompt`, exactly what rollouts
+use); completion = the reference in the DiffuCoder answer format (one ```python block, closing fence and
+newline), then `<|im_end|>`, then `<|endoftext|>` filling the canvas up to `completion_tokens`, so the
+model learns to end where a rollout's decoder cuts. Training stops after a fixed number of steps, chosen
+(on the validation split) so the policy is partly right and RL has room to move.
+
+The result is cached in `<cache_root>/warmstart-<hash>/`, the hash covering the settings, the task family
+version and the training file, so a second demo skips it.
+"""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import math
+import random
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from actors.dllm import build_model, left_pad, save_model, sft_loss
+from actors.prompts import encode_prompt
+from orchestrator.data import build_chat_prompt, load_prompts
+from orchestrator.errors import UserError
+from orchestrator.tasks import FAMILY_VERSION, answer_text
+
+IM_END, EOS = "<|im_end|>", "<|endoftext|>"
+DONE_FILE = "warmstart.json"
+
+
+@dataclass(frozen=True)
+class WarmStartSettings:
+    seed: int = 0
+    hidden_size: int = 128
+    intermediate_size: int = 384
+    num_hidden_layers: int = 2
+    num_attention_heads: int = 4
+    num_key_value_heads: int = 2
+    max_position_embeddings: int = 256
+    vocab_size: int = 4096
+    max_prompt_tokens: int = 128
+    completion_tokens: int = 48  # K: the canvas rollouts decode (rollout.max_new_tokens)
+    steps: int = 600
+    batch_size: int = 32
+    lr: float = 2e-3
+    warmup_steps: int = 30
+    weight_decay: float = 0.01
+    threads: int = 2
+
+    def key(self, train_path: Path) -> str:
+        payload = json.dumps({"settings": dataclasses.asdict(self), "family": FAMILY_VERSION,
+                              "train": hashlib.sha256(train_path.read_bytes()).hexdigest()}, sort_keys=True)
+        return hashlib.sha256(payload.encode()).hexdigest()[:16]
+
+
+def cache_dir_for(settings: WarmStartSettings, cache_root: str | Path, train_path: str | Path) -> Path:
+    return Path(cache_root) / f"warmstart-{settings.key(Path(train_path))}"
+
+
+def warm_start(settings: WarmStartSettings, cache_root: str | Path, train_path: str | Path,
+               log=print) -> Path:
+    """The warm-start model directory (an HF dir `build_model` loads): from the cache, else trained now."""
+    train_path = Path(train_path)
+    out = cache_dir_for(settings, cache_root, train_path)
+    if (out / DONE_FILE).is_file():
+        log(f"warm start: cached in {out}")
+        return out
+    problems, skipped = load_prompts(train_path)
+    if skipped:
+        raise UserError(f"warm start: {train_path} has {len(skipped)} bad rows; first: {skipped[0]}")
+    missing = [p["task_id"] for p in problems if not p.get("reference")]
+    if missing:
+        raise UserError(f"warm start: problem {missing[0]!r} in {train_path} has no reference solution")
+    t0 = time.perf_counter()
+    model, tokenizer, report = train_warm_start(settings, problems, log=log)
+    tmp = out.with_name(out.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    save_model(model, tokenizer, tmp)
+    report.update(settings=dataclasses.asdict(settings), train_path=str(train_path),
+                  wall_s=round(time.perf_counter() - t0, 1))
+    (tmp / DONE_FILE).write_text(json.dumps(report, indent=2))
+    shutil.rmtree(out, ignore_errors=True)
+    tmp.rename(out)
+    log(f"warm start: saved to {out} ({report['wall_s']:.0f} s)")
+    return out
+
+
+def sft_texts(problem: dict) -> tuple[list[dict], str]:
+    """(chat messages of the prompt, completion text ending in <|im_end|>) for one problem."""
+    return build_chat_prompt(problem), answer_text(problem["reference"]) + IM_END
+
+
+def train_warm_start(settings: WarmStartSettings, problems: list[dict], log=print):
+    """Tokenizer + tiny model trained with the SFT loss on `problems`; returns (model, tokenizer, report)."""
+    torch.set_num_threads(settings.threads)
+    s = settings
+    corpus = []
+    for p in problems:
+        messages, completion = sft_texts(p)
+        corpus += [m["content"] for m in messages] + [completion]
+    config = {k: getattr(s, k) for k in ("hidden_size", "intermediate_size", "num_hidden_layers",
+                                         "num_attention_heads", "num_key_value_heads", "max_position_embeddings")}
+    model, tokenizer = build_model({"config": config, "seed": s.seed,
+                                    "tokenizer": {"train_texts": corpus, "vocab_size": s.vocab_size}})
+    prompts, completions = encode_examples(tokenizer, problems, s.max_prompt_tokens, s.completion_tokens)
+    log(f"warm start: {len(problems)} problems, vocab {len(tokenizer)}, "
+        f"{sum(p.numel() for p in model.parameters()) / 1e6:.2f}M parameters, {s.steps} SFT steps of {s.batch_size}")
+    optimizer = torch.optim.AdamW(model.parameters(), lr=s.lr, betas=(0.9, 0.99), weight_decay=s.weight_decay)
+    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: _lr_factor(step, s.warmup_steps, s.steps))
+    order = random.Random(s.seed)
+    model.train()
+    t0, losses = time.perf_counter(), []
+    for step in range(s.steps):
+        rows = order.sample(range(len(prompts)), s.batch_size)
+        prompt_ids, prompt_mask = left_pad([prompts[r] for r in rows], tokenizer.pad_token_id)  # [B, P]
+        completion_ids = completions[rows]  # [B, K]
+        input_ids = torch.cat([prompt_ids, completion_ids], dim=1)  # [B, P+K]
+        attention_mask = torch.cat([prompt_mask, torch.ones_like(completion_ids)], dim=1)  # [B, P+K]
+        loss = sft_loss(model, input_ids, attention_mask, torch.ones_like(completion_ids, dtype=torch.bool),
+                        seed=s.seed * 1_000_003 + step)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        optimizer.step()
+        schedule.step()
+        losses.append(loss.item())
+        if (step + 1) % max(1, s.steps // 10) == 0 or step + 1 == s.steps:
+            recent = sum(losses[-20:]) / len(losses[-20:])
+            log(f"warm start: step {step + 1}/{s.steps}  loss {recent:.3f}  {time.perf_counter() - t0:.0f} s")
+    model.eval()
+    return model, tokenizer, {"final_loss": sum(losses[-20:]) / len(losses[-20:]), "steps": s.steps}
+
+
+def encode_examples(tokenizer, problems: list[dict], max_prompt_tokens: int, completion_tokens: int):
+    """(prompt id lists, completion ids [N, K]): each completion padded with <|endoftext|> to K tokens."""
+    prompts, completions = [], []
+    for p in problems:
+        messages, completion = sft_texts(p)
+        ids = tokenizer(completion, add_special_tokens=False)["input_ids"]
+        if len(ids) > completion_tokens:
+            raise UserError(f"warm start: the answer of {p['task_id']!r} takes {len(ids)} tokens, more than "
+                            f"completion_tokens={completion_tokens}; raise it (and rollout.max_new_tokens)")
+        prompts.append(encode_prompt(tokenizer, messages, max_prompt_tokens))
+        completions.append(ids + [tokenizer.convert_tokens_to_ids(EOS)] * (completion_tokens - len(ids)))
+    return prompts, torch.tensor(completions, dtype=torch.long)
+
+
+def _lr_factor(step: int, warmup: int, total: int) -> float:
+    if step < warmup:
+        return (step + 1) / warmup
+    progress = (step - warmup) / max(1, total - warmup)
+    return 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * progress))
