@@ -136,7 +136,9 @@ def train_warm_start(settings: WarmStartSettings, problems: list[dict], log=prin
             recent = sum(losses[-20:]) / len(losses[-20:])
             log(f"warm start: step {step + 1}/{s.steps}  loss {recent:.3f}  {time.perf_counter() - t0:.0f} s")
     model.eval()
-    return model, tokenizer, {"final_loss": sum(losses[-20:]) / len(losses[-20:]), "steps": s.steps}
+    window = max(1, min(20, s.steps // 4))  # loss averaged over the first / last `window` steps
+    return model, tokenizer, {"first_loss": sum(losses[:window]) / window,
+                              "final_loss": sum(losses[-window:]) / window, "steps": s.steps}
 
 
 def encode_examples(tokenizer, problems: list[dict], max_prompt_tokens: int, completion_tokens: int):

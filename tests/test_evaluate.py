@@ -1,0 +1,98 @@
+"""`diffurl eval`: the pass@k estimator, checkpoint resolution, prompts, and a HumanEval run of a random model."""
+from __future__ import annotations
+
+import json
+import os
+from math import comb
+
+import pytest
+
+from actors.dllm import build_model, save_model
+from orchestrator.errors import UserError
+from orchestrator.evaluate import (EvalResult, HUMANEVAL_INSTRUCTION, eval_messages, format_table,
+                                   load_eval_problems, main, parse_temperatures, pass_at_k, resolve_checkpoint)
+
+
+@pytest.fixture(scope="module")
+def random_model_dir(tmp_path_factory):
+    """A random tiny dLLM whose BPE was trained on a few HumanEval prompts."""
+    texts = [p["prompt"] for p in load_eval_problems("humaneval", limit=40)]
+    model, tokenizer = build_model({"config": {"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 1,
+                                               "num_attention_heads": 2, "num_key_value_heads": 1,
+                                               "max_position_embeddings": 256},
+                                    "tokenizer": {"train_texts": texts, "vocab_size": 512}, "seed": 0})
+    out = tmp_path_factory.mktemp("random_model")
+    save_model(model, tokenizer, out)
+    return out
+
+
+@pytest.mark.parametrize("n, c, k", [(1, 0, 1), (1, 1, 1), (4, 1, 1), (4, 1, 2), (4, 3, 2), (10, 2, 8), (5, 0, 5)])
+def test_pass_at_k_is_one_minus_the_chance_that_k_draws_all_fail(n, c, k):
+    assert pass_at_k(n, c, k) == pytest.approx(1 - comb(n - c, k) / comb(n, k))
+
+
+def test_checkpoint_argument_resolves_a_model_dir_a_run_dir_and_a_checkpoint_dir(random_model_dir, tmp_path):
+    assert resolve_checkpoint(random_model_dir) == random_model_dir
+    policy = tmp_path / "run" / "checkpoints" / "step000002" / "policy"
+    policy.mkdir(parents=True)
+    (policy / "config.json").write_text("{}")
+    (tmp_path / "run" / "checkpoints" / "latest").write_text("step000002\n")
+    assert resolve_checkpoint(tmp_path / "run") == policy
+    assert resolve_checkpoint(tmp_path / "run" / "checkpoints") == policy
+    assert resolve_checkpoint(policy.parent) == policy
+
+
+@pytest.mark.parametrize("name", ["missing", "empty"])
+def test_a_path_without_a_model_is_a_one_line_user_error(tmp_path, name):
+    if name == "empty":
+        (tmp_path / name).mkdir()
+    with pytest.raises(UserError) as info:
+        resolve_checkpoint(tmp_path / name)
+    assert "\n" not in str(info.value) and str(tmp_path / name) in str(info.value)
+
+
+def test_humaneval_problems_get_the_evalplus_instruct_template_and_task_problems_the_training_prompt():
+    humaneval = load_eval_problems("humaneval", limit=2)
+    assert len(humaneval) == 2 and humaneval[0]["task_id"] == "HumanEval/0"
+    user = eval_messages(humaneval[0])[-1]["content"]
+    assert user.startswith(HUMANEVAL_INSTRUCTION + "\n```\n") and humaneval[0]["prompt"].strip() in user
+    task = {"task_id": "t", "question": "Write a Python function `f(x: int) -> int` that returns x plus 1.",
+            "entry_point": "f", "tests": ["assert f(1) == 2"]}
+    assert task["question"] in eval_messages(task)[-1]["content"]
+
+
+def test_bad_temperatures_are_a_user_error():
+    assert parse_temperatures("0, 0.4") == [0.0, 0.4]
+    for text in ("", "hot", "-1"):
+        with pytest.raises(UserError, match="--temperatures"):
+            parse_temperatures(text)
+
+
+def test_table_has_a_row_per_metric_and_a_column_per_label():
+    res = EvalResult(temperature=0.4, samples=2, problems=3, pass_at={1: 0.5, 2: 0.75}, format_rate=1.0)
+    lines = format_table({"before": [res], "after": [res]}).splitlines()
+    assert lines[0] == "| metric | before | after |"
+    assert "| pass@2 (T=0.4, n=2) | 75.0% | 75.0% |" in lines
+
+
+def test_eval_of_a_random_tiny_model_on_humaneval_runs_and_reports_near_zero(random_model_dir, tmp_path, capsys):
+    os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+    out = tmp_path / "results.json"
+    rc = main([str(random_model_dir), "--problems", "humaneval", "--limit", "4", "--samples", "2",
+               "--temperatures", "0,0.4", "--max-new-tokens", "16", "--sandbox-workers", "1", "--out", str(out)])
+    assert rc == 0
+    results = json.loads(out.read_text())
+    assert [r["temperature"] for r in results] == [0.0, 0.4]
+    assert [r["samples"] for r in results] == [1, 2] and all(r["problems"] == 4 for r in results)
+    assert set(results[1]["pass_at"]) == {"1", "2"}
+    for r in results:
+        assert r["pass_at"]["1"] <= 0.25 and r["format_rate"] <= 0.25 and r["sandbox_errors"] == 0
+        assert 0.0 <= r["local_arness"] <= 1.0 and 0.0 <= r["global_arness"] <= 1.0
+    assert "| pass@1 (T=0, n=1) |" in capsys.readouterr().out
+
+
+def test_eval_of_a_missing_problems_file_exits_2(random_model_dir, tmp_path, capsys):
+    rc = main([str(random_model_dir), "--problems", str(tmp_path / "nope.jsonl")])
+    assert rc == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("diffurl: error: --problems")

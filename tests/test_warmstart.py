@@ -1,0 +1,79 @@
+"""Warm start: SFT examples in the exact answer format, training that lowers the loss, and the cache."""
+from __future__ import annotations
+
+import json
+from dataclasses import replace
+
+import pytest
+
+from orchestrator.errors import UserError
+from orchestrator.tasks import write_splits
+from orchestrator.warmstart import (DONE_FILE, WarmStartSettings, cache_dir_for, encode_examples, sft_texts,
+                                    warm_start)
+from sandbox_workers import format_score
+from actors.dllm import train_tokenizer
+
+TINY = WarmStartSettings(hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2,
+                         num_key_value_heads=1, vocab_size=512, steps=6, batch_size=8, warmup_steps=1)
+
+
+@pytest.fixture(scope="module")
+def train_file(tmp_path_factory):
+    """The first 64 training problems of the task family."""
+    out = tmp_path_factory.mktemp("tasks")
+    path = write_splits(out, seed=0)["train"]
+    small = out / "train_small.jsonl"
+    small.write_text("".join(path.read_text().splitlines(keepends=True)[:64]))
+    return small
+
+
+def _problems(path):
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+def test_completion_is_one_python_block_then_im_end_then_padding(train_file):
+    problems = _problems(train_file)[:8]
+    tokenizer = train_tokenizer([t for p in problems for t in (p["question"], sft_texts(p)[1])], vocab_size=512)
+    prompts, completions = encode_examples(tokenizer, problems, max_prompt_tokens=128, completion_tokens=48)
+    im_end, eos = tokenizer.convert_tokens_to_ids("<|im_end|>"), tokenizer.eos_token_id
+    for p, ids in zip(problems, completions.tolist()):
+        end = ids.index(im_end)
+        assert format_score(tokenizer.decode(ids[:end])) == 1.0
+        assert tokenizer.decode(ids[:end]) == f"```python\n{p['reference']}```\n"
+        assert ids[end + 1:] == [eos] * (48 - end - 1)
+    assert all(tokenizer.decode(ids).endswith("<|im_start|>assistant\n") for ids in prompts)
+
+
+def test_answer_longer_than_the_canvas_is_a_user_error(train_file):
+    problems = _problems(train_file)[:2]
+    tokenizer = train_tokenizer([sft_texts(p)[1] for p in problems], vocab_size=300)
+    with pytest.raises(UserError, match="completion_tokens=4"):
+        encode_examples(tokenizer, problems, max_prompt_tokens=128, completion_tokens=4)
+
+
+def test_warm_start_trains_once_then_the_second_call_is_a_cache_hit(train_file, tmp_path):
+    logs: list[str] = []
+    first = warm_start(TINY, tmp_path, train_file, log=logs.append)
+    assert (first / "config.json").is_file() and (first / DONE_FILE).is_file()
+    assert any("SFT steps" in line for line in logs)
+    weights = next(first.glob("*.safetensors"))
+    stamp = weights.stat().st_mtime_ns
+
+    logs.clear()
+    second = warm_start(TINY, tmp_path, train_file, log=logs.append)
+    assert second == first and logs == [f"warm start: cached in {first}"]
+    assert weights.stat().st_mtime_ns == stamp
+
+
+def test_cache_key_changes_with_the_settings_and_the_training_file(train_file, tmp_path):
+    base = cache_dir_for(TINY, tmp_path, train_file)
+    assert cache_dir_for(replace(TINY, steps=7), tmp_path, train_file) != base
+    other = tmp_path / "other.jsonl"
+    other.write_text("".join(train_file.read_text().splitlines(keepends=True)[:10]))
+    assert cache_dir_for(TINY, tmp_path, other) != base
+
+
+def test_sft_lowers_the_loss(train_file, tmp_path):
+    settings = replace(TINY, steps=60, lr=1e-2)
+    report = json.loads((warm_start(settings, tmp_path, train_file, log=lambda _: None) / DONE_FILE).read_text())
+    assert report["final_loss"] < 0.6 * report["first_loss"]
