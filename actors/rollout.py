@@ -73,6 +73,14 @@ class RolloutWorkerImpl:
 
         t0 = time.perf_counter()
         results = self.pool.score([problem] * r.group_size, list(out.texts))
+        failed = [i for i, x in enumerate(results) if x.get("reward") is None]  # sandbox_error twice
+        if failed:  # infrastructure, not the candidate: score again, never count it as reward 0
+            again = self.pool.score([problem] * len(failed), [out.texts[i] for i in failed])
+            for i, x in zip(failed, again):
+                results[i] = x
+            if any(x.get("reward") is None for x in again):
+                raise RuntimeError(f"{self.worker_id}: sandbox infrastructure error on group {group_id}: "
+                                   f"{next(x.get('error') for x in again if x.get('reward') is None)}")
         t_reward = time.perf_counter() - t0
 
         completion_ids = out.completion_ids  # [G, K]

@@ -16,7 +16,7 @@ from sandbox_workers import SandboxPool
 pytestmark = pytest.mark.integration
 
 SLOW = {"task_id": "slow", "entry_point": "add", "tests": ["assert add(1, 2) == 3", "assert add(2, 2) == 4"]}
-SLOW_OK = "import time\ndef add(a, b):\n    time.sleep(1.0)\n    return a + b\n"
+SLOW_OK = "import time\ndef add(a, b):\n    time.sleep(2.0)\n    return a + b\n"
 ADD_OK = "def add(a, b):\n    return a + b\n"
 
 
@@ -29,7 +29,7 @@ def ray_cluster():
 
 @pytest.fixture(scope="module")
 def pool(ray_cluster):
-    pool = SandboxPool(num_workers=2, test_timeout_s=3.0, memory_mb=256, require_format=False,
+    pool = SandboxPool(num_workers=2, test_timeout_s=5.0, memory_mb=256, require_format=False,
                        name_prefix="fault-sandbox")
     yield pool
     pool.shutdown()
@@ -71,6 +71,7 @@ def test_killing_a_worker_mid_job_gives_a_retried_correct_result(pool):
     thread, box = _score_in_background(pool, SLOW, SLOW_OK)
     victim = _busy_worker(pool)
     os.kill(ray.get(pool.workers[victim].pid.remote()), signal.SIGKILL)
+    assert thread.is_alive(), "the job ended before the kill: the test proved nothing"
     thread.join(60)
     result = box["result"]
     assert (result["status"], result["reward"], result["retried"]) == ("passed", 2.0, True), result
@@ -81,6 +82,7 @@ def test_killing_the_sandbox_mid_job_gives_a_retried_correct_result(pool):
     thread, box = _score_in_background(pool, SLOW, SLOW_OK)
     victim = _busy_worker(pool)
     os.kill(_executor_pid(pool.statuses()[victim]["slot_pids"]), signal.SIGKILL)
+    assert thread.is_alive(), "the job ended before the kill: the test proved nothing"
     thread.join(60)
     result = box["result"]
     assert (result["status"], result["reward"], result["retried"]) == ("passed", 2.0, True), result
