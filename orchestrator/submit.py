@@ -17,7 +17,6 @@ This module also gathers the operating commands (`add_ops_commands`) and has a `
 """
 from __future__ import annotations
 
-import argparse
 import contextlib
 import os
 import shlex
@@ -216,23 +215,3 @@ def add_ops_commands(sub) -> None:
     add_status_command(sub)
     add_plot_command(sub)
     add_scale_command(sub)
-
-
-def main(argv: list[str] | None = None) -> int:
-    """The operating commands alone, with `diffurl`'s error convention: one line and exit 2 for user errors."""
-    parser = argparse.ArgumentParser(prog="diffurl")
-    add_ops_commands(parser.add_subparsers(dest="command", required=True))
-    args, extra = parser.parse_known_args(argv)
-    if extra:  # overrides may follow an option: `submit CONFIG --wait k=v`
-        if not hasattr(args, "overrides") or any(e.startswith("-") for e in extra):
-            parser.error(f"unrecognized arguments: {' '.join(extra)}")
-        args.overrides += extra
-    try:
-        return int(args.func(args) or 0)
-    except UserError as e:
-        print(f"diffurl: error: {e}", file=sys.stderr)
-        return 2
-
-
-if __name__ == "__main__":
-    sys.exit(main())

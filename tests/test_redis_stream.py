@@ -14,18 +14,6 @@ from orchestrator.redis_server import EmbeddedRedis, connect, free_port, redact
 from orchestrator.stream import RunState, Trajectory, TrajectoryStream, encode_record, parse_autoclaim
 
 
-@pytest.fixture(scope="module")
-def server(tmp_path_factory):
-    with EmbeddedRedis(tmp_path_factory.mktemp("redis")) as srv:
-        yield srv
-
-
-@pytest.fixture
-def client(server):
-    c = connect(server.url)
-    yield c
-    c.close()
-
 
 def stream_for(client, **kwargs) -> TrajectoryStream:
     return TrajectoryStream(client, run_id=uuid.uuid4().hex[:8], **kwargs)

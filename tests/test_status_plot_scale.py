@@ -10,10 +10,10 @@ import pytest
 from PIL import Image
 
 from orchestrator.plot import plot_run
-from orchestrator.redis_server import EmbeddedRedis, connect, free_port
+from orchestrator.redis_server import free_port
 from orchestrator.status import ALIVE_WITHIN_S
 from orchestrator.stream import RunState, TrajectoryStream
-from orchestrator.submit import main
+from orchestrator.cli import main
 
 PHASES = {"time_generate": 1.5, "time_reward": 0.25, "time_score": 0.5, "time_train": 2.0, "time_sync": 0.1,
           "time_checkpoint": 0.3}
@@ -44,18 +44,6 @@ def one_error_line(capsys) -> str:
     assert len(lines) == 1 and lines[0].startswith("diffurl: error: "), lines
     return lines[0]
 
-
-@pytest.fixture(scope="module")
-def server(tmp_path_factory):
-    with EmbeddedRedis(tmp_path_factory.mktemp("redis")) as srv:
-        yield srv
-
-
-@pytest.fixture
-def client(server):
-    c = connect(server.url)
-    yield c
-    c.close()
 
 
 @pytest.fixture

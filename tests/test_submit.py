@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from orchestrator import submit
+from orchestrator import cli, submit
 from orchestrator.metrics import read_metrics
 from orchestrator.redis_server import free_port
 from tests.ray_head import start_ray_head
@@ -49,7 +49,7 @@ def test_auth_token_follows_rays_precedence_env_then_named_file_then_home(no_tok
 
 def test_token_path_naming_a_missing_file_exits_2_with_one_line(no_token, monkeypatch, tmp_path, capsys):
     monkeypatch.setenv("RAY_AUTH_TOKEN_PATH", str(tmp_path / "nope"))
-    rc = submit.main(["submit", "configs/demo.yaml", "--address", f"http://127.0.0.1:{free_port()}"])
+    rc = cli.main(["submit", "configs/demo.yaml", "--address", f"http://127.0.0.1:{free_port()}"])
     assert rc == 2
     assert "RAY_AUTH_TOKEN_PATH=" in one_error_line(capsys)
 
@@ -74,13 +74,13 @@ def test_dashboard_address_is_normalised_to_an_http_url(address, expected):
 
 
 def test_a_ray_client_address_is_rejected_with_a_hint(capsys):
-    rc = submit.main(["submit", "configs/demo.yaml", "--address", "ray://head:10001"])
+    rc = cli.main(["submit", "configs/demo.yaml", "--address", "ray://head:10001"])
     assert rc == 2
     assert "http://HEAD:8265" in one_error_line(capsys)
 
 
 def test_bad_config_exits_2_before_contacting_the_cluster(capsys):
-    rc = submit.main(["submit", "configs/demo.yaml", "learner.bogus=1", "--address", f"http://127.0.0.1:{free_port()}"])
+    rc = cli.main(["submit", "configs/demo.yaml", "learner.bogus=1", "--address", f"http://127.0.0.1:{free_port()}"])
     assert rc == 2
     assert "learner.bogus=1: unknown key" in one_error_line(capsys)
 
@@ -89,21 +89,21 @@ def test_resume_of_a_run_without_a_checkpoint_exits_2_before_contacting_the_clus
     run_dir = tmp_path / "demo-1"
     run_dir.mkdir()
     (run_dir / "config.yaml").write_text((submit.REPO_ROOT / "configs" / "demo.yaml").read_text())
-    rc = submit.main(["submit", "--resume", str(run_dir), "--address", f"http://127.0.0.1:{free_port()}"])
+    rc = cli.main(["submit", "--resume", str(run_dir), "--address", f"http://127.0.0.1:{free_port()}"])
     assert rc == 2
     assert "the run has no checkpoint yet" in one_error_line(capsys)
-    assert submit.main(["submit", "--resume", str(tmp_path), "--address", "http://h:1"]) == 2
+    assert cli.main(["submit", "--resume", str(tmp_path), "--address", "http://h:1"]) == 2
     assert "not a run directory here" in one_error_line(capsys)
 
 
 def test_submit_without_config_or_resume_exits_2(capsys):
-    assert submit.main(["submit", "--address", "http://h:1"]) == 2
+    assert cli.main(["submit", "--address", "http://h:1"]) == 2
     assert "give a CONFIG" in one_error_line(capsys)
 
 
 def test_unreachable_address_exits_2_with_one_line(no_token, capsys):
     address = f"http://127.0.0.1:{free_port()}"
-    assert submit.main(["submit", "configs/demo.yaml", "--address", address]) == 2
+    assert cli.main(["submit", "configs/demo.yaml", "--address", address]) == 2
     assert f"--address={address}: cannot reach the Ray Jobs API" in one_error_line(capsys)
 
 
@@ -120,7 +120,7 @@ def token_head():
 
 @pytest.mark.integration
 def test_submit_without_the_clusters_token_is_refused_with_one_line(token_head, no_token, capsys):
-    rc = submit.main(["submit", "configs/demo.yaml", "--address", token_head.dashboard_url])
+    rc = cli.main(["submit", "configs/demo.yaml", "--address", token_head.dashboard_url])
     assert rc == 2
     assert "requires a Ray auth token and none was found" in one_error_line(capsys)
 
@@ -135,7 +135,7 @@ def test_submitted_two_step_job_succeeds_status_and_plot_report_it_and_a_resubmi
     overrides = [o for o in SMALL if not o.startswith("run.steps")] + [
         "run.steps=2", f"run.root_dir={tmp_path / 'runs'}", "run.name=submitted",
         "rollout.num_cpus=0.5", "learner.num_cpus=0.5"]
-    rc = submit.main(["submit", "configs/demo.yaml", *overrides, "--address", token_head.dashboard_url, "--wait"])
+    rc = cli.main(["submit", "configs/demo.yaml", *overrides, "--address", token_head.dashboard_url, "--wait"])
     out = capsys.readouterr().out
     assert rc == 0, out
     assert "SUCCEEDED" in out and "ray job logs --follow raysubmit_" in out
@@ -143,21 +143,21 @@ def test_submitted_two_step_job_succeeds_status_and_plot_report_it_and_a_resubmi
     (run_dir,) = (tmp_path / "runs").iterdir()
     assert json.loads((run_dir / "run.json").read_text())["status"] == "finished"
 
-    assert submit.main(["status", str(run_dir)]) == 0
+    assert cli.main(["status", str(run_dir)]) == 0
     status = capsys.readouterr().out
     assert "step       2/2" in status and "finished" in status and str(run_dir) in status
     assert "(has the run ended?); showing the run directory only" in status  # its redis stopped with the driver
 
-    assert submit.main(["plot", str(run_dir)]) == 0
+    assert cli.main(["plot", str(run_dir)]) == 0
     assert (run_dir / "curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert "5 panels" in capsys.readouterr().out
 
-    rc = submit.main(["submit", "--resume", str(run_dir), "run.steps=3", "--address", token_head.dashboard_url,
+    rc = cli.main(["submit", "--resume", str(run_dir), "run.steps=3", "--address", token_head.dashboard_url,
                       "--wait"])
     out = capsys.readouterr().out
     assert rc == 0, out
     assert [row["step"] for row in read_metrics(run_dir)] == [1, 2, 3]
-    assert submit.main(["status", str(run_dir)]) == 0
+    assert cli.main(["status", str(run_dir)]) == 0
     assert "step       3/3" in capsys.readouterr().out
 
 
@@ -166,7 +166,7 @@ def test_submit_wait_exits_1_when_the_job_fails_on_the_cluster(token_head, tmp_p
     monkeypatch.setenv("RAY_AUTH_TOKEN", TOKEN)
     bad_data = tmp_path / "bad.jsonl"
     bad_data.write_text('{"task_id": "x"}\n')  # exists (passes the local check), holds no usable problem
-    rc = submit.main(["submit", "configs/demo.yaml", f"data.train={bad_data}", f"run.root_dir={tmp_path / 'runs'}",
+    rc = cli.main(["submit", "configs/demo.yaml", f"data.train={bad_data}", f"run.root_dir={tmp_path / 'runs'}",
                       "--address", token_head.dashboard_url, "--wait"])
     captured = capsys.readouterr()
     assert rc == 1, captured.out + captured.err
