@@ -1,9 +1,12 @@
 """The `diffurl` command.
 
     diffurl train CONFIG [key=value ...] [--dry-run]
-    diffurl demo [key=value ...]
+    diffurl demo [--config configs/ablation_d1.yaml] [key=value ...]
+    diffurl eval CHECKPOINT --problems FILE.jsonl|humaneval [--temperatures 0,0.4] [--samples N]
     diffurl sandbox score --problems P.jsonl --samples S.jsonl [--out R.jsonl] [--workers N]
     diffurl sandbox check
+    diffurl submit CONFIG [key=value ...] --address http://HEAD:8265 [--wait]
+    diffurl status RUN_DIR | diffurl plot RUN_DIR | diffurl scale RUN_DIR --rollout-workers N
 
 User mistakes print one line, `diffurl: error: ...`, and exit with code 2.
 """
@@ -12,12 +15,8 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-from pathlib import Path
 
 from orchestrator.errors import RunFailed, UserError
-
-DEMO_CONFIG = Path(__file__).resolve().parent.parent / "configs" / "demo.yaml"
-
 
 def _cmd_train(args) -> int:
     from orchestrator.config import check_paths, load_config
@@ -35,18 +34,9 @@ def _cmd_train(args) -> int:
     return 0
 
 
-def _cmd_demo(args) -> int:
-    from orchestrator.config import check_paths, load_config
-    from orchestrator.driver import train
-
-    cfg = load_config(str(DEMO_CONFIG), args.overrides)
-    check_paths(cfg)
-    run_dir = train(cfg)
-    print(f"demo finished: metrics in {run_dir / 'metrics.jsonl'}, TensorBoard logs in {run_dir}")
-    return 0
-
-
 def build_parser() -> argparse.ArgumentParser:
+    from orchestrator.demo import add_demo_command
+    from orchestrator.evaluate import add_eval_command
     from orchestrator.submit import add_ops_commands
     from sandbox_workers.cli import add_sandbox_commands
 
@@ -60,10 +50,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--resume", metavar="RUN_DIR", help="continue a run from its latest checkpoint")
     p.set_defaults(func=_cmd_train)
 
-    p = sub.add_parser("demo", help="train the tiny demo config on this machine")
-    p.add_argument("overrides", nargs="*", help="key=value overrides of configs/demo.yaml")
-    p.set_defaults(func=_cmd_demo)
-
+    add_demo_command(sub)
+    add_eval_command(sub)
     add_sandbox_commands(sub)
     add_ops_commands(sub)
     return parser
