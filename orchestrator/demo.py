@@ -34,7 +34,7 @@ class DemoSettings:
     cache_root: str = str(DEFAULT_CACHE)
     task_seed: int = 0
     warm: WarmStartSettings = field(default_factory=WarmStartSettings)
-    eval_samples: int = 4  # samples per held-out problem at the rollout temperature
+    eval_samples: int = 2  # samples per held-out problem at the rollout temperature
     heldout_limit: int | None = None  # evaluate on the first N held-out problems only (tests)
 
 
@@ -174,7 +174,7 @@ def add_demo_command(subparsers) -> None:
                    help="RL config (default configs/demo.yaml; ablations: configs/ablation_d1.yaml, "
                         "configs/ablation_decoupled.yaml)")
     p.add_argument("--cache-dir", default=str(DEFAULT_CACHE), help="task files and warm starts (default .cache/diffurl)")
-    p.add_argument("--eval-samples", type=int, default=4, help="samples per held-out problem at the rollout temperature")
+    p.add_argument("--eval-samples", type=int, default=2, help="samples per held-out problem at the rollout temperature")
     p.set_defaults(func=run_demo_command)
 
 

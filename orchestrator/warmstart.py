@@ -20,6 +20,7 @@ import json
 import math
 import random
 import shutil
+import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -34,6 +35,7 @@ from orchestrator.tasks import FAMILY_VERSION, answer_text
 
 IM_END, EOS = "<|im_end|>", "<|endoftext|>"
 DONE_FILE = "warmstart.json"
+RECIPE_VERSION = 2  # bump when the training recipe changes, so stale caches are not reused
 
 
 @dataclass(frozen=True)
@@ -56,7 +58,7 @@ class WarmStartSettings:
     threads: int = 2
 
     def key(self, train_path: Path) -> str:
-        payload = json.dumps({"settings": dataclasses.asdict(self), "family": FAMILY_VERSION,
+        payload = json.dumps({"settings": dataclasses.asdict(self), "family": FAMILY_VERSION, "recipe": RECIPE_VERSION,
                               "train": hashlib.sha256(train_path.read_bytes()).hexdigest()}, sort_keys=True)
         return hashlib.sha256(payload.encode()).hexdigest()[:16]
 
@@ -110,6 +112,11 @@ def train_warm_start(settings: WarmStartSettings, problems: list[dict], log=prin
                                          "num_attention_heads", "num_key_value_heads", "max_position_embeddings")}
     model, tokenizer = build_model({"config": config, "seed": s.seed,
                                     "tokenizer": {"train_texts": corpus, "vocab_size": s.vocab_size}})
+    with tempfile.TemporaryDirectory() as saved:
+        # Train on the tokenizer exactly as rollout workers and `diffurl eval` will load it from the model dir
+        # (a reloaded dir may tokenize differently from the in-memory tokenizer, e.g. digits one by one).
+        save_model(model, tokenizer, saved)
+        model, tokenizer = build_model(saved)
     prompts, completions = encode_examples(tokenizer, problems, s.max_prompt_tokens, s.completion_tokens)
     log(f"warm start: {len(problems)} problems, vocab {len(tokenizer)}, "
         f"{sum(p.numel() for p in model.parameters()) / 1e6:.2f}M parameters, {s.steps} SFT steps of {s.batch_size}")

@@ -8,10 +8,12 @@ import pytest
 
 from orchestrator.errors import UserError
 from orchestrator.tasks import write_splits
+import torch
+
+from actors.dllm import build_tokenizer, save_model, train_tokenizer
 from orchestrator.warmstart import (DONE_FILE, WarmStartSettings, cache_dir_for, encode_examples, sft_texts,
-                                    warm_start)
+                                    train_warm_start, warm_start)
 from sandbox_workers import format_score
-from actors.dllm import train_tokenizer
 
 TINY = WarmStartSettings(hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2,
                          num_key_value_heads=1, vocab_size=512, steps=6, batch_size=8, warmup_steps=1)
@@ -42,6 +44,16 @@ def test_completion_is_one_python_block_then_im_end_then_padding(train_file):
         assert tokenizer.decode(ids[:end]) == f"```python\n{p['reference']}```\n"
         assert ids[end + 1:] == [eos] * (48 - end - 1)
     assert all(tokenizer.decode(ids).endswith("<|im_start|>assistant\n") for ids in prompts)
+
+
+def test_sft_trains_on_the_token_ids_that_a_reload_of_the_model_dir_produces(train_file, tmp_path):
+    """Rollout workers and `diffurl eval` load the saved dir; SFT must have seen their tokenization (numbers too)."""
+    problems = _problems(train_file)[:16]
+    model, tokenizer, _ = train_warm_start(replace(TINY, steps=1), problems, log=lambda _: None)
+    save_model(model, tokenizer, tmp_path / "model")
+    reloaded = build_tokenizer(tmp_path / "model")
+    assert encode_examples(tokenizer, problems, 128, 48)[0] == encode_examples(reloaded, problems, 128, 48)[0]
+    assert torch.equal(encode_examples(tokenizer, problems, 128, 48)[1], encode_examples(reloaded, problems, 128, 48)[1])
 
 
 def test_answer_longer_than_the_canvas_is_a_user_error(train_file):
