@@ -257,7 +257,8 @@ class LearnerImpl:
         state = {**client_state, "trained_group_ids": sorted(self.trained_group_ids),
                  "rng": {"python": random.getstate(), "numpy": np.random.get_state(),
                          "torch": torch.get_rng_state()}}
-        self.engine.save_checkpoint(ckpt_dir, tag=tag, client_state=state)
+        # save_latest=False: the driver moves `latest` itself, once the whole checkpoint is on disk
+        self.engine.save_checkpoint(ckpt_dir, tag=tag, client_state=state, save_latest=False)
         tag_dir = Path(ckpt_dir) / tag
         if self.cfg.learner.zero_stage == 3:
             self.engine.save_16bit_model(str(tag_dir / "policy"), "pytorch_model.bin")

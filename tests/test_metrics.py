@@ -1,6 +1,8 @@
+import os
 import re
+import subprocess
+import sys
 import time
-import urllib.request
 
 import pytest
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
@@ -59,24 +61,6 @@ def test_required_metrics_include_every_phase_time():
     assert len(set(REQUIRED_STEP_METRICS)) == len(REQUIRED_STEP_METRICS) == 24
 
 
-@pytest.fixture
-def local_ray(monkeypatch):
-    import ray
-    monkeypatch.setenv("RAY_AUTH_MODE", "disabled")
-    port = free_port()
-    ray.init(num_cpus=1, include_dashboard=False, _metrics_export_port=port, namespace="diffurl-test-metrics",
-             log_to_driver=False)
-    try:
-        yield port
-    finally:
-        ray.shutdown()
-
-
-def scrape(port: int) -> str:
-    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as response:
-        return response.read().decode()
-
-
 def sample(text: str, name: str, **labels) -> float | None:
     """The value of the first Prometheus sample `name{...}` whose labels include `labels`."""
     for line in text.splitlines():
@@ -86,22 +70,38 @@ def sample(text: str, name: str, **labels) -> float | None:
     return None
 
 
+# Runs in a fresh process, as a driver does: Ray keeps metric instruments per process, so one created in
+# an earlier Ray session of the pytest process (e.g. by an in-process demo run) would shadow this one.
+EXPORT_SCRIPT = """
+import sys, time, urllib.request
+import ray
+from orchestrator.metrics import MetricsSink
+port, run_dir = int(sys.argv[1]), sys.argv[2]
+ray.init(num_cpus=1, include_dashboard=False, _metrics_export_port=port, log_to_driver=False)
+wanted = ("ray_diffurl_reward_mean{", "ray_diffurl_sandbox_jobs_total{", "ray_diffurl_steps_total{",
+          "ray_diffurl_phase_seconds_count{")
+with MetricsSink(run_dir, "promtest", tensorboard=False) as sink:
+    sink.log(1, {"reward_mean": 0.5, "time_generate": 1.5})
+    sink.count("sandbox_jobs", 3)
+    deadline, text = time.monotonic() + 60, ""
+    while time.monotonic() < deadline and not all(w in text for w in wanted):
+        time.sleep(0.5)
+        try:
+            text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
+        except OSError:
+            text = ""
+print(text)
+ray.shutdown()
+"""
+
+
 @pytest.mark.integration
-def test_ray_metrics_named_by_the_run_reach_the_prometheus_endpoint(tmp_path, local_ray):
-    with MetricsSink(tmp_path, "promtest", tensorboard=False) as sink:
-        sink.log(1, {"reward_mean": 0.5, "time_generate": 1.5})
-        sink.count("sandbox_jobs", 3)
-        deadline, text = time.monotonic() + 30, ""
-        while time.monotonic() < deadline:
-            try:
-                text = scrape(local_ray)
-            except OSError:
-                text = ""
-            if all(sample(text, n, run="promtest") is not None for n in
-                   ("ray_diffurl_reward_mean", "ray_diffurl_sandbox_jobs_total", "ray_diffurl_steps_total",
-                    "ray_diffurl_phase_seconds_count")):
-                break
-            time.sleep(0.5)
+def test_ray_metrics_named_by_the_run_reach_the_prometheus_endpoint(tmp_path):
+    proc = subprocess.run([sys.executable, "-c", EXPORT_SCRIPT, str(free_port()), str(tmp_path)],
+                          env={**os.environ, "RAY_AUTH_MODE": "disabled"}, capture_output=True, text=True,
+                          timeout=180)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    text = proc.stdout
     assert sample(text, "ray_diffurl_reward_mean", run="promtest") == 0.5, text[-2000:]
     assert sample(text, "ray_diffurl_sandbox_jobs_total", run="promtest") == 3
     assert sample(text, "ray_diffurl_steps_total", run="promtest") == 1
