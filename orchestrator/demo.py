@@ -18,8 +18,8 @@ from pathlib import Path
 
 from orchestrator.config import REPO_ROOT, check_paths, load_config
 from orchestrator.errors import UserError
-from orchestrator.evaluate import DecodeSettings, EvalResult, evaluate, format_table, resolve_checkpoint, \
-    results_to_json
+from orchestrator.evaluate import (DecodeSettings, EvalResult, evaluate, format_table, load_eval_problems,
+                                   resolve_checkpoint, results_to_json)
 from orchestrator.tasks import FAMILY_VERSION, write_splits
 from orchestrator.warmstart import WarmStartSettings, warm_start
 
@@ -67,8 +67,6 @@ def run_demo(settings: DemoSettings, out=print) -> DemoResult:
     if cfg.rollout.max_new_tokens != settings.warm.completion_tokens:
         out(f"note: rollout.max_new_tokens={cfg.rollout.max_new_tokens} differs from the warm start's "
             f"completion length {settings.warm.completion_tokens}")
-    from orchestrator.evaluate import load_eval_problems
-
     heldout = load_eval_problems(str(splits["heldout"]), settings.heldout_limit)
     ro = cfg.rollout
     decode = DecodeSettings(max_new_tokens=ro.max_new_tokens, steps=ro.steps, alg=ro.alg, top_p=ro.top_p,
@@ -96,7 +94,8 @@ def _task_splits(cache: Path, seed: int, out) -> dict[str, Path]:
     paths = {split: tasks_dir / f"{split}.jsonl" for split in ("train", "val", "heldout")}
     if not all(p.is_file() for p in paths.values()):
         paths = write_splits(tasks_dir, seed)
-    out(f"task family: {', '.join(f'{k} {sum(1 for _ in open(v))}' for k, v in paths.items())} problems in {tasks_dir}")
+    counts = ", ".join(f"{split} {path.read_text().count(chr(10))}" for split, path in paths.items())
+    out(f"task family: {counts} problems in {tasks_dir}")
     return paths
 
 

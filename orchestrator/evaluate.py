@@ -170,7 +170,7 @@ def pass_at_k(n: int, c: int, k: int) -> float:
 def evaluate(model_dir: str | Path, problems: list[dict], pool, *, temperatures: list[float], samples: int,
              decode: DecodeSettings, log=print) -> list[EvalResult]:
     """One EvalResult per temperature; `pool` is a SandboxPool (require_format=False for the eval rule)."""
-    from actors.dllm import ar_ness, build_model
+    from actors.dllm import build_model
     from actors.prompts import encode_prompt
 
     model, tokenizer = build_model(str(model_dir))

@@ -50,7 +50,7 @@ class WarmStartSettings:
     vocab_size: int = 4096
     max_prompt_tokens: int = 128
     completion_tokens: int = 48  # K: the canvas rollouts decode (rollout.max_new_tokens)
-    steps: int = 600
+    steps: int = 1300  # tuned on the validation split: 1100 -> 2% pass@1 (T=0), 1300 -> 35%, 1500 -> 76%
     batch_size: int = 32
     lr: float = 2e-3
     warmup_steps: int = 30
