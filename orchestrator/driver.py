@@ -327,7 +327,7 @@ class Driver:
         in_flight: dict = {}  # ObjectRef -> Group
         idle = list(self.rollouts)
         train_refs: list = []
-        step_t0 = gen_t0 = train_t0 = time.perf_counter()
+        step_t0 = train_t0 = time.perf_counter()
         timings: dict = {}
         while st.step < cfg.run.steps:
             self._apply_scaling(idle)
@@ -339,8 +339,9 @@ class Driver:
                 in_flight[g.ref] = g
                 issued += 1
             if not train_refs and len(st.accepted) >= B:
-                timings["time_rollout_wall"] = time.perf_counter() - gen_t0
-                train_t0 = gen_t0 = time.perf_counter()
+                # waiting for B scored groups since the previous step ended (async: often ~0)
+                timings["time_rollout_wall"] = time.perf_counter() - step_t0
+                train_t0 = time.perf_counter()
                 train_refs = [l.train_step.remote(st.step) for l in self.learners]
             ready, _ = ray.wait(list(in_flight) + train_refs[:1], num_returns=1, timeout=1.0)
             if not ready:
