@@ -183,22 +183,3 @@ def run_demo_command(args) -> int:
     run_demo(DemoSettings(config=args.config, overrides=list(args.overrides), cache_root=args.cache_dir,
                           eval_samples=args.eval_samples))
     return 0
-
-
-def main(argv: list[str] | None = None) -> int:
-    """`python -m orchestrator.demo ...` (same as `diffurl demo ...`)."""
-    import argparse
-    import sys
-
-    parser = argparse.ArgumentParser(prog="diffurl")
-    add_demo_command(parser.add_subparsers(dest="command", required=True))
-    args = parser.parse_args(["demo", *(sys.argv[1:] if argv is None else argv)])
-    try:
-        return args.func(args)
-    except UserError as e:
-        print(f"diffurl: error: {e}", file=sys.stderr)
-        return 2
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

@@ -301,22 +301,3 @@ def run_eval_command(args) -> int:
     if args.out:
         Path(args.out).write_text(json.dumps(results_to_json(results), indent=2))
     return 0
-
-
-def main(argv: list[str] | None = None) -> int:
-    """`python -m orchestrator.evaluate ...` (same as `diffurl eval ...`)."""
-    import argparse
-    import sys
-
-    parser = argparse.ArgumentParser(prog="diffurl")
-    add_eval_command(parser.add_subparsers(dest="command", required=True))
-    args = parser.parse_args(["eval", *(sys.argv[1:] if argv is None else argv)])
-    try:
-        return args.func(args)
-    except UserError as e:
-        print(f"diffurl: error: {e}", file=sys.stderr)
-        return 2
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())
