@@ -9,8 +9,9 @@ import pytest
 
 from actors.dllm import build_model, save_model
 from orchestrator.errors import UserError
+from orchestrator.cli import main
 from orchestrator.evaluate import (EvalResult, HUMANEVAL_INSTRUCTION, eval_messages, format_table,
-                                   load_eval_problems, main, parse_temperatures, pass_at_k, resolve_checkpoint)
+                                   load_eval_problems, parse_temperatures, pass_at_k, resolve_checkpoint)
 
 
 @pytest.fixture(scope="module")
@@ -78,7 +79,7 @@ def test_table_has_a_row_per_metric_and_a_column_per_label():
 def test_eval_of_a_random_tiny_model_on_humaneval_runs_and_reports_near_zero(random_model_dir, tmp_path, capsys):
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
     out = tmp_path / "results.json"
-    rc = main([str(random_model_dir), "--problems", "humaneval", "--limit", "4", "--samples", "2",
+    rc = main(["eval", str(random_model_dir), "--problems", "humaneval", "--limit", "4", "--samples", "2",
                "--temperatures", "0,0.4", "--max-new-tokens", "16", "--sandbox-workers", "1", "--out", str(out)])
     assert rc == 0
     results = json.loads(out.read_text())
@@ -92,7 +93,7 @@ def test_eval_of_a_random_tiny_model_on_humaneval_runs_and_reports_near_zero(ran
 
 
 def test_eval_of_a_missing_problems_file_exits_2(random_model_dir, tmp_path, capsys):
-    rc = main([str(random_model_dir), "--problems", str(tmp_path / "nope.jsonl")])
+    rc = main(["eval", str(random_model_dir), "--problems", str(tmp_path / "nope.jsonl")])
     assert rc == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("diffurl: error: --problems")
