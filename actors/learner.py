@@ -80,15 +80,12 @@ class LearnerImpl:
         deepspeed.init_distributed(dist_backend="gloo", verbose=False)
         self.cfg, self.rank, self.world_size = cfg, rank, world_size
         lc = cfg.learner
-        if world_size > 1 and (cfg.rollout.prompts_per_step * cfg.rollout.group_size) % (lc.micro_batch_size * world_size):
-            raise ValueError("prompts_per_step*group_size must divide into micro_batch_size*num_ranks")
 
         model, self.tokenizer = build_model(model_dir)
         if cfg.model.gradient_checkpointing:
             model.gradient_checkpointing_enable()
         model.train()
         self.mask_id = self.tokenizer.mask_token_id
-        self.end_ids = [self.tokenizer.convert_tokens_to_ids(t) for t in ("<|im_end|>", "<|endoftext|>")]
         self.ref_model = None
         if lc.kl_beta > 0:
             self.ref_model, _ = build_model(model_dir)
