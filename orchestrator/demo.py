@@ -34,7 +34,7 @@ class DemoSettings:
     cache_root: str = str(DEFAULT_CACHE)
     task_seed: int = 0
     warm: WarmStartSettings = field(default_factory=WarmStartSettings)
-    eval_samples: int = 2  # samples per held-out problem at the rollout temperature
+    eval_samples: int = 1  # samples per held-out problem at the rollout temperature
     heldout_limit: int | None = None  # evaluate on the first N held-out problems only (tests)
 
 
@@ -61,7 +61,7 @@ def run_demo(settings: DemoSettings, out=print) -> DemoResult:
     cache = Path(settings.cache_root)
     splits = _task_splits(cache, settings.task_seed, out)
     model_dir = warm_start(settings.warm, cache, splits["train"], log=out)
-    cfg = load_config(settings.config, [f"model.path={model_dir}", f"data.train={splits['train']}",
+    cfg = load_config(settings.config, [f"model.path={model_dir}", f"data.train={splits['rl']}",
                                         f"data.eval={splits['heldout']}", *settings.overrides])
     check_paths(cfg)
     if cfg.rollout.max_new_tokens != settings.warm.completion_tokens:
@@ -91,7 +91,7 @@ def run_demo(settings: DemoSettings, out=print) -> DemoResult:
 
 def _task_splits(cache: Path, seed: int, out) -> dict[str, Path]:
     tasks_dir = cache / f"tasks-v{FAMILY_VERSION}-seed{seed}"
-    paths = {split: tasks_dir / f"{split}.jsonl" for split in ("train", "val", "heldout")}
+    paths = {split: tasks_dir / f"{split}.jsonl" for split in ("train", "rl", "heldout")}
     if not all(p.is_file() for p in paths.values()):
         paths = write_splits(tasks_dir, seed)
     counts = ", ".join(f"{split} {path.read_text().count(chr(10))}" for split, path in paths.items())
@@ -173,7 +173,7 @@ def add_demo_command(subparsers) -> None:
                    help="RL config (default configs/demo.yaml; ablations: configs/ablation_d1.yaml, "
                         "configs/ablation_decoupled.yaml)")
     p.add_argument("--cache-dir", default=str(DEFAULT_CACHE), help="task files and warm starts (default .cache/diffurl)")
-    p.add_argument("--eval-samples", type=int, default=2, help="samples per held-out problem at the rollout temperature")
+    p.add_argument("--eval-samples", type=int, default=1, help="samples per held-out problem at the rollout temperature")
     p.set_defaults(func=run_demo_command)
 
 

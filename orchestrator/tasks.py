@@ -1,4 +1,4 @@
-"""The demo's task family: short Python function problems generated in code, split train / val / held-out.
+"""The demo's task family: short Python function problems generated in code, split train / rl / held-out.
 
 Each problem is a row of the problem schema (`task_id`, `question`, `entry_point`, `tests`, `reference`):
 
@@ -8,9 +8,11 @@ Each problem is a row of the problem schema (`task_id`, `question`, `entry_point
 
 A template (e.g. `add`: "returns x plus {a}") with its constants (a=7) is a *combination*. The split is by
 combination: every template's combinations are shuffled with the seed and dealt out, 15% to the held-out
-split, 10% to validation, the rest to training. So a held-out problem asks for a template the model was
-trained on, with constants it never saw *with that template* (the same numbers appear in other templates'
-training problems). No held-out problem shares its description or its tests with a training problem.
+split, 10% to the RL split, the rest to training (the warm start's SFT data). RL prompts come from the RL
+split: combinations the warm start never saw, as a real RL prompt set is not the SFT data. So a held-out
+problem asks for a template the model was trained on, with constants it never saw *with that template* (the
+same numbers appear in other templates' training problems). No held-out problem shares its description or its
+tests with a training or RL problem.
 Categories: arithmetic, conditionals, strings, lists, and compositions of two operations.
 Everything is a pure function of the seed.
 """
@@ -25,8 +27,8 @@ from pathlib import Path
 from typing import Any, Callable
 
 FAMILY_VERSION = 1  # bump when templates change: cached warm starts are keyed by it
-SPLITS = ("train", "val", "heldout")
-HELDOUT_FRACTION, VAL_FRACTION = 0.15, 0.10
+SPLITS = ("train", "rl", "heldout")
+HELDOUT_FRACTION, RL_FRACTION = 0.15, 0.10
 FUNCTION_NAMES = ("solve", "compute", "transform", "apply", "process", "calc", "func", "helper")
 WORDS = ("cat", "dog", "sun", "red", "sky", "box", "pen", "cup", "map", "key", "ice", "owl", "hat", "bee",
          "car", "fox", "jam", "oak", "pie", "zip", "tea", "web", "yak", "fig", "gem", "hub", "ink", "log",
@@ -110,10 +112,10 @@ def split_combinations(seed: int) -> dict[str, list[tuple[Template, tuple]]]:
         combos = combinations(template)
         random.Random(f"{seed}:split:{template.key}").shuffle(combos)
         n_held = max(1, round(HELDOUT_FRACTION * len(combos)))
-        n_val = max(1, round(VAL_FRACTION * len(combos)))
+        n_rl = max(1, round(RL_FRACTION * len(combos)))
         out["heldout"] += [(template, c) for c in combos[:n_held]]
-        out["val"] += [(template, c) for c in combos[n_held:n_held + n_val]]
-        out["train"] += [(template, c) for c in combos[n_held + n_val:]]
+        out["rl"] += [(template, c) for c in combos[n_held:n_held + n_rl]]
+        out["train"] += [(template, c) for c in combos[n_held + n_rl:]]
     return out
 
 
@@ -196,8 +198,8 @@ def _random_input(template: Template, rng: random.Random):
 
 
 def generate_splits(seed: int = 0, train_variants: int = 2) -> dict[str, list[dict]]:
-    """{"train", "val", "heldout"}: problems; training has `train_variants` problems per combination (other
-    function names and test inputs), validation and held-out one each."""
+    """{"train", "rl", "heldout"}: problems; training has `train_variants` problems per combination (other
+    function names and test inputs), the RL and held-out splits one each."""
     rng = random.Random(f"{seed}:problems")
     out: dict[str, list[dict]] = {}
     for split, combos in split_combinations(seed).items():
@@ -209,7 +211,7 @@ def generate_splits(seed: int = 0, train_variants: int = 2) -> dict[str, list[di
 
 
 def write_splits(out_dir: str | Path, seed: int = 0, train_variants: int = 2) -> dict[str, Path]:
-    """Write `train.jsonl`, `val.jsonl`, `heldout.jsonl` under out_dir; return {split: path}."""
+    """Write `train.jsonl`, `rl.jsonl`, `heldout.jsonl` under out_dir; return {split: path}."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     paths = {}

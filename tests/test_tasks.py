@@ -38,7 +38,7 @@ def test_heldout_has_at_least_200_problems_and_shares_no_description_or_tests_wi
     seen = {name: {(p["question"], tuple(p["tests"])) for p in problems} for name, problems in splits.items()}
     descriptions = {name: {p["question"] for p in problems} for name, problems in splits.items()}
     tests = {name: {tuple(p["tests"]) for p in problems} for name, problems in splits.items()}
-    for a, b in (("train", "heldout"), ("train", "val"), ("val", "heldout")):
+    for a, b in (("train", "heldout"), ("train", "rl"), ("rl", "heldout")):
         assert not seen[a] & seen[b]
         assert not descriptions[a] & descriptions[b], f"{a} and {b} share a description"
         assert not tests[a] & tests[b], f"{a} and {b} share a test list"
@@ -48,8 +48,8 @@ def test_heldout_asks_for_trained_templates_with_constants_unseen_for_that_templ
     def combos(problems):  # task_id = split/template/constants/variant
         return {tuple(p["task_id"].split("/")[1:3]) for p in problems}
 
-    train, heldout = combos(splits["train"]), combos(splits["heldout"])
-    assert not train & heldout
+    train, rl, heldout = combos(splits["train"]), combos(splits["rl"]), combos(splits["heldout"])
+    assert not train & heldout and not rl & heldout and not train & rl
     assert {t for t, _ in heldout} <= {t for t, _ in train}
     assert {p["category"] for p in splits["heldout"]} == {"arithmetic", "conditional", "string", "list", "composition"}
 
@@ -75,8 +75,8 @@ def test_every_reference_solution_passes_its_own_tests_when_run_here(splits):
             exec(test, namespace)  # noqa: S102
 
 
-def test_every_heldout_and_validation_reference_passes_its_own_tests_through_the_sandbox(splits, pool):
-    problems = splits["heldout"] + splits["val"]
+def test_every_heldout_and_rl_reference_passes_its_own_tests_through_the_sandbox(splits, pool):
+    problems = splits["heldout"] + splits["rl"]
     results = pool.score(problems, [answer_text(p["reference"]) for p in problems])
     failed = [(p["task_id"], r["status"], r.get("error")) for p, r in zip(problems, results) if r["status"] != "passed"]
     assert not failed, failed[:5]
