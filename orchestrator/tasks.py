@@ -227,3 +227,30 @@ def write_splits(out_dir: str | Path, seed: int = 0, train_variants: int = 2) ->
 def answer_text(reference: str) -> str:
     """The reference in the exact DiffuCoder answer format: one ```python block, closing fence + newline."""
     return f"```python\n{reference}```\n"
+
+
+# ----------------------------------------------------------------------------------------- buggy demonstrations
+# The warm start learns from demonstrations of which a fixed fraction carry one plausible bug (an operator swapped,
+# min for max, the wrong end of a string): the policy then holds both the right and the buggy answer for every
+# template, partly right, as an SFT set written by a weaker coder would leave it. Execution rewards are what tell
+# them apart, which is the part of the loop the demo is there to show.
+_OPERATOR_SWAPS = {" + ": " - ", " - ": " + ", " * ": " + ", " // ": " % ", " % ": " // ", " > ": " < ",
+                   " < ": " > ", " == ": " != "}
+_CALL_SWAPS = {"min(": "max(", "max(": "min(", "[:": "[-", ".count(": ".find("}
+
+
+def buggy_reference(reference: str) -> str | None:
+    """The reference with its first operator (else its first call or slice) swapped for a plausible wrong one;
+    None when its body has none of them. (A swap can leave the tests passing: 5 of the 2648 training problems.)"""
+    header, _, body = reference.partition("\n")
+    for swaps in (_OPERATOR_SWAPS, _CALL_SWAPS):
+        hits = [(body.find(old), old) for old in swaps if old in body]
+        if hits:
+            at, old = min(hits)
+            return f"{header}\n{body[:at]}{swaps[old]}{body[at + len(old):]}"
+    return None
+
+
+def is_buggy_demo(task_id: str, fraction: float, seed: int = 0) -> bool:
+    """Whether a training problem's demonstration is the buggy one: a pure function of (seed, task_id)."""
+    return random.Random(f"{seed}:buggy:{task_id}").random() < fraction

@@ -1,13 +1,15 @@
 """Warm start for the demo: an in-repo BPE tokenizer and a tiny bidirectional Qwen2 dLLM trained from scratch
-with the masked-diffusion SFT loss (`actors.dllm.sft_loss`) on the training split's reference solutions.
+with the masked-diffusion SFT loss (`actors.dllm.sft_loss`) on demonstrations of the training split, half of
+them buggy (`buggy_fraction`: the reference with one operator swapped, `orchestrator.tasks.buggy_reference`).
 
     model_dir = warm_start(WarmStartSettings(), cache_root=".cache/diffurl", train_path="train.jsonl")
 
 Prompt = the chat template of the problem (`build_chat_prompt` + `encode_prompt`, exactly what rollouts
-use); completion = the reference in the DiffuCoder answer format (one ```python block, closing fence and
+use); completion = the demonstration in the DiffuCoder answer format (one ```python block, closing fence and
 newline), then `<|im_end|>`, then `<|endoftext|>` filling the canvas up to `completion_tokens`, so the
-model learns to end where a rollout's decoder cuts. Training stops after a fixed number of steps, chosen
-(on the validation split) so the policy is partly right and RL has room to move.
+model learns to end where a rollout's decoder cuts. The policy ends partly right: it holds the right and the
+buggy answer of every template, and only execution rewards tell them apart. Training stops after a fixed
+number of steps (chosen on the RL split, before any RL, when the demonstrations were all correct).
 
 The result is cached in `<cache_root>/warmstart-<hash>/`, the hash covering the settings, the task family
 version and the training file, so a second demo skips it.
@@ -31,11 +33,11 @@ from actors.dllm import build_model, left_pad, save_model, sft_loss
 from actors.prompts import encode_prompt
 from orchestrator.data import build_chat_prompt, load_prompts
 from orchestrator.errors import UserError
-from orchestrator.tasks import FAMILY_VERSION, answer_text
+from orchestrator.tasks import FAMILY_VERSION, answer_text, buggy_reference, is_buggy_demo
 
 IM_END, EOS = "<|im_end|>", "<|endoftext|>"
 DONE_FILE = "warmstart.json"
-RECIPE_VERSION = 2  # bump when the training recipe changes, so stale caches are not reused
+RECIPE_VERSION = 3  # bump when the training recipe changes, so stale caches are not reused
 
 
 @dataclass(frozen=True)
@@ -50,12 +52,16 @@ class WarmStartSettings:
     vocab_size: int = 4096
     max_prompt_tokens: int = 128
     completion_tokens: int = 48  # K: the canvas rollouts decode (rollout.max_new_tokens)
-    steps: int = 1300  # tuned on the validation split: 1100 -> 2% pass@1 (T=0), 1300 -> 35%, 1500 -> 76%
+    # chosen on the RL split with all-correct demonstrations: 1100 -> 2% pass@1 (T=0), 1300 -> 35%, 1500 -> 76%
+    steps: int = 1300
     batch_size: int = 32
     lr: float = 2e-3
     warmup_steps: int = 30
     weight_decay: float = 0.01
     threads: int = 2
+    # this fraction of the demonstrations carries one plausible bug (`orchestrator.tasks.buggy_reference`), so the
+    # policy holds the right and the buggy answer of every template and execution rewards have something to fix
+    buggy_fraction: float = 0.5
 
     def key(self, train_path: Path) -> str:
         payload = json.dumps({"settings": dataclasses.asdict(self), "family": FAMILY_VERSION, "recipe": RECIPE_VERSION,
@@ -95,9 +101,13 @@ def warm_start(settings: WarmStartSettings, cache_root: str | Path, train_path: 
     return out
 
 
-def sft_texts(problem: dict) -> tuple[list[dict], str]:
-    """(chat messages of the prompt, completion text ending in <|im_end|>) for one problem."""
-    return build_chat_prompt(problem), answer_text(problem["reference"]) + IM_END
+def sft_texts(problem: dict, buggy_fraction: float = 0.0, seed: int = 0) -> tuple[list[dict], str]:
+    """(chat messages of the prompt, completion text ending in <|im_end|>) for one problem; the demonstration
+    is the buggy reference for the problems `is_buggy_demo(task_id, buggy_fraction, seed)` picks."""
+    reference = problem["reference"]
+    if buggy_fraction > 0 and is_buggy_demo(problem["task_id"], buggy_fraction, seed):
+        reference = buggy_reference(reference) or reference
+    return build_chat_prompt(problem), answer_text(reference) + IM_END
 
 
 def train_warm_start(settings: WarmStartSettings, problems: list[dict], log=print):
@@ -106,7 +116,7 @@ def train_warm_start(settings: WarmStartSettings, problems: list[dict], log=prin
     s = settings
     corpus = []
     for p in problems:
-        messages, completion = sft_texts(p)
+        messages, completion = sft_texts(p, s.buggy_fraction, s.seed)
         corpus += [m["content"] for m in messages] + [completion]
     config = {k: getattr(s, k) for k in ("hidden_size", "intermediate_size", "num_hidden_layers",
                                          "num_attention_heads", "num_key_value_heads", "max_position_embeddings")}
@@ -117,7 +127,8 @@ def train_warm_start(settings: WarmStartSettings, problems: list[dict], log=prin
         # (a reloaded dir may tokenize differently from the in-memory tokenizer, e.g. digits one by one).
         save_model(model, tokenizer, saved)
         model, tokenizer = build_model(saved)
-    prompts, completions = encode_examples(tokenizer, problems, s.max_prompt_tokens, s.completion_tokens)
+    prompts, completions = encode_examples(tokenizer, problems, s.max_prompt_tokens, s.completion_tokens,
+                                           s.buggy_fraction, s.seed)
     log(f"warm start: {len(problems)} problems, vocab {len(tokenizer)}, "
         f"{sum(p.numel() for p in model.parameters()) / 1e6:.2f}M parameters, {s.steps} SFT steps of {s.batch_size}")
     optimizer = torch.optim.AdamW(model.parameters(), lr=s.lr, betas=(0.9, 0.99), weight_decay=s.weight_decay)
@@ -148,11 +159,12 @@ def train_warm_start(settings: WarmStartSettings, problems: list[dict], log=prin
                               "final_loss": sum(losses[-window:]) / window, "steps": s.steps}
 
 
-def encode_examples(tokenizer, problems: list[dict], max_prompt_tokens: int, completion_tokens: int):
+def encode_examples(tokenizer, problems: list[dict], max_prompt_tokens: int, completion_tokens: int,
+                    buggy_fraction: float = 0.0, seed: int = 0):
     """(prompt id lists, completion ids [N, K]): each completion padded with <|endoftext|> to K tokens."""
     prompts, completions = [], []
     for p in problems:
-        messages, completion = sft_texts(p)
+        messages, completion = sft_texts(p, buggy_fraction, seed)
         ids = tokenizer(completion, add_special_tokens=False)["input_ids"]
         if len(ids) > completion_tokens:
             raise UserError(f"warm start: the answer of {p['task_id']!r} takes {len(ids)} tokens, more than "

@@ -86,7 +86,7 @@ def test_wrong_type_in_a_preset_names_the_file(tmp_path):
 
 def test_batch_that_does_not_split_into_micro_batches_is_rejected():
     message = user_error(DEMO, ["learner.micro_batch_size=3"])
-    assert message == "learner.micro_batch_size=3: must divide rollout.prompts_per_step*rollout.group_size=8"
+    assert message == "learner.micro_batch_size=3: must divide rollout.prompts_per_step*rollout.group_size=64"
 
 
 def test_bad_enum_value_lists_the_allowed_values():
@@ -95,7 +95,7 @@ def test_bad_enum_value_lists_the_allowed_values():
 
 
 @pytest.mark.parametrize("overrides, key", [
-    (["learner.micro_batch_size=16"], "learner.micro_batch_size=16"),
+    (["learner.micro_batch_size=128"], "learner.micro_batch_size=128"),
     (["rollout.steps=64"], "rollout.steps=64"),
     (["rollout.max_new_tokens=0", "rollout.steps=1"], "rollout.max_new_tokens=0"),
     (["rollout.top_p=0"], "rollout.top_p=0.0"),
@@ -106,7 +106,7 @@ def test_bad_enum_value_lists_the_allowed_values():
     (["rollout.num_workers=0"], "rollout.num_workers=0"),
     (["learner.zero_stage=4"], "learner.zero_stage=4"),
     (["ray.metrics_export_port=12000"], "ray.metrics_export_port=12000"),
-    (["learner.num_ranks=3"], "learner.micro_batch_size=4"),
+    (["learner.num_ranks=3"], "learner.micro_batch_size=16"),
 ])
 def test_inconsistent_values_are_rejected_naming_the_key(overrides, key):
     assert user_error(DEMO, overrides).startswith(f"{key}: ")

@@ -8,7 +8,8 @@ import pytest
 import ray
 
 from orchestrator.data import load_prompts
-from orchestrator.tasks import TEMPLATES, answer_text, generate_splits, neighbours, reference_solution, write_splits
+from orchestrator.tasks import (TEMPLATES, answer_text, buggy_reference, generate_splits, is_buggy_demo, neighbours,
+                               reference_solution, write_splits)
 from sandbox_workers import SandboxPool, format_score
 
 
@@ -97,3 +98,31 @@ def test_tests_reject_the_solution_with_a_neighbouring_constant(splits, pool):
     passed = [p["task_id"] for p, r in zip(problems, results) if r["status"] == "passed"]
     assert not passed, passed[:5]
     assert all(r["format"] == 1.0 for r in results)
+
+
+def test_buggy_demonstrations_swap_one_operator_and_fail_their_tests(splits):
+    """The warm start's buggy demonstrations: every training reference has one, it differs from the reference
+    by one swapped operator/call, parses, and fails the problem's own tests (all but a handful of problems)."""
+    still_pass = 0
+    for p in splits["train"]:
+        buggy = buggy_reference(p["reference"])
+        assert buggy is not None and buggy != p["reference"]
+        assert format_score(answer_text(buggy)) == 1.0
+        namespace: dict = {}
+        try:
+            exec(buggy, namespace)  # noqa: S102 - a mutation of the generator's own reference
+            for test in p["tests"]:
+                exec(test, namespace)  # noqa: S102
+            still_pass += 1
+        except Exception:
+            pass
+    assert still_pass <= 0.01 * len(splits["train"])
+    assert buggy_reference("def f(x):\n    return x\n") is None
+
+
+def test_which_demonstrations_are_buggy_is_a_pure_function_of_seed_and_task_id(splits):
+    ids = [p["task_id"] for p in splits["train"]]
+    picked = [is_buggy_demo(i, 0.5) for i in ids]
+    assert picked == [is_buggy_demo(i, 0.5) for i in ids]
+    assert 0.45 < sum(picked) / len(ids) < 0.55
+    assert not any(is_buggy_demo(i, 0.0) for i in ids) and all(is_buggy_demo(i, 1.0) for i in ids)

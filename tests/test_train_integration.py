@@ -18,8 +18,8 @@ from tests.ray_head import start_ray_head
 
 REPO = Path(__file__).resolve().parent.parent
 DIFFURL = [sys.executable, "-m", "orchestrator.cli"]
-SMALL = ["run.steps=3", "rollout.num_workers=1", "rollout.group_size=2", "rollout.prompts_per_step=2", "rollout.max_new_tokens=16",
-         "rollout.steps=8", "learner.micro_batch_size=2", "metrics.progress_bar=false",
+SMALL = ["run.steps=3", "rollout.num_workers=1", "rollout.group_size=2", "rollout.prompts_per_step=2",
+         "rollout.max_new_tokens=16", "rollout.steps=8", "learner.micro_batch_size=2", "metrics.progress_bar=false",
          "model.tiny.vocab_size=512", "model.tiny.hidden_size=32", "model.tiny.intermediate_size=64",
          "model.tiny.num_hidden_layers=1"]
 

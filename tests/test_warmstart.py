@@ -7,7 +7,7 @@ from dataclasses import replace
 import pytest
 
 from orchestrator.errors import UserError
-from orchestrator.tasks import write_splits
+from orchestrator.tasks import answer_text, buggy_reference, is_buggy_demo, write_splits
 import torch
 
 from actors.dllm import build_tokenizer, save_model, train_tokenizer
@@ -44,6 +44,16 @@ def test_completion_is_one_python_block_then_im_end_then_padding(train_file):
         assert tokenizer.decode(ids[:end]) == f"```python\n{p['reference']}```\n"
         assert ids[end + 1:] == [eos] * (48 - end - 1)
     assert all(tokenizer.decode(ids).endswith("<|im_start|>assistant\n") for ids in prompts)
+
+
+def test_buggy_fraction_picks_which_demonstrations_carry_the_swapped_operator(train_file):
+    problems = _problems(train_file)[:40]
+    assert [sft_texts(p, 0.0)[1] for p in problems] == [answer_text(p["reference"]) + "<|im_end|>" for p in problems]
+    assert [sft_texts(p, 1.0)[1] for p in problems] == [
+        answer_text(buggy_reference(p["reference"]) or p["reference"]) + "<|im_end|>" for p in problems]
+    half = [sft_texts(p, 0.5)[1] != sft_texts(p, 0.0)[1] for p in problems]
+    assert half == [is_buggy_demo(p["task_id"], 0.5) and buggy_reference(p["reference"]) is not None for p in problems]
+    assert 0 < sum(half) < len(problems)
 
 
 def test_sft_trains_on_the_token_ids_that_a_reload_of_the_model_dir_produces(train_file, tmp_path):
