@@ -173,7 +173,7 @@ def add_demo_command(subparsers) -> None:
                    help="RL config (default configs/demo.yaml; ablations: configs/ablation_d1.yaml, "
                         "configs/ablation_decoupled.yaml)")
     p.add_argument("--cache-dir", default=str(DEFAULT_CACHE), help="task files and warm starts (default .cache/diffurl)")
-    p.add_argument("--eval-samples", type=int, default=1, help="samples per held-out problem at the rollout temperature")
+    p.add_argument("--eval-samples", type=int, default=DemoSettings.eval_samples, help="samples per held-out problem at the rollout temperature")
     p.set_defaults(func=run_demo_command)
 
 

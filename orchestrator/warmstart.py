@@ -105,7 +105,7 @@ def sft_texts(problem: dict, buggy_fraction: float = 0.0, seed: int = 0) -> tupl
     """(chat messages of the prompt, completion text ending in <|im_end|>) for one problem; the demonstration
     is the buggy reference for the problems `is_buggy_demo(task_id, buggy_fraction, seed)` picks."""
     reference = problem["reference"]
-    if buggy_fraction > 0 and is_buggy_demo(problem["task_id"], buggy_fraction, seed):
+    if is_buggy_demo(problem["task_id"], buggy_fraction, seed):
         reference = buggy_reference(reference) or reference
     return build_chat_prompt(problem), answer_text(reference) + IM_END
 

@@ -67,13 +67,23 @@ def test_written_splits_load_without_a_skipped_row(tmp_path):
         assert skipped == [] and len(problems) > 0, split
 
 
+def _passes_here(code: str, tests: list[str]) -> bool:
+    """Run the generator's own code (a reference or its mutation, never model output) and its asserts in-process."""
+    namespace: dict = {}
+    try:
+        exec(code, namespace)  # noqa: S102
+        for test in tests:
+            exec(test, namespace)  # noqa: S102
+    except Exception:
+        return False
+    return True
+
+
 def test_every_reference_solution_passes_its_own_tests_when_run_here(splits):
     """Our own generated code, so it may run in-process: all splits, every problem."""
-    for p in (p for problems in splits.values() for p in problems):
-        namespace: dict = {}
-        exec(p["reference"], namespace)  # noqa: S102 - the generator's reference, not model output
-        for test in p["tests"]:
-            exec(test, namespace)  # noqa: S102
+    failing = [p["task_id"] for problems in splits.values() for p in problems
+               if not _passes_here(p["reference"], p["tests"])]
+    assert not failing, failing[:5]
 
 
 def test_every_heldout_and_rl_reference_passes_its_own_tests_through_the_sandbox(splits, pool):
@@ -108,14 +118,7 @@ def test_buggy_demonstrations_swap_one_operator_and_fail_their_tests(splits):
         buggy = buggy_reference(p["reference"])
         assert buggy is not None and buggy != p["reference"]
         assert format_score(answer_text(buggy)) == 1.0
-        namespace: dict = {}
-        try:
-            exec(buggy, namespace)  # noqa: S102 - a mutation of the generator's own reference
-            for test in p["tests"]:
-                exec(test, namespace)  # noqa: S102
-            still_pass += 1
-        except Exception:
-            pass
+        still_pass += _passes_here(buggy, p["tests"])
     assert still_pass <= 0.01 * len(splits["train"])
     assert buggy_reference("def f(x):\n    return x\n") is None
 
