@@ -9,6 +9,8 @@ from .estimators import ScoreResult, token_scores
 from .grpo import grpo_advantages, grpo_loss, update_reference
 from .model import DiffusionQwen2ForCausalLM, build_model, diffusion_logits, save_model
 from .padding import attention_inputs, completion_mask_from_ids, left_pad
+from .schedule import lr_factor, lr_lambda
+from .seeding import derived_seed
 from .sft import sft_loss
 from .tokenizer import build_tokenizer, train_tokenizer
 
@@ -21,11 +23,14 @@ __all__ = [
     "build_model",
     "build_tokenizer",
     "completion_mask_from_ids",
+    "derived_seed",
     "diffusion_logits",
     "generate",
     "grpo_advantages",
     "grpo_loss",
     "left_pad",
+    "lr_factor",
+    "lr_lambda",
     "save_model",
     "sft_loss",
     "token_scores",
