@@ -13,7 +13,7 @@ from orchestrator import cli, submit
 from orchestrator.metrics import read_metrics
 from orchestrator.redis_server import free_port
 from tests.ray_head import start_ray_head
-from tests.test_train_integration import SMALL
+from tests.system.test_train_integration import SMALL
 
 TOKEN = "diffurl-test-token-7f3a"
 VENV_BIN = str(Path(sys.executable).parent)

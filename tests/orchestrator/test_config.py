@@ -7,7 +7,7 @@ import pytest
 from orchestrator.config import Config, check_paths, config_to_yaml, load_config, save_config
 from orchestrator.errors import UserError
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 PRESETS = sorted((REPO / "configs").glob("*.yaml"))
 DEMO = REPO / "configs" / "demo.yaml"
 

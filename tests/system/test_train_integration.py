@@ -16,7 +16,7 @@ from orchestrator.metrics import REQUIRED_STEP_METRICS
 from orchestrator.redis_server import EmbeddedRedis, connect
 from tests.ray_head import start_ray_head
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 DIFFURL = [sys.executable, "-m", "orchestrator.cli"]
 SMALL = ["run.steps=3", "rollout.num_workers=1", "rollout.group_size=2", "rollout.prompts_per_step=2",
          "rollout.max_new_tokens=16", "rollout.steps=8", "learner.micro_batch_size=2", "metrics.progress_bar=false",

@@ -8,7 +8,7 @@ import pytest
 from orchestrator.data import build_chat_prompt, convert_acecode, infer_entry_point, load_prompts
 from orchestrator.errors import UserError
 
-DATA = Path(__file__).resolve().parent.parent / "configs" / "data"
+DATA = Path(__file__).resolve().parents[2] / "configs" / "data"
 
 
 def write_jsonl(path: Path, rows) -> Path:

@@ -19,7 +19,7 @@ from sandbox_workers import SandboxPool
 
 pytestmark = pytest.mark.integration
 
-PROJECT_DIR = Path(__file__).resolve().parents[1]
+PROJECT_DIR = Path(__file__).resolve().parents[2]
 TIMEOUT_S = 1.0
 ADD = {"task_id": "add", "entry_point": "add", "tests": ["assert add(1, 2) == 3", "assert add(-4, 4) == 0"]}
 ADD_OK = "def add(a, b):\n    return a + b\n"

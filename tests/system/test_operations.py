@@ -19,7 +19,7 @@ from tests.ray_head import start_ray_head
 
 pytestmark = pytest.mark.integration
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 DIFFURL = [sys.executable, "-m", "orchestrator.cli"]
 SMALL = ["rollout.num_workers=1", "rollout.group_size=2", "rollout.prompts_per_step=2",
          "rollout.max_new_tokens=16", "rollout.steps=8",
