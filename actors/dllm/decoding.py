@@ -20,7 +20,9 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from .padding import attention_inputs, left_pad
+from .model import completion_logits
+from .padding import left_pad
+from .tokenizer import IM_END
 
 ALGORITHMS = ("origin", "maskgit_plus", "topk_margin", "entropy")
 
@@ -92,8 +94,8 @@ def _encode_prompts(tokenizer, prompts: list) -> list[list[int]]:
 
 
 def decode_completions(tokenizer, completion_ids: torch.Tensor) -> list[str]:
-    """completion_ids [B, K] -> texts cut at the first <|im_end|> / <|endoftext|>, special tokens stripped."""
-    end_ids = {tokenizer.eos_token_id, tokenizer.convert_tokens_to_ids("<|im_end|>")}
+    """completion_ids [B, K] -> texts cut at the first <|im_end|> or eos token, special tokens stripped."""
+    end_ids = {tokenizer.eos_token_id, tokenizer.convert_tokens_to_ids(IM_END)}
     texts = []
     for row in completion_ids.tolist():
         cut = next((index for index, token in enumerate(row) if token in end_ids), len(row))
@@ -147,21 +149,16 @@ def generate(
     batch, completion_len = prompt.shape[0], max_new_tokens
     canvas = torch.cat([prompt, torch.full((batch, completion_len), mask_id)], dim=1).to(device)  # [B, P+K]
     attention_mask = torch.cat([prompt_mask, torch.ones(batch, completion_len, dtype=torch.long)], dim=1).to(device)
-    position_ids, mask4d = attention_inputs(attention_mask)
     completion = canvas[:, -completion_len:]  # [B, K] view into the canvas
     masked = torch.ones(batch, completion_len, dtype=torch.bool, device=device)  # still-masked positions
     order = torch.full((batch, completion_len), -1, dtype=torch.long, device=device)
     timesteps = torch.linspace(1, eps, steps + 1, device=device)
+    sampling = dict(temperature=temperature, top_p=top_p, top_k=top_k, alg=alg, generator=generator)
     for step in range(steps):
-        logits = model(
-            input_ids=canvas, attention_mask=mask4d, position_ids=position_ids, use_cache=False,
-            logits_to_keep=completion_len + 1,
-        ).logits[:, :-1]  # [B, K, V]: shifted head, logits[:, k] predicts completion token k
-        logits = logits.float()
+        logits = completion_logits(model, canvas, attention_mask, completion_len).float()  # [B, K, V]
         logits[..., mask_id] = torch.finfo(logits.dtype).min
         t, s = timesteps[step], timesteps[step + 1]
         last = step == steps - 1
-        sampling = dict(temperature=temperature, top_p=top_p, top_k=top_k, alg=alg, generator=generator)
         if alg == "origin":
             p_transfer = 1.0 if last else float(1 - s / t)
             draw = torch.rand(masked.shape, generator=generator, device=device)
@@ -192,9 +189,9 @@ def generate(
     return GenerateResult(
         sequences=canvas,
         prompt_ids=prompt_ids,
-        completion_ids=canvas[:, -completion_len:],
+        completion_ids=completion,
         attention_mask=attention_mask,
-        texts=decode_completions(tokenizer, canvas[:, -completion_len:]),
+        texts=decode_completions(tokenizer, completion),
         order=order,
         steps=steps,
         elapsed_s=time.perf_counter() - started,

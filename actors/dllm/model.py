@@ -2,7 +2,8 @@
 
 `build_model` loads a local HF directory (Qwen2 or Dream/DiffuCoder, no trust_remote_code) or builds a
 tiny model from a Qwen2 config dict; `save_model` writes a directory `build_model` reloads identically.
-`diffusion_logits` is the single forward used by generation, scoring and SFT.
+`diffusion_logits` is the single forward; `completion_logits`, its shifted-head slice over the completion,
+is what generation, scoring and SFT read.
 """
 
 from __future__ import annotations
@@ -72,6 +73,17 @@ def diffusion_logits(
         logits_to_keep=logits_to_keep,
     )
     return output.logits
+
+
+def completion_logits(
+    model: torch.nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor, completion_len: int
+) -> torch.Tensor:
+    """input_ids [B, L] ending in K = completion_len completion positions -> logits [B, K, V].
+
+    The shifted head: the logits at position j predict token j + 1, so the K positions before the last one
+    predict the K completion tokens (logits[:, k] is the prediction for input_ids[:, L - K + k]).
+    """
+    return diffusion_logits(model, input_ids, attention_mask, logits_to_keep=completion_len + 1)[:, :-1]
 
 
 def _config_from_dir(path: Path) -> Qwen2Config:

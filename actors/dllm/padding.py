@@ -1,4 +1,4 @@
-"""Left padding, position ids and the 4-D attention mask: the one place both generation and scoring get them."""
+"""Left padding, position ids, the 4-D attention mask and the completion (loss) mask: the one place each is made."""
 
 from __future__ import annotations
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from .model import diffusion_logits
+from .model import completion_logits
 
 
 def sft_loss(
@@ -34,7 +34,7 @@ def sft_loss(
     masked = trained & (draw < t[:, None])  # [B, K]
     noisy = input_ids.clone()
     noisy[:, -completion_len:] = noisy[:, -completion_len:].masked_fill(masked, mask_id)
-    logits = diffusion_logits(model, noisy, attention_mask, logits_to_keep=completion_len + 1)[:, :-1]  # [B, K, V]
+    logits = completion_logits(model, noisy, attention_mask, completion_len)  # [B, K, V]
     targets = input_ids[:, -completion_len:]  # [B, K]
     token_loss = F.cross_entropy(logits.float().transpose(1, 2), targets, reduction="none")  # [B, K]
     weighted = token_loss * masked.float() / t[:, None]

@@ -1,64 +1,28 @@
 """Per-token score estimators: coupled, decoupled and d1 (ALGORITHM.md section 4)."""
 
-from types import SimpleNamespace
-
 import pytest
 import torch
 
-from actors.dllm import build_model, left_pad, token_scores
+from actors.dllm import left_pad, token_scores
+from actors.dllm.estimators import ESTIMATORS
 from actors.dllm.model import diffusion_logits
+from tests.dllm.fakes import Oracle, Recorder
+from tests.tiny_model import random_rows
 
-TEXTS = ["def add(a, b):\n    return a + b\n", "Write a function that adds two numbers.", "print(sum([1, 2, 3]))"] * 10
-CONFIG = dict(
-    hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
-    max_position_embeddings=128,
-)
-SPEC = {"config": CONFIG, "tokenizer": {"train_texts": TEXTS, "vocab_size": 320}, "seed": 0}
 K = 8
 
 
-@pytest.fixture(scope="module")
-def tiny():
-    model, tokenizer = build_model(SPEC)
-    return model.eval(), tokenizer
-
-
 def batch(tokenizer, prompt_lengths=(6, 3), completion_len=K, seed=0):
-    """Left-padded prompts of the given lengths ++ random completions -> (input_ids [B, L], attention_mask [B, L])."""
-    generator = torch.Generator().manual_seed(seed)
-    rows = [torch.randint(5, len(tokenizer), (n + completion_len,), generator=generator).tolist() for n in prompt_lengths]
-    return left_pad(rows, tokenizer.pad_token_id)
-
-
-class Recorder(torch.nn.Module):
-    def __init__(self, model):
-        super().__init__()
-        self.inner, self.config, self.inputs = model, model.config, []
-
-    def forward(self, input_ids, **kwargs):
-        self.inputs.append(input_ids.clone())
-        return self.inner(input_ids=input_ids, **kwargs)
-
-
-class Oracle(torch.nn.Module):
-    """Logits built to predict target[:, j + shift] at position j: shift=1 is the shifted head, 0 is off by one."""
-
-    def __init__(self, target, vocab, mask_id, shift):
-        super().__init__()
-        self.config = SimpleNamespace(mask_token_id=mask_id)
-        self.target, self.vocab, self.shift = target, vocab, shift
-
-    def forward(self, input_ids, logits_to_keep=0, **_):
-        passes = input_ids.shape[0] // self.target.shape[0]
-        predicted = torch.roll(self.target, -self.shift, dims=1).repeat(passes, 1)  # [passes*B, L]
-        logits = torch.nn.functional.one_hot(predicted, self.vocab).float() * 20  # [passes*B, L, V]
-        return SimpleNamespace(logits=logits[:, -logits_to_keep:] if logits_to_keep else logits)
+    """Random prompts of the given lengths ++ random completions, left-padded
+    -> (input_ids [B, L], attention_mask [B, L], completion_mask [B, K], all True)."""
+    rows = random_rows(tokenizer, [n + completion_len for n in prompt_lengths], seed)
+    return *left_pad(rows, tokenizer.pad_token_id), torch.ones(len(rows), completion_len, dtype=torch.bool)
 
 
 def test_coupled_masks_are_complementary_and_cover_each_token_once(tiny):
     model, tokenizer = tiny
-    ids, mask = batch(tokenizer)
-    result = token_scores(model, ids, mask, torch.ones(2, K, dtype=torch.bool), estimator="coupled", seed=11)
+    ids, mask, completion_mask = batch(tokenizer)
+    result = token_scores(model, ids, mask, completion_mask, estimator="coupled", seed=11)
     full, masked_t, complement = result.masks
     assert full.all()
     assert (masked_t ^ complement).all() and not (masked_t & complement).any()
@@ -69,9 +33,9 @@ def test_coupled_masks_are_complementary_and_cover_each_token_once(tiny):
 @pytest.mark.parametrize("estimator", ["coupled", "decoupled"])
 def test_prompt_is_never_masked_and_masked_inputs_match_masks(tiny, estimator):
     model, tokenizer = tiny
-    ids, mask = batch(tokenizer)
+    ids, mask, completion_mask = batch(tokenizer)
     recorder = Recorder(model)
-    result = token_scores(recorder, ids, mask, torch.ones(2, K, dtype=torch.bool), estimator=estimator, seed=4)
+    result = token_scores(recorder, ids, mask, completion_mask, estimator=estimator, seed=4)
     (fed,) = recorder.inputs  # a single forward over all passes
     assert fed.shape == (3 * 2, ids.shape[1])
     for index, completion_masked in enumerate(result.masks):
@@ -81,11 +45,10 @@ def test_prompt_is_never_masked_and_masked_inputs_match_masks(tiny, estimator):
         assert torch.equal(rows[:, -K:][~completion_masked], ids[:, -K:][~completion_masked])
 
 
-@pytest.mark.parametrize("estimator", ["coupled", "decoupled", "d1"])
+@pytest.mark.parametrize("estimator", ESTIMATORS)
 def test_same_seed_gives_same_masks_and_scores_and_another_seed_differs(tiny, estimator):
     model, tokenizer = tiny
-    ids, mask = batch(tokenizer)
-    completion_mask = torch.ones(2, K, dtype=torch.bool)
+    ids, mask, completion_mask = batch(tokenizer)
     with torch.no_grad():
         first = token_scores(model, ids, mask, completion_mask, estimator=estimator, seed=7)
         again = token_scores(model, ids, mask, completion_mask, estimator=estimator, seed=7)
@@ -95,12 +58,12 @@ def test_same_seed_gives_same_masks_and_scores_and_another_seed_differs(tiny, es
     assert not torch.equal(first.scores, other.scores)
 
 
-@pytest.mark.parametrize("estimator", ["coupled", "decoupled", "d1"])
+@pytest.mark.parametrize("estimator", ESTIMATORS)
 def test_scores_match_a_hand_computation_from_logits_and_masks(tiny, estimator):
     model, tokenizer = tiny
-    ids, mask = batch(tokenizer)
+    ids, mask, completion_mask = batch(tokenizer)
     with torch.no_grad():
-        result = token_scores(model, ids, mask, torch.ones(2, K, dtype=torch.bool), estimator=estimator, seed=3)
+        result = token_scores(model, ids, mask, completion_mask, estimator=estimator, seed=3)
         log_probs = []
         for completion_masked in result.masks:  # one separate forward per pass, full-length logits
             noisy = ids.clone()
@@ -118,13 +81,13 @@ def test_scores_match_a_hand_computation_from_logits_and_masks(tiny, estimator):
     assert torch.allclose(result.scores, expected, atol=1e-5)
 
 
-@pytest.mark.parametrize("estimator", ["coupled", "decoupled", "d1"])
+@pytest.mark.parametrize("estimator", ESTIMATORS)
 def test_shifted_head_oracle_scores_maximal_and_off_by_one_does_not(tiny, estimator):
     _, tokenizer = tiny
-    ids, mask = batch(tokenizer)
+    ids, mask, completion_mask = batch(tokenizer)
     for shift in (1, 0):
         oracle = Oracle(ids, len(tokenizer), tokenizer.mask_token_id, shift)
-        scores = token_scores(oracle, ids, mask, torch.ones(2, K, dtype=torch.bool), estimator=estimator, seed=1).scores
+        scores = token_scores(oracle, ids, mask, completion_mask, estimator=estimator, seed=1).scores
         if shift == 1:
             assert scores.min() > -1e-3  # log-prob ~ 0: every completion token predicted perfectly
         else:
@@ -133,8 +96,7 @@ def test_shifted_head_oracle_scores_maximal_and_off_by_one_does_not(tiny, estima
 
 def test_coupled_estimator_has_lower_variance_than_decoupled_at_equal_passes(tiny):
     model, tokenizer = tiny
-    ids, mask = batch(tokenizer, prompt_lengths=(6, 4), completion_len=16, seed=5)
-    completion_mask = torch.ones(2, 16, dtype=torch.bool)
+    ids, mask, completion_mask = batch(tokenizer, prompt_lengths=(6, 4), completion_len=16, seed=5)
     totals = {"coupled": [], "decoupled": []}
     with torch.no_grad():
         for seed in range(200):
@@ -147,13 +109,13 @@ def test_coupled_estimator_has_lower_variance_than_decoupled_at_equal_passes(tin
 
 def test_d1_masks_the_whole_completion_and_only_real_prompt_tokens_at_rate_0_15(tiny):
     model, tokenizer = tiny
-    ids, mask = batch(tokenizer, prompt_lengths=(40, 10), completion_len=4)
+    ids, mask, completion_mask = batch(tokenizer, prompt_lengths=(40, 10), completion_len=4)
     prompt_real = mask[:, :-4].bool()
     masked, total = 0, 0
     with torch.no_grad():
         for seed in range(40):
             recorder = Recorder(model)
-            result = token_scores(recorder, ids, mask, torch.ones(2, 4, dtype=torch.bool), estimator="d1", seed=seed)
+            result = token_scores(recorder, ids, mask, completion_mask, estimator="d1", seed=seed)
             (fed,) = recorder.inputs
             assert fed.shape == ids.shape and (fed[:, -4:] == tokenizer.mask_token_id).all()
             assert not (result.prompt_mask & ~prompt_real).any()
@@ -164,9 +126,7 @@ def test_d1_masks_the_whole_completion_and_only_real_prompt_tokens_at_rate_0_15(
 
 def test_padding_of_other_rows_does_not_change_a_rows_scores(tiny):
     model, tokenizer = tiny
-    generator = torch.Generator().manual_seed(2)
-    short = torch.randint(5, len(tokenizer), (4 + K,), generator=generator).tolist()
-    long = torch.randint(5, len(tokenizer), (12 + K,), generator=generator).tolist()
+    short, long = random_rows(tokenizer, (4 + K, 12 + K), seed=2)
     completion_mask = torch.ones(2, K, dtype=torch.bool)
     with torch.no_grad():
         padded = token_scores(model, *left_pad([short, long], tokenizer.pad_token_id), completion_mask, seed=9)
@@ -176,15 +136,15 @@ def test_padding_of_other_rows_does_not_change_a_rows_scores(tiny):
 
 def test_scores_carry_gradients_to_the_weights(tiny):
     model, tokenizer = tiny
-    ids, mask = batch(tokenizer)
+    ids, mask, completion_mask = batch(tokenizer)
     model.zero_grad()
-    token_scores(model, ids, mask, torch.ones(2, K, dtype=torch.bool), seed=0).scores.sum().backward()
+    token_scores(model, ids, mask, completion_mask, seed=0).scores.sum().backward()
     assert model.lm_head.weight.grad is not None and model.lm_head.weight.grad.abs().sum() > 0
     model.zero_grad()
 
 
 def test_unknown_estimator_fails_with_a_clear_message(tiny):
     model, tokenizer = tiny
-    ids, mask = batch(tokenizer)
+    ids, mask, completion_mask = batch(tokenizer)
     with pytest.raises(ValueError, match="estimator 'full' is not one of coupled, decoupled, d1"):
-        token_scores(model, ids, mask, torch.ones(2, K, dtype=torch.bool), estimator="full", seed=0)
+        token_scores(model, ids, mask, completion_mask, estimator="full", seed=0)

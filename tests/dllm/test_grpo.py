@@ -6,36 +6,14 @@ import math
 import pytest
 import torch
 
-from actors.dllm import (
-    ar_ness,
-    build_model,
-    grpo_advantages,
-    grpo_loss,
-    left_pad,
-    sft_loss,
-    token_scores,
-    update_reference,
-)
+from actors.dllm import ar_ness, grpo_advantages, grpo_loss, left_pad, sft_loss, token_scores, update_reference
+from tests.tiny_model import random_rows
 
-TEXTS = ["def add(a, b):\n    return a + b\n", "Write a function that adds two numbers.", "print(sum([1, 2, 3]))"] * 10
-CONFIG = dict(
-    hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
-    max_position_embeddings=128,
-)
-SPEC = {"config": CONFIG, "tokenizer": {"train_texts": TEXTS, "vocab_size": 320}, "seed": 0}
 K = 6
 
 
-@pytest.fixture()
-def tiny():
-    model, tokenizer = build_model(SPEC)
-    return model, tokenizer
-
-
 def rollout_batch(tokenizer):
-    generator = torch.Generator().manual_seed(0)
-    rows = [torch.randint(5, len(tokenizer), (n + K,), generator=generator).tolist() for n in (5, 3)]
-    ids, mask = left_pad(rows, tokenizer.pad_token_id)
+    ids, mask = left_pad(random_rows(tokenizer, (5 + K, 3 + K)), tokenizer.pad_token_id)
     completion_mask = torch.tensor([[True] * K, [True] * 4 + [False] * 2])
     return ids, mask, completion_mask
 
@@ -76,8 +54,8 @@ def test_loss_matches_a_hand_computation_with_clipping_and_k3_kl():
     assert stats["ratio_mean"] == pytest.approx((1 + 2 + 0.25) / 3)
 
 
-def test_with_one_update_per_batch_the_ratio_is_one(tiny):
-    model, tokenizer = tiny
+def test_with_one_update_per_batch_the_ratio_is_one(fresh_tiny):
+    model, tokenizer = fresh_tiny
     ids, mask, completion_mask = rollout_batch(tokenizer)
     scores = token_scores(model, ids, mask, completion_mask, seed=3).scores
     advantages = torch.tensor([0.5, -2.0])
@@ -88,8 +66,8 @@ def test_with_one_update_per_batch_the_ratio_is_one(tiny):
 
 
 @pytest.mark.parametrize("advantage", [1.0, -1.0])
-def test_one_sgd_step_moves_sampled_token_scores_with_the_advantage_sign(tiny, advantage):
-    model, tokenizer = tiny
+def test_one_sgd_step_moves_sampled_token_scores_with_the_advantage_sign(fresh_tiny, advantage):
+    model, tokenizer = fresh_tiny
     ids, mask, completion_mask = rollout_batch(tokenizer)
     optimizer = torch.optim.SGD(model.parameters(), lr=0.5)
     before = token_scores(model, ids, mask, completion_mask, seed=3).scores
@@ -102,8 +80,8 @@ def test_one_sgd_step_moves_sampled_token_scores_with_the_advantage_sign(tiny, a
     assert change * advantage > 0
 
 
-def test_reference_update_hard_copies_and_soft_mixes(tiny):
-    policy, _ = tiny
+def test_reference_update_hard_copies_and_soft_mixes(fresh_tiny):
+    policy, _ = fresh_tiny
     reference = copy.deepcopy(policy)
     with torch.no_grad():
         for param in policy.parameters():
@@ -118,8 +96,8 @@ def test_reference_update_hard_copies_and_soft_mixes(tiny):
         update_reference(reference, policy, mode="ema")
 
 
-def test_sft_loss_is_seeded_masks_only_trained_tokens_and_decreases_when_trained(tiny):
-    model, tokenizer = tiny
+def test_sft_loss_is_seeded_masks_only_trained_tokens_and_decreases_when_trained(fresh_tiny):
+    model, tokenizer = fresh_tiny
     ids, mask, completion_mask = rollout_batch(tokenizer)
     first = sft_loss(model, ids, mask, completion_mask, seed=1)
     assert first.item() == sft_loss(model, ids, mask, completion_mask, seed=1).item()

@@ -17,28 +17,11 @@ from actors.dllm import (
     train_tokenizer,
 )
 from actors.dllm.model import diffusion_logits
-
-TEXTS = ["def add(a, b):\n    return a + b\n", "Write a function that adds two numbers.", "print(sum([1, 2, 3]))"] * 10
-CONFIG = dict(
-    hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
-    max_position_embeddings=128,
-)
-SPEC = {"config": CONFIG, "tokenizer": {"train_texts": TEXTS, "vocab_size": 320}, "seed": 0}
-
-
-@pytest.fixture(scope="module")
-def tiny():
-    model, tokenizer = build_model(SPEC)
-    return model.eval(), tokenizer
-
-
-def random_ids(tokenizer, shape, seed=0):
-    generator = torch.Generator().manual_seed(seed)
-    return torch.randint(5, len(tokenizer), shape, generator=generator)
+from tests.tiny_model import CONFIG, FIRST_ORDINARY_ID, TEXTS, VOCAB_SIZE, build_tiny, random_rows, tiny_spec
 
 
 def test_tokenizer_round_trips_through_autotokenizer_with_mask_and_chat_template(tmp_path):
-    tokenizer = train_tokenizer(TEXTS, vocab_size=320)
+    tokenizer = train_tokenizer(TEXTS, vocab_size=VOCAB_SIZE)
     messages = [{"role": "user", "content": "add two numbers"}]
     prompt = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
     assert prompt.endswith("<|im_start|>user\nadd two numbers<|im_end|>\n<|im_start|>assistant\n")
@@ -55,10 +38,10 @@ def test_tokenizer_round_trips_through_autotokenizer_with_mask_and_chat_template
 
 def test_build_model_is_seeded_and_leaves_global_rng_untouched():
     state = torch.random.get_rng_state()
-    first, tokenizer = build_model(SPEC)
+    first, tokenizer = build_model(tiny_spec())
     assert torch.equal(state, torch.random.get_rng_state())
-    second, _ = build_model(SPEC)
-    other, _ = build_model({**SPEC, "seed": 1})
+    second, _ = build_model(tiny_spec())
+    other, _ = build_model(tiny_spec(seed=1))
     assert first.config.vocab_size == len(tokenizer)
     assert first.config.mask_token_id == tokenizer.mask_token_id
     assert all(torch.equal(a, b) for a, b in zip(first.parameters(), second.parameters()))
@@ -67,9 +50,10 @@ def test_build_model_is_seeded_and_leaves_global_rng_untouched():
 
 def test_attention_is_bidirectional_unlike_the_causal_qwen2(tiny):
     model, tokenizer = tiny
-    ids = random_ids(tokenizer, (1, 12))
+    ids = torch.tensor(random_rows(tokenizer, [12]))
     changed = ids.clone()
-    changed[0, -1] = (ids[0, -1] + 1 - 5) % (len(tokenizer) - 5) + 5
+    low = FIRST_ORDINARY_ID
+    changed[0, -1] = (ids[0, -1] + 1 - low) % (len(tokenizer) - low) + low  # the next ordinary token
     mask = torch.ones_like(ids)
     with torch.no_grad():
         delta = (diffusion_logits(model, ids, mask) - diffusion_logits(model, changed, mask))[0, 0].abs().max()
@@ -95,7 +79,7 @@ def test_left_padding_does_not_change_a_rows_logits(tiny, implementation):
     model, tokenizer = tiny
     model.config._attn_implementation = implementation
     try:
-        long_row, short_row = random_ids(tokenizer, (1, 10))[0].tolist(), random_ids(tokenizer, (1, 6), 1)[0].tolist()
+        (long_row,), (short_row,) = random_rows(tokenizer, [10]), random_rows(tokenizer, [6], seed=1)
         ids, mask = left_pad([long_row, short_row], tokenizer.pad_token_id)
         with torch.no_grad():
             batched = diffusion_logits(model, ids, mask)
@@ -107,10 +91,10 @@ def test_left_padding_does_not_change_a_rows_logits(tiny, implementation):
 
 
 def test_model_trains_in_bf16_with_gradient_checkpointing_and_finite_grads():
-    model, tokenizer = build_model(SPEC, dtype=torch.bfloat16)
+    model, tokenizer = build_tiny(dtype=torch.bfloat16)
     model.train()
     model.gradient_checkpointing_enable()
-    ids, mask = left_pad([random_ids(tokenizer, (1, 9))[0].tolist(), [11, 12, 13]], tokenizer.pad_token_id)
+    ids, mask = left_pad([*random_rows(tokenizer, [9]), [11, 12, 13]], tokenizer.pad_token_id)
     logits = diffusion_logits(model, ids, mask)
     assert logits.dtype == torch.bfloat16
     logits.float().logsumexp(-1).mean().backward()
@@ -156,11 +140,11 @@ def write_dream_dir(model, tokenizer, path, slow_tokenizer_files=False):
 
 @pytest.mark.parametrize("slow_tokenizer_files", [False, True])
 def test_dream_style_directory_loads_without_trust_remote_code(tmp_path, slow_tokenizer_files):
-    model, tokenizer = build_model({**SPEC, "config": {**CONFIG, "rope_theta": 1e6}})  # DiffuCoder's theta
+    model, tokenizer = build_tiny(rope_theta=1e6)  # DiffuCoder's theta
     model.eval()
     write_dream_dir(model, tokenizer, tmp_path / "dream", slow_tokenizer_files)
     loaded, loaded_tokenizer = build_model(tmp_path / "dream")
-    ids = random_ids(tokenizer, (2, 8))
+    ids = torch.tensor(random_rows(tokenizer, [8, 8]))
     mask = torch.ones_like(ids)
     with torch.no_grad():
         assert torch.equal(diffusion_logits(model, ids, mask), diffusion_logits(loaded.eval(), ids, mask))
