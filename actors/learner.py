@@ -1,14 +1,22 @@
 """Learner: one DeepSpeed rank of coupled-GRPO training, run as a Ray actor named `learner-<rank>`.
 
-Per step: rank 0 reads B scored groups from the trajectory stream and shares them with the other
+Per step: rank 0 reads B scored groups (`Trajectory`) from the stream and shares them with the other
 ranks; every rank takes its contiguous shard of the B*G sequences, computes advantages, the old and
 reference scores with the shared mask seeds, and runs `mu` optimiser updates. Weights leave through
 `export_weights` (rank 0, one object) and checkpoints through DeepSpeed's own save/load.
+
+Loss normalisation (`learner.loss_norm`):
+- `step_tokens` (default): every update's loss is sum over all completion tokens of the step (all
+  micro-batches, all ranks) of the per-token loss, divided by the step's completion-token count
+  (OpenRLHF's `aggregate_loss` token mean over the global batch). The update is then independent of
+  `micro_batch_size` and of the number of ranks: each micro-batch backpropagates its token sum / N_step,
+  times the DP world size that DeepSpeed's gradient averaging divides out, without DeepSpeed's 1/GAS.
+- `micro_batch_tokens`: each micro-batch's token mean, averaged over micro-batches and ranks by
+  DeepSpeed (DiffuCoder's released `coupled_grpo.py`); the update depends on how the batch is split.
+Mask seeds are per sequence (step, iteration, row of the step), so the masks do not depend on the split.
 """
 from __future__ import annotations
 
-import hashlib
-import math
 import os
 import random
 import sys
@@ -20,29 +28,11 @@ import ray
 import torch
 import torch.distributed as dist
 
-from actors.dllm import (build_model, generate, grpo_advantages, grpo_loss, left_pad, save_model,
+from actors.dllm import (build_model, derived_seed, grpo_advantages, grpo_loss, left_pad, lr_lambda, save_model,
                          token_scores, update_reference)
+from actors.trajectory import Trajectory
 
-
-def mask_seed(run_seed: int, step: int, iteration: int, micro_batch: int) -> int:
-    """The mask seed shared by the old, reference and current scores of one micro-batch."""
-    key = f"{run_seed}:{step}:{iteration}:{micro_batch}".encode()
-    return int.from_bytes(hashlib.sha256(key).digest()[:8], "little") & (2**63 - 1)
-
-
-def lr_lambda(cfg_learner, total_updates: int):
-    """Linear warm-up, then cosine from 1 to `min_lr_ratio` (or constant)."""
-    warmup, floor = cfg_learner.warmup_steps, cfg_learner.min_lr_ratio
-
-    def factor(update: int) -> float:
-        if warmup and update < warmup:
-            return (update + 1) / warmup
-        if cfg_learner.lr_schedule == "constant":
-            return 1.0
-        progress = min(1.0, (update - warmup) / max(1, total_updates - warmup))
-        return floor + (1.0 - floor) * 0.5 * (1.0 + math.cos(math.pi * progress))
-
-    return factor
+STAT_KEYS = ("loss", "kl", "clip_fraction", "ratio_mean")
 
 
 def _skip_shm_build() -> None:
@@ -69,8 +59,9 @@ def deepspeed_config(cfg, world_size: int) -> dict:
 
 class LearnerImpl:
     def __init__(self, cfg, model_dir: str, rank: int, world_size: int, master_port: int, open_stream,
-                 resume_from: tuple[str, str] | None = None):
-        """`resume_from`: (checkpoint root, tag) to continue from; `model_dir` is then that checkpoint's policy."""
+                 resume_from: tuple[str, str, str] | None = None):
+        """`resume_from`: (checkpoint root, tag, reference model file) to continue from; `model_dir` is then
+        that checkpoint's policy."""
         os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(master_port), RANK=str(rank),
                           WORLD_SIZE=str(world_size), LOCAL_RANK="0", LOCAL_SIZE="1")
         torch.set_num_threads(max(1, int(os.environ.get("OMP_NUM_THREADS", "1"))))
@@ -95,8 +86,9 @@ class LearnerImpl:
 
         optimizer = torch.optim.AdamW(model.parameters(), lr=lc.lr, betas=tuple(lc.adam_betas),
                                       weight_decay=lc.weight_decay)
-        total_updates = cfg.run.steps * lc.mu
-        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(lc, total_updates))
+        schedule = lr_lambda(warmup=lc.warmup_steps, total=cfg.run.steps * lc.mu, schedule=lc.lr_schedule,
+                             floor=lc.min_lr_ratio)
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
         self.engine, _, _, self.scheduler = deepspeed.initialize(
             model=model, optimizer=optimizer, lr_scheduler=scheduler,
             config=deepspeed_config(cfg, world_size))
@@ -107,11 +99,14 @@ class LearnerImpl:
         if resume_from is not None:
             self._load_checkpoint(*resume_from)
 
+    def info(self) -> dict:
+        return {"rank": self.rank, "world_size": self.world_size, "pid": os.getpid()}
+
     # ----------------------------------------------------------------- data
-    def _read_groups(self, count: int, timeout_s: float) -> list[tuple[str, dict]]:
+    def _read_groups(self, count: int, timeout_s: float) -> list[tuple[str, Trajectory]]:
         """`count` groups never trained on. A second copy of a group (a re-issued rollout whose first try
         was published after all) is acknowledged and dropped, so no group is trained on twice."""
-        got: list[tuple[str, dict]] = []
+        got: list[tuple[str, Trajectory]] = []
         seen = set(self.trained_group_ids)
         deadline = time.monotonic() + timeout_s
         while len(got) < count:
@@ -121,107 +116,118 @@ class LearnerImpl:
             entries = self.stream.read(count - len(got), consumer="learner", block_ms=1000,
                                        replay=self._first_read)
             self._first_read = False
-            duplicates = [eid for eid, rec in entries if rec["group_id"] in seen]
-            self.stream.ack(duplicates)
-            for eid, rec in entries:
-                if rec["group_id"] not in seen:
-                    seen.add(rec["group_id"])
-                    got.append((eid, rec))
+            self.stream.ack([eid for eid, traj in entries if traj.group_id in seen])
+            for eid, traj in entries:
+                if traj.group_id not in seen:
+                    seen.add(traj.group_id)
+                    got.append((eid, traj))
         return got
 
-    def _shared_groups(self, count: int, timeout_s: float) -> list[tuple[str, dict]]:
+    def _shared_groups(self, count: int, timeout_s: float) -> list[tuple[str, Trajectory]]:
         box = [self._read_groups(count, timeout_s) if self.rank == 0 else None]
         if self.world_size > 1:
             dist.broadcast_object_list(box, src=0)
-        return sorted(box[0], key=lambda e: e[1]["group_id"])
+        return sorted(box[0], key=lambda e: e[1].group_id)
 
-    def _micro_batches(self, groups: list[dict]):
+    def _micro_batches(self, groups: list[Trajectory]) -> tuple[list[dict], torch.Tensor]:
         """Flatten B groups into B*G sequences, keep this rank's contiguous shard, cut micro-batches."""
-        rewards = torch.tensor([g["rewards"] for g in groups], dtype=torch.float32)  # [B, G]
         lc = self.cfg.learner
+        rewards = torch.tensor([g.reward_values for g in groups], dtype=torch.float32)  # [B, G]
         adv = grpo_advantages(rewards, baseline=lc.advantage, scale_std=lc.scale_std).flatten()  # [B*G]
-        rows = [(g["prompt_ids"], comp, cm)
-                for g in groups for comp, cm in zip(g["completion_ids"], g["completion_mask"])]
-        items = [(*row, float(a)) for row, a in zip(rows, adv)]
-        per_rank = len(items) // self.world_size
-        shard = items[self.rank * per_rank:(self.rank + 1) * per_rank]
-        mbs = lc.micro_batch_size
+        rows = [(g.prompt_ids, ids, mask) for g in groups for ids, mask in zip(g.completion_ids, g.completion_mask)]
+        per_rank = len(rows) // self.world_size
+        first = self.rank * per_rank
         batches = []
-        for s in range(0, len(shard), mbs):
-            chunk = shard[s:s + mbs]
-            prompt_ids, prompt_mask = left_pad([c[0] for c in chunk], self.tokenizer.pad_token_id)
-            completion = torch.tensor([c[1] for c in chunk], dtype=torch.long)       # [b, K]
-            input_ids = torch.cat([prompt_ids, completion], dim=1)                     # [b, P+K]
-            attention_mask = torch.cat([prompt_mask, torch.ones_like(completion)], 1)  # [b, P+K]
+        for s in range(first, first + per_rank, lc.micro_batch_size):
+            index = list(range(s, min(s + lc.micro_batch_size, first + per_rank)))  # rows of the step
+            prompt_ids, prompt_mask = left_pad([rows[i][0] for i in index], self.tokenizer.pad_token_id)
+            completion = torch.tensor([rows[i][1] for i in index], dtype=torch.long)   # [b, K]
             batches.append({
-                "input_ids": input_ids, "attention_mask": attention_mask,
-                "completion_mask": torch.tensor([c[2] for c in chunk], dtype=torch.bool),  # [b, K]
-                "advantages": torch.tensor([c[3] for c in chunk], dtype=torch.float32),   # [b]
+                "rows": index,
+                "input_ids": torch.cat([prompt_ids, completion], dim=1),                        # [b, P+K]
+                "attention_mask": torch.cat([prompt_mask, torch.ones_like(completion)], dim=1),  # [b, P+K]
+                "completion_mask": torch.tensor([rows[i][2] for i in index], dtype=torch.bool),  # [b, K]
+                "advantages": adv[index],                                                       # [b]
             })
         return batches, rewards
 
-    def _scores(self, model, mb: dict, seed: int) -> torch.Tensor:
+    def _scores(self, model, mb: dict, step: int, iteration: int) -> torch.Tensor:
+        """Token scores [b, K] with one mask seed per sequence: (run seed, step, iteration, row of the step)."""
+        if self.cfg.learner.mask_seed_policy == "fixed":
+            iteration = 0
+        seeds = [derived_seed(self.cfg.run.seed, "mask", step, iteration, row) for row in mb["rows"]]
         return token_scores(model, mb["input_ids"], mb["attention_mask"], mb["completion_mask"],
-                            estimator=self.cfg.learner.estimator, seed=seed, mask_id=self.mask_id).scores
+                            estimator=self.cfg.learner.estimator, seed=seeds, mask_id=self.mask_id).scores
 
     # ----------------------------------------------------------------- one step
     def train_step(self, step: int, read_timeout_s: float = 900.0) -> dict:
-        cfg, lc = self.cfg, self.cfg.learner
+        """Read B groups, score them under the old and reference policies, run `mu` updates; returns the
+        step's statistics (token means over the whole step, the same on every rank)."""
         t0 = time.perf_counter()
-        entries = self._shared_groups(cfg.rollout.prompts_per_step, read_timeout_s)
-        groups = [rec for _, rec in entries]
+        entries = self._shared_groups(self.cfg.rollout.prompts_per_step, read_timeout_s)
         self.consumed_entries += [eid for eid, _ in entries]
-        self.trained_group_ids.update(rec["group_id"] for rec in groups)
-        batches, rewards = self._micro_batches(groups)
+        self.trained_group_ids.update(traj.group_id for _, traj in entries)
+        batches, rewards = self._micro_batches([traj for _, traj in entries])
+        step_tokens = sum(sum(row) for _, traj in entries for row in traj.completion_mask)  # all ranks
         t_read = time.perf_counter() - t0
 
-        def seed_of(it: int, j: int) -> int:
-            return mask_seed(cfg.run.seed, step, it if lc.mask_seed_policy == "per_iteration" else 0, j)
-
         t0 = time.perf_counter()
-        old: dict[tuple[int, int], torch.Tensor] = {}
-        ref: dict[tuple[int, int], torch.Tensor] = {}
-        with torch.no_grad():
-            for j, mb in enumerate(batches):
-                for it in range(lc.mu):
-                    key = (it, j)
-                    if it > 0 and lc.mask_seed_policy == "per_iteration":
-                        old[key] = self._scores(self.engine, mb, seed_of(it, j))
-                    if self.ref_model is not None and (it == 0 or lc.mask_seed_policy == "per_iteration"):
-                        ref[key] = self._scores(self.ref_model, mb, seed_of(it, j))
+        old, ref = self._fixed_scores(batches, step)
         t_score = time.perf_counter() - t0
 
         t0 = time.perf_counter()
-        sums = {"loss": 0.0, "kl": 0.0, "clip_fraction": 0.0, "ratio_mean": 0.0}
-        grad_norms = []
-        n = 0
+        sums, grad_norm = self._updates(batches, old, ref, step, max(1, step_tokens))
+        t_train = time.perf_counter() - t0
+        return {**sums, "grad_norm": grad_norm, "lr": float(self.scheduler.get_last_lr()[0]),
+                "time_read": t_read, "time_score": t_score, "time_train": t_train,
+                "zero_var_frac": float((rewards.std(dim=1) == 0).float().mean()),
+                "groups": [{"entry_id": eid, "group_id": traj.group_id, "prompt_id": traj.prompt_id,
+                            "version_start": traj.version_start} for eid, traj in entries]}
+
+    @torch.no_grad()
+    def _fixed_scores(self, batches: list[dict], step: int) -> tuple[dict, dict]:
+        """Scores that stay fixed during the step, keyed (iteration, micro-batch): the reference policy's,
+        and the old policy's for iterations > 0 under `per_iteration` masks (iteration 0's old scores are the
+        current scores, detached, taken in the first update)."""
+        per_iteration = self.cfg.learner.mask_seed_policy == "per_iteration"
+        old: dict[tuple[int, int], torch.Tensor] = {}
+        ref: dict[tuple[int, int], torch.Tensor] = {}
+        for j, mb in enumerate(batches):
+            for it in range(self.cfg.learner.mu if per_iteration else 1):
+                if it > 0:
+                    old[it, j] = self._scores(self.engine, mb, step, it)
+                if self.ref_model is not None:
+                    ref[it, j] = self._scores(self.ref_model, mb, step, it)
+        return old, ref
+
+    def _updates(self, batches: list[dict], old: dict, ref: dict, step: int, step_tokens: int) -> tuple[dict, float]:
+        """`mu` optimiser updates over this rank's micro-batches; statistics summed over ranks."""
+        lc = self.cfg.learner
+        per_step = lc.loss_norm == "step_tokens"
+        sums = torch.zeros(len(STAT_KEYS), dtype=torch.float64)
+        grad_norm = 0.0
         for it in range(lc.mu):
             for j, mb in enumerate(batches):
-                s = self._scores(self.engine, mb, seed_of(it, j))
                 key = (it, j) if lc.mask_seed_policy == "per_iteration" else (0, j)
+                scores = self._scores(self.engine, mb, step, it)  # [b, K]
                 if it == 0:
-                    old[key] = s.detach()
-                ref_s = ref.get(key)
-                loss, stats = grpo_loss(s, old[key], ref_s, mb["advantages"], mb["completion_mask"],
-                                        eps=lc.clip_eps, beta=lc.kl_beta)
-                self.engine.backward(loss)
+                    old[key] = scores.detach()
+                mb_tokens = int(mb["completion_mask"].sum())
+                loss, stats = grpo_loss(scores, old[key], ref.get(key), mb["advantages"], mb["completion_mask"],
+                                        eps=lc.clip_eps, beta=lc.kl_beta, tokens=step_tokens if per_step else None)
+                if per_step:  # token sum / N_step; undo DeepSpeed's 1/world averaging, skip its 1/GAS
+                    self.engine.backward(loss * self.world_size, scale_wrt_gas=False)
+                else:
+                    self.engine.backward(loss)
                 self.engine.step()
-                sums["loss"] += float(loss.detach())
-                for k in ("kl", "clip_fraction", "ratio_mean"):
-                    sums[k] += float(stats.get(k, 0.0))
-                n += 1
-            grad_norms.append(float(self.engine.get_global_grad_norm() or 0.0))
+                share = 1.0 if per_step else mb_tokens / step_tokens  # -> this micro-batch's part of the step mean
+                sums += torch.tensor([float(loss.detach()), *(stats[k] for k in STAT_KEYS[1:])]) * share
+            grad_norm = float(self.engine.get_global_grad_norm() or 0.0)
+        if self.world_size > 1:
+            dist.all_reduce(sums)
         if self.ref_model is not None and lc.ref_update_every > 0 and (step + 1) % lc.ref_update_every == 0:
             update_reference(self.ref_model, self.engine.module, mode=lc.ref_update, mix=lc.ref_mix)
-        t_train = time.perf_counter() - t0
-
-        stats = {k: v / max(1, n) for k, v in sums.items()}
-        stats.update(grad_norm=grad_norms[-1], lr=float(self.scheduler.get_last_lr()[0]),
-                     time_read=t_read, time_score=t_score, time_train=t_train,
-                     groups=[{"entry_id": eid, "group_id": rec["group_id"], "prompt_id": rec["prompt_id"],
-                              "version_start": rec["version_start"]} for eid, rec in entries],
-                     zero_var_frac=float((rewards.std(dim=1) == 0).float().mean()))
-        return stats
+        return {k: float(v) / lc.mu for k, v in zip(STAT_KEYS, sums)}, grad_norm
 
     # ----------------------------------------------------------------- weights, checkpoints
     def export_weights(self) -> dict | None:
@@ -234,59 +240,40 @@ class LearnerImpl:
             return None
         return {k: v.detach().to("cpu", copy=True) for k, v in sd.items()}
 
-    def checksum(self) -> float:
-        with torch.no_grad():
-            return float(sum(p.detach().double().sum() for p in self.engine.module.parameters()))
-
-    def greedy(self, prompts: list[str], max_new_tokens: int, steps: int) -> list[list[int]]:
-        model = self.engine.module
-        was_training = model.training
-        model.eval()
-        out = generate(model, self.tokenizer, prompts, max_new_tokens=max_new_tokens, steps=steps,
-                       temperature=0.0, alg=self.cfg.rollout.alg, alg_temp=0.0)
-        model.train(was_training)
-        return out.completion_ids.tolist()
-
-    def save_checkpoint(self, ckpt_dir: str, tag: str, client_state: dict) -> list[str]:
+    def save_checkpoint(self, ckpt_root: str, tag: str, policy_dir: str, reference_file: str,
+                        client_state: dict) -> list[str]:
         """Save this rank's DeepSpeed shard, its RNG states and the trained group ids; rank 0 also writes the
-        reference model and the policy as an HF directory (`<tag>/policy`). Returns (rank 0) the stream
-        entries that this checkpoint covers, to be acknowledged once every rank has saved."""
+        policy as an HF directory (`policy_dir`) and the reference model (`reference_file`). Returns (rank 0)
+        the stream entries this checkpoint covers, to be acknowledged once every rank has saved."""
         state = {**client_state, "trained_group_ids": sorted(self.trained_group_ids),
                  "rng": {"python": random.getstate(), "numpy": np.random.get_state(),
                          "torch": torch.get_rng_state()}}
         # save_latest=False: the driver moves `latest` itself, once the whole checkpoint is on disk
-        self.engine.save_checkpoint(ckpt_dir, tag=tag, client_state=state, save_latest=False)
-        tag_dir = Path(ckpt_dir) / tag
+        self.engine.save_checkpoint(ckpt_root, tag=tag, client_state=state, save_latest=False)
         if self.cfg.learner.zero_stage == 3:
-            self.engine.save_16bit_model(str(tag_dir / "policy"), "pytorch_model.bin")
+            self.engine.save_16bit_model(policy_dir, "pytorch_model.bin")
         if self.rank == 0:
             if self.cfg.learner.zero_stage == 3:
-                self.engine.module.config.save_pretrained(tag_dir / "policy")
-                self.tokenizer.save_pretrained(tag_dir / "policy")
+                self.engine.module.config.save_pretrained(policy_dir)
+                self.tokenizer.save_pretrained(policy_dir)
             else:
-                save_model(self.engine.module, self.tokenizer, tag_dir / "policy")
+                save_model(self.engine.module, self.tokenizer, policy_dir)
             if self.ref_model is not None:
-                torch.save(self.ref_model.state_dict(), tag_dir / "reference_model.pt")
+                torch.save(self.ref_model.state_dict(), reference_file)
         covered, self.consumed_entries = self.consumed_entries, []
         return covered
 
-    def _load_checkpoint(self, ckpt_dir: str, tag: str) -> None:
-        _, state = self.engine.load_checkpoint(ckpt_dir, tag=tag, load_optimizer_states=True,
+    def _load_checkpoint(self, ckpt_root: str, tag: str, reference_file: str | None = None) -> None:
+        _, state = self.engine.load_checkpoint(ckpt_root, tag=tag, load_optimizer_states=True,
                                                load_lr_scheduler_states=True)
         if state is None:
-            raise RuntimeError(f"learner-{self.rank}: no DeepSpeed checkpoint {tag} in {ckpt_dir}")
+            raise RuntimeError(f"learner-{self.rank}: no DeepSpeed checkpoint {tag} in {ckpt_root}")
         self.trained_group_ids = set(state["trained_group_ids"])
         random.setstate(state["rng"]["python"])
         np.random.set_state(state["rng"]["numpy"])
         torch.set_rng_state(state["rng"]["torch"])
-        ref_file = Path(ckpt_dir) / tag / "reference_model.pt"
-        if self.ref_model is not None and ref_file.is_file():
-            self.ref_model.load_state_dict(torch.load(ref_file, weights_only=True))
-
-    def ack(self, entry_ids: list[str]) -> int:
-        if self.rank == 0 and entry_ids:
-            self.stream.ack(entry_ids)
-        return len(entry_ids)
+        if self.ref_model is not None and reference_file and Path(reference_file).is_file():
+            self.ref_model.load_state_dict(torch.load(reference_file, weights_only=True))
 
 
 Learner = ray.remote(LearnerImpl)

@@ -8,6 +8,8 @@
     diffurl submit CONFIG [key=value ...] --address http://HEAD:8265 [--wait]
     diffurl status RUN_DIR | diffurl plot RUN_DIR | diffurl scale RUN_DIR --rollout-workers N
 
+The whole argparse tree is here; each command runs a plain function of its module with the parsed values:
+`orchestrator.run` (train), `orchestrator.demo.flow`, `orchestrator.evaluate`, `orchestrator.ops.*`.
 User mistakes print one line, `diffurl: error: ...`, and exit with code 2.
 """
 from __future__ import annotations
@@ -15,12 +17,13 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+from pathlib import Path
 
 from orchestrator.errors import RunFailed, UserError
 
 def _cmd_train(args) -> int:
     from orchestrator.config import check_paths, load_config
-    from orchestrator.driver import resume, train
+    from orchestrator.run import resume, train
 
     if args.resume:
         overrides = ([args.config] if args.config else []) + args.overrides  # `--resume RUN k=v`: no CONFIG
@@ -34,12 +37,63 @@ def _cmd_train(args) -> int:
     return 0
 
 
-def build_parser() -> argparse.ArgumentParser:
-    from orchestrator.demo import add_demo_command
-    from orchestrator.evaluate import add_eval_command
-    from orchestrator.submit import add_ops_commands
-    from sandbox_workers.cli import add_sandbox_commands
+def _cmd_demo(args) -> int:
+    from orchestrator.demo.flow import demo_command
 
+    return demo_command(args.config, args.overrides, args.cache_dir, args.eval_samples)
+
+
+def _cmd_eval(args) -> int:
+    from orchestrator.evaluate import eval_command
+
+    return eval_command(args.checkpoint, args.problems, temperatures=args.temperatures, samples=args.samples,
+                        limit=args.limit, max_new_tokens=args.max_new_tokens, steps=args.steps, alg=args.alg,
+                        batch_size=args.batch_size, sandbox_workers=args.sandbox_workers, seed=args.seed,
+                        out=args.out)
+
+
+def _cmd_sandbox_score(args) -> int:
+    from orchestrator.ops.sandbox import score_command
+
+    return score_command(args.problems, args.samples, out=args.out, workers=args.workers, timeout_s=args.timeout,
+                         memory_mb=args.memory_mb, require_format=args.require_format)
+
+
+def _cmd_sandbox_check(args) -> int:
+    from orchestrator.ops.sandbox import check_command
+
+    return check_command()
+
+
+def _cmd_submit(args) -> int:
+    from orchestrator.ops.submit import submit_command
+
+    return submit_command(args.config, args.overrides, resume=args.resume, address=args.address, wait=args.wait)
+
+
+def _cmd_status(args) -> int:
+    from orchestrator.ops.status import status_command
+
+    return status_command(args.run_dir)
+
+
+def _cmd_plot(args) -> int:
+    from orchestrator.ops.plot import plot_command
+
+    return plot_command(args.run_dir, args.out)
+
+
+def _cmd_scale(args) -> int:
+    from orchestrator.ops.scale import scale_command
+
+    return scale_command(args.run_dir, args.rollout_workers, args.sandbox_workers)
+
+
+RUN_DIR_HELP = "the run directory, e.g. runs/demo-20250101-120000"
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """Every subcommand and its flags; each sets `func(args) -> int`, which imports its module when it runs."""
     parser = argparse.ArgumentParser(prog="diffurl", description="coupled-GRPO for diffusion LMs on Ray")
     sub = parser.add_subparsers(dest="command", required=True)
 
@@ -50,15 +104,71 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--resume", metavar="RUN_DIR", help="continue a run from its latest checkpoint")
     p.set_defaults(func=_cmd_train)
 
-    add_demo_command(sub)
-    add_eval_command(sub)
-    add_sandbox_commands(sub)
-    add_ops_commands(sub)
+    p = sub.add_parser("demo", help="warm start, eval, coupled-GRPO, eval: the tiny demo that learns")
+    p.add_argument("overrides", nargs="*", help="key=value overrides of the RL config, e.g. run.steps=10")
+    p.add_argument("--config", help="RL config (default configs/demo.yaml; ablations: configs/ablation_d1.yaml, "
+                                    "configs/ablation_decoupled.yaml)")
+    p.add_argument("--cache-dir", help="task files and warm starts (default .cache/diffurl)")
+    p.add_argument("--eval-samples", type=int, help="samples per held-out problem at the rollout temperature")
+    p.set_defaults(func=_cmd_demo)
+
+    p = sub.add_parser("eval", help="pass@k, format rate and AR-ness of a checkpoint")
+    p.add_argument("checkpoint", help="HF model dir, run dir, or checkpoints/stepNNNNNN")
+    p.add_argument("--problems", required=True, help="'humaneval', a HumanEval .jsonl.gz, or a problems JSONL")
+    p.add_argument("--temperatures", default="0,0.4", help="comma-separated, e.g. 0,0.4 (default)")
+    p.add_argument("--samples", type=int, default=4, help="samples per problem at T > 0 (pass@k for k <= N)")
+    p.add_argument("--limit", type=int, default=None, help="only the first N problems")
+    p.add_argument("--max-new-tokens", type=int, default=None, help="default 48, or 256 for HumanEval")
+    p.add_argument("--steps", type=int, default=None, help="diffusion steps (default: = max new tokens)")
+    p.add_argument("--alg", default="entropy", choices=("origin", "maskgit_plus", "topk_margin", "entropy"))
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--sandbox-workers", type=int, default=2)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", default=None, help="write the results as JSON here")
+    p.set_defaults(func=_cmd_eval)
+
+    sandbox = sub.add_parser("sandbox", help="score code samples in the sandbox; check isolation")
+    commands = sandbox.add_subparsers(dest="sandbox_command", required=True)
+    p = commands.add_parser("score", help="score samples (HumanEval convention) and print pass@1")
+    p.add_argument("--problems", required=True, type=Path, help="problems JSONL/Parquet")
+    p.add_argument("--samples", required=True, type=Path, help="samples JSONL: task_id, completion")
+    p.add_argument("--out", type=Path, help="results JSONL (default: <samples>_results.jsonl)")
+    p.add_argument("--workers", type=int, default=2, help="sandbox workers (default 2)")
+    p.add_argument("--timeout", type=float, default=5.0, help="seconds per test (default 5)")
+    p.add_argument("--memory-mb", type=int, default=512, help="address space per test process (default 512)")
+    p.add_argument("--require-format", action="store_true",
+                   help="training rule: run tests only when the completion has the exact ```python format")
+    p.set_defaults(func=_cmd_sandbox_score)
+    p = commands.add_parser("check", help="self-test every isolation layer and print the mode")
+    p.set_defaults(func=_cmd_sandbox_check)
+
+    p = sub.add_parser("submit", help="submit a training run to a Ray cluster through the Ray Jobs API")
+    p.add_argument("config", nargs="?", help="YAML preset, e.g. configs/diffucoder_7b.yaml")
+    p.add_argument("overrides", nargs="*", help="key=value overrides, e.g. run.root_dir=/shared/runs")
+    p.add_argument("--resume", metavar="RUN", help="continue the run in directory RUN from its latest checkpoint")
+    p.add_argument("--address", help="Ray dashboard URL, e.g. http://HEAD:8265 (default: RAY_API_SERVER_ADDRESS)")
+    p.add_argument("--wait", action="store_true", help="block until the job ends; exit 1 unless it succeeded")
+    p.set_defaults(func=_cmd_submit)
+
+    p = sub.add_parser("status", help="print where a run stands (step, reward, workers, stream, phase times)")
+    p.add_argument("run_dir", metavar="RUN", help=RUN_DIR_HELP)
+    p.set_defaults(func=_cmd_status)
+
+    p = sub.add_parser("plot", help="draw a run's curves (reward, pass rate, KL, AR-ness, phase times) to a PNG")
+    p.add_argument("run_dir", metavar="RUN", help=RUN_DIR_HELP)
+    p.add_argument("--out", metavar="PNG", help="output file (default RUN/curves.png)")
+    p.set_defaults(func=_cmd_plot)
+
+    p = sub.add_parser("scale", help="change a running run's rollout/sandbox worker counts")
+    p.add_argument("run_dir", metavar="RUN", help=RUN_DIR_HELP)
+    p.add_argument("--rollout-workers", type=int, metavar="N", help="desired rollout workers (>= 1)")
+    p.add_argument("--sandbox-workers", type=int, metavar="N", help="desired sandbox workers (>= 1)")
+    p.set_defaults(func=_cmd_scale)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
-    from orchestrator.run_setup import ACTOR_ENV
+    from orchestrator.plan import ACTOR_ENV
 
     for key, value in ACTOR_ENV.items():  # the driver process too: quiet model loading, no thread pools
         os.environ.setdefault(key, value)

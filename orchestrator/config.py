@@ -42,7 +42,6 @@ class RunConfig:
     eta: int = 1  # async staleness bound: a group may start when accepted + running <= (eta + version + 1) * B
     checkpoint_every: int = 1
     keep_checkpoints: int = 3
-    log_every: int = 1
 
 
 @dataclass
@@ -68,7 +67,6 @@ class ModelConfig:
 @dataclass
 class DataConfig:
     train: str = "configs/data/toy_train.jsonl"
-    eval: Optional[str] = None
     max_prompt_tokens: int = 200  # longer prompts are left-truncated
     shuffle: bool = True
 
@@ -116,6 +114,9 @@ class LearnerConfig:
     kl_beta: float = 0.01
     estimator: str = _choice("coupled", "decoupled", "d1")
     mask_seed_policy: str = _choice("per_iteration", "fixed")
+    # step_tokens: token mean over the whole step (invariant to micro-batch size and ranks);
+    # micro_batch_tokens: each micro-batch's own token mean (DiffuCoder's released coupled_grpo.py)
+    loss_norm: str = _choice("step_tokens", "micro_batch_tokens")
     advantage: str = _choice("mean", "loo")
     scale_std: bool = False
     ref_update_every: int = 64
@@ -175,7 +176,6 @@ def load_config(path: str | os.PathLike, overrides: list[str] = ()) -> Config:
     if cfg.ray.address is None:
         cfg.ray.address = os.environ.get("RAY_ADDRESS") or None
     cfg.data.train = _absolute(cfg.data.train)
-    cfg.data.eval = _absolute(cfg.data.eval)
     cfg.model.path = _absolute(cfg.model.path)
     cfg.model.tiny.tokenizer_dir = _absolute(cfg.model.tiny.tokenizer_dir)
     validate(cfg)
@@ -186,9 +186,9 @@ def config_to_yaml(cfg: Config) -> str:
     return OmegaConf.to_yaml(OmegaConf.structured(cfg))
 
 
-def save_config(cfg: Config, run_dir: str | os.PathLike) -> Path:
-    """Write the resolved config to `run_dir/config.yaml` (loadable again by `load_config`)."""
-    out = Path(run_dir) / "config.yaml"
+def save_config(cfg: Config, path: str | os.PathLike) -> Path:
+    """Write the resolved config to `path` (a run's config.yaml, loadable again by `load_config`)."""
+    out = Path(path)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(config_to_yaml(cfg))
     return out
@@ -197,8 +197,6 @@ def save_config(cfg: Config, run_dir: str | os.PathLike) -> Path:
 def check_paths(cfg: Config) -> None:
     """Fail early (before anything starts) when a configured file or directory does not exist."""
     wanted = [("data.train", cfg.data.train, "a JSONL or Parquet file")]
-    if cfg.data.eval is not None:
-        wanted.append(("data.eval", cfg.data.eval, "a JSONL or Parquet file"))
     if cfg.model.path is not None:
         wanted.append(("model.path", cfg.model.path, "a local Hugging Face model directory"))
     if cfg.model.tiny.tokenizer_dir is not None:
@@ -218,7 +216,6 @@ def validate(cfg: Config) -> None:
         ("run.eta", run.eta, run.mode != "async" or run.eta >= 0, "must be >= 0 in async mode"),
         ("run.checkpoint_every", run.checkpoint_every, run.checkpoint_every >= 1, "must be >= 1"),
         ("run.keep_checkpoints", run.keep_checkpoints, run.keep_checkpoints >= 1, "must be >= 1"),
-        ("run.log_every", run.log_every, run.log_every >= 1, "must be >= 1"),
         ("run.name", run.name, bool(run.name) and "/" not in run.name, "must be a non-empty name without '/'"),
         ("model.tiny.hidden_size", tiny.hidden_size,
          tiny.hidden_size >= 1 and tiny.hidden_size % max(tiny.num_attention_heads, 1) == 0,

@@ -1,4 +1,5 @@
-"""Prompt datasets: problems from local JSONL or Parquet, chat prompts, and the AceCode-87K converter.
+"""Prompt datasets: the one row reader (JSON lines, gzipped or not, and Parquet), problems, and the AceCode-87K
+converter. Chat prompts are built in `actors.prompts`.
 
 A problem (the schema `diffurl sandbox score` takes) is a dict with
     task_id: str, question: str (the task, with the function signature), entry_point: str,
@@ -10,11 +11,12 @@ from __future__ import annotations
 
 import ast
 import builtins
+import gzip
 import json
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Iterator, NamedTuple
 
 import numpy as np
 import pyarrow as pa
@@ -23,8 +25,8 @@ import pyarrow.parquet as pq
 from orchestrator.errors import UserError
 
 REQUIRED_FIELDS = {"task_id": str, "question": str, "entry_point": str, "tests": list}
-SYSTEM_PROMPT = "You are a helpful assistant."  # the system prompt of the DiffuCoder coupled-GRPO recipe
-ANSWER_INSTRUCTION = "Answer with one complete Python solution in a single ```python code block."
+JSON_LINES = (".jsonl", ".json", ".jsonl.gz", ".json.gz")  # one JSON object per line
+FORMATS = ".jsonl, .jsonl.gz or .parquet"
 
 # AceCode hard subset, as apple/ml-diffucoder `recipes/process_data.py` (difficulty="hard") selects it.
 ACECODE_MODELS = ("qwen_coder_2.5", "llama3_instruct")
@@ -33,10 +35,10 @@ HARD_STD_PERCENTILE = 40  # ... and whose pass-rate std is >= this percentile of
 
 
 def load_prompts(path: str | Path) -> tuple[list[dict], list[str]]:
-    """Problems from a .jsonl/.json (one object per line) or .parquet file, and the skipped rows' reasons."""
+    """Problems from a JSON-lines (.jsonl, .jsonl.gz) or .parquet file, and the skipped rows' reasons."""
     problems, skipped, seen = [], [], set()
-    for where, row in _read_rows(Path(path)):
-        if isinstance(row, str):  # the row could not be parsed: `row` is why
+    for where, row in read_rows(path):
+        if isinstance(row, str):  # the row could not be read as an object: `row` is why
             skipped.append(f"{where}: {row}")
             continue
         problem, reason = _as_problem(row)
@@ -53,12 +55,30 @@ def load_prompts(path: str | Path) -> tuple[list[dict], list[str]]:
     return problems, skipped
 
 
-def build_chat_prompt(problem: dict) -> list[dict]:
-    """Chat messages for one problem: the recipe's system prompt, then the question asking for one code block."""
-    return [
-        {"role": "system", "content": SYSTEM_PROMPT},
-        {"role": "user", "content": f"{problem['question'].strip()}\n\n{ANSWER_INSTRUCTION}"},
-    ]
+class RowPlace(NamedTuple):
+    """Where a row stands in its file, counted from 1; prints as `line 3` (JSON lines) or `row 3` (Parquet)."""
+    unit: str  # "line" | "row"
+    number: int
+
+    def __str__(self) -> str:
+        return f"{self.unit} {self.number}"
+
+
+def read_rows(path: str | Path) -> Iterator[tuple[RowPlace, dict | str]]:
+    """(where, row) per non-blank row of a JSON-lines (.jsonl, .json, .jsonl.gz) or Parquet file, in file order;
+    `row` is the reason string instead when that row is not a JSON object. A file that cannot be read at all
+    (missing, another format, not UTF-8, broken Parquet) is a UserError naming it."""
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"dataset {path}: not found; expected a {FORMATS} file")
+    name = path.name.lower()
+    if name.endswith(JSON_LINES):
+        yield from _read_jsonl(path)
+    elif name.endswith(".parquet"):
+        yield from _read_parquet(path)
+    else:
+        raise UserError(f"dataset {path}: unsupported format {path.suffix.lower() or '(no suffix)'!r}; "
+                        f"expected {FORMATS}")
 
 
 def infer_entry_point(tests: list[str]) -> str | None:
@@ -101,7 +121,7 @@ def convert_acecode(in_path: str | Path, out_path: str | Path, hard_only: bool =
     in_path, out_path = Path(in_path), Path(out_path)
     report = ConversionReport()
     candidates: list[tuple[dict, list[float]]] = []
-    for where, row in _read_rows(in_path):
+    for where, row in read_rows(in_path):
         report.read += 1
         if isinstance(row, str):
             report.skipped.append(f"{where}: {row}")
@@ -168,9 +188,7 @@ def _signature_variant(problem: dict, row: dict) -> dict | None:
     return {**problem, "task_id": f"{problem['task_id']}/signature", "question": question}
 
 
-def _as_problem(row: Any) -> tuple[dict | None, str | None]:
-    if not isinstance(row, dict):
-        return None, f"expected an object, got {type(row).__name__}"
+def _as_problem(row: dict) -> tuple[dict | None, str | None]:
     if isinstance(row.get("task_id"), int) and not isinstance(row["task_id"], bool):
         row = {**row, "task_id": str(row["task_id"])}
     for name, kind in REQUIRED_FIELDS.items():
@@ -188,34 +206,27 @@ def _as_problem(row: Any) -> tuple[dict | None, str | None]:
     return {**row, "reference": reference}, None
 
 
-def _read_rows(path: Path) -> Iterator[tuple[str, dict | str]]:
-    """(where, row) per row; row is the reason string when the row cannot be parsed at all."""
-    if not path.is_file():
-        raise UserError(f"dataset {path}: not found; expected a .jsonl or .parquet file")
-    suffix = path.suffix.lower()
-    if suffix in (".jsonl", ".json"):
-        yield from _read_jsonl(path)
-    elif suffix == ".parquet":
-        yield from _read_parquet(path)
-    else:
-        raise UserError(f"dataset {path}: unsupported format {suffix or '(no suffix)'!r}; expected .jsonl or .parquet")
-
-
-def _read_jsonl(path: Path) -> Iterator[tuple[str, dict | str]]:
+def _read_jsonl(path: Path) -> Iterator[tuple[RowPlace, dict | str]]:
+    opener = gzip.open if path.name.lower().endswith(".gz") else open
     try:
-        with path.open(encoding="utf-8") as f:
+        with opener(path, "rt", encoding="utf-8") as f:
             for number, line in enumerate(f, start=1):
                 if not line.strip():
                     continue
                 try:
-                    yield f"line {number}", json.loads(line)
+                    row = json.loads(line)
                 except json.JSONDecodeError as exc:
-                    yield f"line {number}", f"invalid JSON ({exc.msg})"
+                    row = f"not valid JSON ({exc.msg})"
+                else:
+                    row = row if isinstance(row, dict) else f"expected an object, got {type(row).__name__}"
+                yield RowPlace("line", number), row
     except UnicodeDecodeError:
         raise UserError(f"dataset {path}: not UTF-8 text; expected JSON lines") from None
+    except (gzip.BadGzipFile, EOFError) as exc:
+        raise UserError(f"dataset {path}: unreadable gzip ({exc})") from None
 
 
-def _read_parquet(path: Path) -> Iterator[tuple[str, dict | str]]:
+def _read_parquet(path: Path) -> Iterator[tuple[RowPlace, dict | str]]:
     try:
         batches = pq.ParquetFile(path).iter_batches(batch_size=1024)
     except (pa.ArrowInvalid, OSError) as exc:
@@ -224,4 +235,4 @@ def _read_parquet(path: Path) -> Iterator[tuple[str, dict | str]]:
     for batch in batches:
         for row in batch.to_pylist():
             number += 1
-            yield f"row {number}", row
+            yield RowPlace("row", number), row

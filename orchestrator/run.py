@@ -1,34 +1,123 @@
-"""What a run needs before its first step: a run directory, Ray, the initial model, the actor plan."""
+"""One run's lifecycle around the training loop: the entry points `diffurl train` and `--resume`, the run
+directory and run.json, the embedded Redis, Ray, and the initial model.
+
+    train(cfg)  ->  RunDir.create, config.yaml  ->  _run: Redis -> initial model -> Ray -> Driver -> loop
+    resume(dir) ->  latest checkpoint, trimmed logs ->  _run with the checkpoint's driver state
+Whatever happens in the loop, actors, Ray (when started here) and Redis (when embedded) are stopped, and
+run.json ends with the status: finished, failed (with the error) or stopped.
+"""
 from __future__ import annotations
 
+import os
 import socket
-import time
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import ray
 
+from actors.prompts import SYSTEM_PROMPT
+from orchestrator import checkpoint
+from orchestrator.config import check_paths, config_to_yaml, load_config, save_config
+from orchestrator.data import load_prompts
 from orchestrator.errors import UserError
-from orchestrator.redis_server import free_port
+from orchestrator.plan import ACTOR_ENV, format_plan
+from orchestrator.redis_server import EmbeddedRedis, connect, free_port
+from orchestrator.rundir import RunDir
 
 
-def make_run_dir(cfg) -> Path:
-    root = Path(cfg.run.root_dir)
-    stamp = time.strftime("%Y%m%d-%H%M%S")
-    run_dir = root / f"{cfg.run.name}-{stamp}"
-    n = 1
-    while run_dir.exists():
-        n += 1
-        run_dir = root / f"{cfg.run.name}-{stamp}-{n}"
+def train(cfg, *, dry_run: bool = False, out=print) -> Path | None:
+    """`diffurl train CONFIG`: a new run directory, Redis, Ray and the actors, then the loop."""
+    if dry_run:
+        out(format_plan(cfg))
+        return None
+    if cfg.ray.address:
+        probe_ray_address(cfg.ray.address)
+    run = RunDir.create(cfg.run.root_dir, cfg.run.name)
+    save_config(cfg, run.config)
+    out(f"run directory: {run.path}\n--- resolved config ---\n{config_to_yaml(cfg)}-----------------------")
+    return _run(cfg, run, resume=None, out=out)
+
+
+def resume(run_dir: str | Path, overrides: list[str] = (), *, out=print) -> Path:
+    """`diffurl train --resume RUN_DIR`: continue from the run's latest checkpoint."""
+    run = RunDir.existing(run_dir)
+    ckpt, saved = checkpoint.latest(run)
+    cfg = load_config(run.config, list(overrides))
+    check_paths(cfg)
+    if cfg.ray.address:
+        probe_ray_address(cfg.ray.address)
+    save_config(cfg, run.config)
+    out(f"resuming {run.path} from {ckpt.tag} (step {saved['step']} of {cfg.run.steps})\n"
+        f"--- resolved config ---\n{config_to_yaml(cfg)}-----------------------")
+    checkpoint.trim_logs(run, saved)
+    if saved["step"] >= cfg.run.steps:
+        out(f"nothing to do: the run already has {saved['step']} steps (raise run.steps to go on)")
+        return run.path
+    return _run(cfg, run, resume=saved, out=out)
+
+
+def _run(cfg, run: RunDir, *, resume: dict | None, out=print) -> Path:
+    from orchestrator.driver import Driver
+
+    redis, ray_started, driver = None, False, None
+    previous_redis_url = run.read_info().get("redis_url")
+    run.write_info(status="starting", driver_pid=os.getpid())
     try:
-        run_dir.mkdir(parents=True)
-    except OSError as e:
-        raise UserError(f"run.root_dir={cfg.run.root_dir}: cannot create the run directory ({e.strerror})")
-    return run_dir
+        if cfg.redis.url:
+            connect(cfg.redis.url)
+            redis_url = cfg.redis.url
+        else:
+            redis = _embedded_redis(run, previous_redis_url)
+            redis.start()
+            redis_url = redis.url
+        run.write_info(redis_url=redis_url, redis_pid=redis.pid if redis else None)
+        if resume is not None:
+            model_dir = run.checkpoint(resume["tag"]).policy
+        else:
+            model_dir = prepare_model(cfg, run, load_prompts(cfg.data.train)[0])
+        ray_started, metrics_port = init_ray(cfg, run.run_id)
+        if metrics_port:
+            out(f"ray metrics: http://127.0.0.1:{metrics_port}/metrics")
+        run.write_info(ray_address=cfg.ray.address, metrics_port=metrics_port)
+        driver = Driver(cfg, run, model_dir, redis_url, resume=resume)
+        driver.start_actors()
+        run.write_info(status="running")
+        rows = driver.run()
+        driver.run_state.set_status("finished")
+        run.write_info(status="finished")
+        if rows:
+            out(f"done: step {driver.state.step}, reward {rows[-1]['reward_mean']:.3f}, "
+                f"pass rate {rows[-1]['pass_rate']:.3f}; run directory {run.path}")
+        if driver.skipped_rows:
+            out(f"skipped {len(driver.skipped_rows)} bad dataset rows: " + "; ".join(driver.skipped_rows[:5]))
+        return run.path
+    except BaseException as e:
+        status = "stopped" if isinstance(e, KeyboardInterrupt) else "failed"
+        run.write_info(status=status, error=str(e).splitlines()[0] if str(e) else type(e).__name__)
+        if driver is not None:
+            driver.run_state.set_status(status)
+        raise
+    finally:
+        if driver is not None:
+            driver.stop_actors()
+        if ray_started:
+            ray.shutdown()
+        if redis is not None:
+            redis.stop()
 
 
-# quiet, deterministic actors: no per-load progress bars, no tokenizer thread pools, no accelerator probing
-ACTOR_ENV = {"HF_HUB_DISABLE_PROGRESS_BARS": "1", "TRANSFORMERS_VERBOSITY": "error",
-             "TOKENIZERS_PARALLELISM": "false", "DS_ACCELERATOR": "cpu"}
+def _embedded_redis(run: RunDir, previous_url: str | None) -> EmbeddedRedis:
+    """The run's own redis-server; on resume the same password (and port, when free) as before."""
+    if not previous_url:
+        return EmbeddedRedis(run.redis)
+    parts = urlsplit(previous_url)
+    port = parts.port
+    try:
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", port))
+    except OSError:
+        port = None
+    return EmbeddedRedis(run.redis, port=port, password=parts.password)
 
 
 def init_ray(cfg, run_id: str) -> tuple[bool, int | None]:
@@ -77,11 +166,11 @@ def tokenizer_corpus(problems: list[dict]) -> list[str]:
         texts.extend(p.get("tests", []))
         if p.get("reference"):
             texts.append(f"```python\n{p['reference']}\n```\n")
-    texts.append("You are a helpful assistant. Please answer in one ```python code block.")
+    texts.append(SYSTEM_PROMPT)
     return [t for t in texts if t]
 
 
-def prepare_model(cfg, run_dir: Path, problems: list[dict]) -> Path:
+def prepare_model(cfg, run: RunDir, problems: list[dict]) -> Path:
     """The initial policy as an HF directory every actor loads: `model.path`, or a freshly built tiny model."""
     from actors.dllm import build_model, save_model
 
@@ -100,37 +189,7 @@ def prepare_model(cfg, run_dir: Path, problems: list[dict]) -> Path:
         "seed": cfg.run.seed,
     }
     model, tokenizer = build_model(spec)
-    out = run_dir / "init_model"
-    save_model(model, tokenizer, out)
-    return out
+    save_model(model, tokenizer, run.init_model)
+    return run.init_model
 
-
-def actor_plan(cfg) -> list[dict]:
-    """How many of each actor, with what resources: printed by `diffurl train --dry-run`."""
-    lc, rc, sc = cfg.learner, cfg.rollout, cfg.sandbox
-    return [
-        {"role": "learner", "names": [f"learner-{r}" for r in range(lc.num_ranks)],
-         "num_cpus": lc.num_cpus, "detail": f"DeepSpeed ZeRO-{lc.zero_stage}, {cfg.model.dtype}, "
-                                            f"estimator={lc.estimator}, mu={lc.mu}"},
-        {"role": "rollout", "names": [f"rollout-{i}" for i in range(rc.num_workers)],
-         "num_cpus": rc.num_cpus, "detail": f"G={rc.group_size}, {rc.max_new_tokens} tokens in {rc.steps} "
-                                            f"steps, alg={rc.alg}, T={rc.temperature}, "
-                                            f"max_restarts={rc.max_restarts}"},
-        {"role": "sandbox", "names": [f"sandbox-{i}" for i in range(sc.num_workers)],
-         "num_cpus": 0, "detail": f"timeout {sc.test_timeout_s}s/test, {sc.memory_mb} MiB"},
-    ]
-
-
-def format_plan(cfg) -> str:
-    lines = [f"actor plan ({cfg.run.mode} mode, {cfg.run.steps} steps, "
-             f"{cfg.rollout.prompts_per_step} prompts x {cfg.rollout.group_size} completions per step):"]
-    total = 0.0
-    for a in actor_plan(cfg):
-        n = len(a["names"])
-        total += n * a["num_cpus"]
-        lines.append(f"  {a['role']:<8} x{n}  num_cpus={a['num_cpus']:<4} {a['names'][0]}..{a['names'][-1]}"
-                     f"  {a['detail']}")
-    lines.append(f"  placement: Ray's default scheduler, any node with free CPUs; {total:g} CPUs reserved in total")
-    lines.append(f"  redis: {'embedded redis-server in the run directory' if not cfg.redis.url else 'external'}")
-    return "\n".join(lines)
 

@@ -1,9 +1,9 @@
-"""The trajectory stream (Redis Streams), the trajectory record, and the run state in Redis.
+"""The trajectory stream (Redis Streams) and the run state in Redis.
 
-Rollout workers `publish` one record per scored prompt group; the learner `read`s them through a
-consumer group and `ack`s them only after the step that consumed them is checkpointed. A consumer that
-restarts under the same name first gets back its delivered-but-unacknowledged entries, so a crash
-replays groups and never loses them; `claim_stale` moves entries from a dead consumer to a live one.
+Rollout workers `publish` one `Trajectory` (actors/trajectory.py) per scored prompt group; the learner
+`read`s them through a consumer group and the driver `ack`s them only after the step that consumed them
+is checkpointed. A consumer that restarts under the same name first gets back its delivered-but-
+unacknowledged entries, so a crash replays groups and never loses them.
 
 Records are JSON: a lossless round trip for nested dicts (string keys) and lists of ints, floats (exact),
 strings, bools and None. NaN and infinities are rejected at `publish` (a NaN reward is a bug upstream).
@@ -11,69 +11,17 @@ strings, bools and None. NaN and infinities are rejected at `publish` (a NaN rew
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import math
 import time
-from dataclasses import dataclass, field
 from typing import Any
 
 import redis
 
+from actors.trajectory import Trajectory
 from orchestrator.redis_server import connect
 
 RECORD_FIELD = b"data"
-
-
-@dataclass
-class Trajectory:
-    """One prompt group of G completions, scored: what the learner needs to train, token in, token out."""
-
-    run_id: str
-    group_id: str
-    prompt_id: str  # the dataset task_id
-    prompt_ids: list[int]  # [P] prompt token ids (after left truncation)
-    completion_ids: list[list[int]]  # [G, K] sampled completion token ids
-    completion_mask: list[list[int]]  # [G, K] 1 up to and including the first end token, then 0
-    rewards: list[float]  # [G]
-    reward_parts: list[dict]  # [G] {pass_rate, format, status, tests: per-test statuses}
-    infra_errors: int  # sandbox jobs that failed for infrastructure reasons (never scored as 0)
-    version_start: int  # policy version when decoding started
-    version_end: int  # policy version when the group was published
-    decode: dict = field(default_factory=dict)  # steps, max_new_tokens, alg, temperature, order [G, K],
-    # local_arness, global_arness, tokens_per_step
-    worker_id: str = ""
-    timings: dict = field(default_factory=dict)  # seconds per phase, e.g. {"generate": 1.2, "reward": 0.3}
-    texts: list[str] = field(default_factory=list)  # [G] decoded completions (empty: not recorded)
-
-    def __post_init__(self):
-        g = len(self.completion_ids)
-        sizes = {"completion_mask": len(self.completion_mask), "rewards": len(self.rewards),
-                 "reward_parts": len(self.reward_parts)}
-        if self.texts:
-            sizes["texts"] = len(self.texts)
-        wrong = {k: n for k, n in sizes.items() if n != g}
-        if wrong:
-            raise ValueError(f"trajectory {self.group_id}: {wrong} must match the {g} rows of completion_ids")
-        for i, (ids, mask) in enumerate(zip(self.completion_ids, self.completion_mask)):
-            if len(ids) != len(mask):
-                raise ValueError(f"trajectory {self.group_id}: completion_mask[{i}] has {len(mask)} entries, "
-                                 f"completion_ids[{i}] has {len(ids)}")
-
-    @property
-    def group_size(self) -> int:
-        return len(self.completion_ids)
-
-    def to_dict(self) -> dict:
-        return dataclasses.asdict(self)
-
-    @classmethod
-    def from_dict(cls, record: dict) -> Trajectory:
-        names = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(record) - names)
-        if unknown:
-            raise ValueError(f"trajectory record has unknown fields {unknown}")
-        return cls(**record)
 
 
 def encode_record(record: dict) -> bytes:
@@ -95,21 +43,20 @@ class TrajectoryStream:
         self.group = group
         self.maxlen = maxlen
         self._replay_from: dict[str, str] = {}  # consumer -> last pending id replayed ("0" before the first)
-        self.trimmed: list[str] = []  # pending ids whose entry was trimmed away before it was read
         try:
             self.client.xgroup_create(self.key, group, id="0", mkstream=True)
         except redis.exceptions.ResponseError as exc:
             if "BUSYGROUP" not in str(exc):
                 raise
 
-    def publish(self, record: dict) -> str:
-        """XADD one record; returns its entry id. Entries beyond `maxlen` (approximately) are trimmed."""
-        entry_id = self.client.xadd(self.key, {RECORD_FIELD: encode_record(record)},
+    def publish(self, trajectory: Trajectory) -> str:
+        """XADD one trajectory; returns its entry id. Entries beyond `maxlen` (approximately) are trimmed."""
+        entry_id = self.client.xadd(self.key, {RECORD_FIELD: encode_record(trajectory.to_dict())},
                                     maxlen=self.maxlen, approximate=True)
         return _text(entry_id)
 
     def read(self, count: int, consumer: str, block_ms: int | None = None,
-             replay: bool = True) -> list[tuple[str, dict]]:
+             replay: bool = True) -> list[tuple[str, Trajectory]]:
         """Up to `count` entries for `consumer`: first its unacknowledged ones (replay), then new ones.
 
         `block_ms`: None returns at once; a number waits up to that long for new entries when none are ready.
@@ -130,10 +77,6 @@ class TrajectoryStream:
             return 0
         return int(self.client.xack(self.key, self.group, *entry_ids))
 
-    def pending_count(self) -> int:
-        """Entries delivered to some consumer and not yet acknowledged."""
-        return int(self.client.xpending(self.key, self.group)["pending"])
-
     def depth(self) -> int:
         """Entries not yet acknowledged: never delivered + delivered and pending."""
         info = next(g for g in self.client.xinfo_groups(self.key) if _text(g["name"]) == self.group)
@@ -143,30 +86,15 @@ class TrajectoryStream:
         return int(lag) + int(info["pending"])
 
     def entries(self, batch: int = 500):
-        """Every entry still in the stream, oldest first, as (entry id, record) (used on resume)."""
+        """Every entry still in the stream, oldest first, as (entry id, Trajectory) (used on resume)."""
         start = "-"
         while True:
             chunk = self.client.xrange(self.key, min=start, max="+", count=batch)
             for entry_id, fields in chunk:
-                yield _text(entry_id), decode_record(fields[RECORD_FIELD])
+                yield _text(entry_id), Trajectory.from_dict(decode_record(fields[RECORD_FIELD]))
             if len(chunk) < batch:
                 return
             start = "(" + _text(chunk[-1][0])
-
-    def length(self) -> int:
-        return int(self.client.xlen(self.key))
-
-    def claim_stale(self, consumer: str, min_idle_ms: int, count: int = 100) -> list[tuple[str, dict]]:
-        """Give `consumer` every entry pending for at least `min_idle_ms` on any consumer (XAUTOCLAIM)."""
-        claimed: list[tuple[str, dict]] = []
-        cursor = "0-0"
-        while True:
-            reply = self.client.xautoclaim(self.key, self.group, consumer, min_idle_ms, start_id=cursor, count=count)
-            cursor, entries, deleted = parse_autoclaim(reply)
-            claimed += self._decode([[self.key, entries]])
-            self.trimmed += deleted
-            if cursor == "0-0":
-                return claimed
 
     def _replay(self, count: int, consumer: str) -> list[tuple[str, dict]]:
         start = self._replay_from.setdefault(consumer, "0")
@@ -186,18 +114,10 @@ class TrajectoryStream:
             for entry_id, fields in entries:
                 entry_id = _text(entry_id)
                 if not fields:  # trimmed away while pending: nothing to train on, never delivered again
-                    self.trimmed.append(entry_id)
                     self.ack([entry_id])
                     continue
-                out.append((entry_id, decode_record(fields[RECORD_FIELD])))
+                out.append((entry_id, Trajectory.from_dict(decode_record(fields[RECORD_FIELD]))))
         return out
-
-
-def parse_autoclaim(reply) -> tuple[str, list, list[str]]:
-    """(next cursor, [(id, fields)], deleted ids) from XAUTOCLAIM: 2 elements on Redis 6.2, 3 on Redis 7+."""
-    cursor, entries = _text(reply[0]), list(reply[1])
-    deleted = [_text(i) for i in reply[2]] if len(reply) > 2 else []
-    return cursor, entries, deleted
 
 
 WORKER_ROLES = ("rollout", "sandbox")

@@ -39,17 +39,22 @@ def grpo_loss(
     *,
     eps: float = 0.5,
     beta: float = 0.01,
+    tokens: float | None = None,
 ) -> tuple[torch.Tensor, dict[str, float]]:
     """scores, old_scores, ref_scores [B, K], advantages [B], completion_mask [B, K] -> (loss, stats).
 
     L_k = -min(ratio_k A, clip(ratio_k, 1-eps, 1+eps) A) + beta (exp(s_ref - s) - (s_ref - s) - 1),
-    ratio_k = exp(s_k - s_old_k); loss = sum_k L_k m_k / max(1, sum_k m_k) over the micro-batch.
-    stats: kl (token mean of the k3 term), clip_fraction, ratio_mean (python floats).
+    ratio_k = exp(s_k - s_old_k); loss = sum_k L_k m_k / N.
+
+    N = `tokens` when given: the completion-token count of the whole step, so that the micro-batch losses
+    of a step add up to the step's token mean whatever the split. N = None: this micro-batch's own count
+    max(1, sum_k m_k), DiffuCoder's released rule. stats: kl (the k3 term), clip_fraction and ratio_mean,
+    each summed over the masked tokens and divided by the same N (python floats).
     """
     if beta != 0 and ref_scores is None:
         raise ValueError("grpo_loss: ref_scores is required when beta != 0")
     mask = completion_mask.float()  # [B, K]
-    tokens = mask.sum().clamp(min=1)
+    tokens = mask.sum().clamp(min=1) if tokens is None else torch.tensor(float(tokens))
     advantage = advantages.float()[:, None]  # [B, 1]
     ratio = torch.exp(scores - old_scores.detach())  # [B, K]
     clipped = torch.clamp(ratio, 1 - eps, 1 + eps)

@@ -20,11 +20,13 @@ IM_END = "<|im_end|>"
 DLM_PAD = "<|dlm_pad|>"
 SPECIAL_TOKENS = [EOS, MASK, IM_START, IM_END, DLM_PAD]
 
+SYSTEM_PROMPT = "You are a helpful assistant."  # the system prompt of the DiffuCoder coupled-GRPO recipe
+
 # Qwen2.5 / DiffuCoder-Instruct shape: a default system turn, then <|im_start|>role\ncontent<|im_end|>\n.
 CHAT_TEMPLATE = (
     "{% for message in messages %}"
     "{% if loop.first and message['role'] != 'system' %}"
-    "{{ '<|im_start|>system\\nYou are a helpful assistant.<|im_end|>\\n' }}"
+    "{{ '<|im_start|>system\\n" + SYSTEM_PROMPT + "<|im_end|>\\n' }}"
     "{% endif %}"
     "{{ '<|im_start|>' + message['role'] + '\\n' + message['content'] + '<|im_end|>\\n' }}"
     "{% endfor %}"

@@ -1,7 +1,7 @@
 """`diffurl demo` (what `make demo` runs): a tiny dLLM learns the generated task family with coupled-GRPO.
 
     warm start (cached)  ->  eval before on the held-out split  ->  coupled-GRPO through the whole system
-    (`orchestrator.driver.train`: driver, rollout workers, sandbox workers, DeepSpeed learner, Redis stream)
+    (`orchestrator.run.train`: driver, rollout workers, sandbox workers, DeepSpeed learner, Redis stream)
     ->  eval after  ->  before/after table, reward curve PNG, wall time, and the final line
     `held-out pass@1 (T=0): BEFORE -> AFTER`.
 
@@ -17,11 +17,13 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from orchestrator.config import REPO_ROOT, check_paths, load_config
+from orchestrator.demo.tasks import FAMILY_VERSION, write_splits
+from orchestrator.demo.warmstart import WarmStartSettings, warm_start
 from orchestrator.errors import UserError
 from orchestrator.evaluate import (DecodeSettings, EvalResult, evaluate, format_table, load_eval_problems,
                                    resolve_checkpoint, results_to_json)
-from orchestrator.tasks import FAMILY_VERSION, write_splits
-from orchestrator.warmstart import WarmStartSettings, warm_start
+from orchestrator.metrics import read_metrics
+from orchestrator.rundir import RunDir
 
 DEMO_CONFIG = REPO_ROOT / "configs" / "demo.yaml"
 DEFAULT_CACHE = REPO_ROOT / ".cache" / "diffurl"
@@ -54,15 +56,14 @@ class DemoResult:
 def run_demo(settings: DemoSettings, out=print) -> DemoResult:
     import ray
 
-    from orchestrator.driver import train
-    from orchestrator.run_setup import init_ray
+    from orchestrator.run import init_ray, train
 
     t0 = time.perf_counter()
     cache = Path(settings.cache_root)
     splits = _task_splits(cache, settings.task_seed, out)
     model_dir = warm_start(settings.warm, cache, splits["train"], log=out)
     cfg = load_config(settings.config, [f"model.path={model_dir}", f"data.train={splits['rl']}",
-                                        f"data.eval={splits['heldout']}", *settings.overrides])
+                                        *settings.overrides])
     check_paths(cfg)
     if cfg.rollout.max_new_tokens != settings.warm.completion_tokens:
         out(f"note: rollout.max_new_tokens={cfg.rollout.max_new_tokens} differs from the warm start's "
@@ -116,8 +117,8 @@ def report(result: DemoResult, cfg, settings: DemoSettings, out=print) -> None:
     table = format_table({"before (warm start)": result.before, f"after ({cfg.run.steps} RL steps)": result.after})
     header = (f"# diffurl demo: {cfg.learner.estimator} estimator, {cfg.run.steps} steps of "
               f"{cfg.rollout.prompts_per_step} prompts x {cfg.rollout.group_size} completions\n\n")
-    (run_dir / "demo_table.md").write_text(header + table + "\n")
-    (run_dir / "demo_results.json").write_text(json.dumps({
+    RunDir(run_dir).demo_table.write_text(header + table + "\n")
+    RunDir(run_dir).demo_results.write_text(json.dumps({
         "estimator": cfg.learner.estimator, "steps": cfg.run.steps, "wall_s": result.wall_s,
         "before": results_to_json(result.before), "after": results_to_json(result.after),
         "warm_start": asdict(settings.warm), "heldout_limit": settings.heldout_limit}, indent=2))
@@ -130,14 +131,14 @@ def report(result: DemoResult, cfg, settings: DemoSettings, out=print) -> None:
 
 def plot_reward_curve(run_dir: Path) -> Path:
     """reward_mean and pass_rate per step from metrics.jsonl -> run_dir/reward_curve.png."""
-    import matplotlib
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines() if line.strip()]
+    rows = read_metrics(run_dir)
     steps = [r["step"] for r in rows]
-    fig, ax = plt.subplots(figsize=(7, 4))
+    fig = Figure(figsize=(7, 4))
+    FigureCanvasAgg(fig)
+    ax = fig.subplots()
     for key, label in (("reward_mean", "reward (mean of group)"), ("pass_rate", "test pass rate")):
         values = [r[key] for r in rows]
         ax.plot(steps, values, alpha=0.35)
@@ -147,10 +148,9 @@ def plot_reward_curve(run_dir: Path) -> Path:
     ax.set_title(f"{run_dir.name}: training reward")
     ax.grid(alpha=0.3)
     ax.legend()
-    path = run_dir / "reward_curve.png"
+    path = RunDir(run_dir).reward_curve
     fig.tight_layout()
     fig.savefig(path, dpi=100)
-    plt.close(fig)
     return path
 
 
@@ -164,22 +164,11 @@ def _running_mean(values: list[float], window: int) -> list[float]:
     return out
 
 
-# ----------------------------------------------------------------------------------------- CLI
-
-def add_demo_command(subparsers) -> None:
-    p = subparsers.add_parser("demo", help="warm start, eval, coupled-GRPO, eval: the tiny demo that learns")
-    p.add_argument("overrides", nargs="*", help="key=value overrides of the RL config, e.g. run.steps=10")
-    p.add_argument("--config", default=str(DEMO_CONFIG),
-                   help="RL config (default configs/demo.yaml; ablations: configs/ablation_d1.yaml, "
-                        "configs/ablation_decoupled.yaml)")
-    p.add_argument("--cache-dir", default=str(DEFAULT_CACHE), help="task files and warm starts (default .cache/diffurl)")
-    p.add_argument("--eval-samples", type=int, default=DemoSettings.eval_samples, help="samples per held-out problem at the rollout temperature")
-    p.set_defaults(func=run_demo_command)
-
-
-def run_demo_command(args) -> int:
-    if args.eval_samples < 1:
-        raise UserError(f"--eval-samples {args.eval_samples}: must be >= 1")
-    run_demo(DemoSettings(config=args.config, overrides=list(args.overrides), cache_root=args.cache_dir,
-                          eval_samples=args.eval_samples))
+def demo_command(config: str | None, overrides: list[str], cache_dir: str | None, eval_samples: int | None) -> int:
+    """`diffurl demo` with the values of its flags; None takes the DemoSettings default."""
+    given = {"config": config, "cache_root": cache_dir, "eval_samples": eval_samples}
+    settings = DemoSettings(overrides=list(overrides), **{k: v for k, v in given.items() if v is not None})
+    if settings.eval_samples < 1:
+        raise UserError(f"--eval-samples {settings.eval_samples}: must be >= 1")
+    run_demo(settings)
     return 0

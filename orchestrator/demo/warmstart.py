@@ -1,6 +1,6 @@
 """Warm start for the demo: an in-repo BPE tokenizer and a tiny bidirectional Qwen2 dLLM trained from scratch
 with the masked-diffusion SFT loss (`actors.dllm.sft_loss`) on demonstrations of the training split, half of
-them buggy (`buggy_fraction`: the reference with one operator swapped, `orchestrator.tasks.buggy_reference`).
+them buggy (`buggy_fraction`: the reference with one operator swapped, `orchestrator.demo.tasks.buggy_reference`).
 
     model_dir = warm_start(WarmStartSettings(), cache_root=".cache/diffurl", train_path="train.jsonl")
 
@@ -19,7 +19,6 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
-import math
 import random
 import shutil
 import tempfile
@@ -29,15 +28,16 @@ from pathlib import Path
 
 import torch
 
-from actors.dllm import build_model, left_pad, save_model, sft_loss
-from actors.prompts import encode_prompt
-from orchestrator.data import build_chat_prompt, load_prompts
+from actors.dllm import build_model, derived_seed, left_pad, lr_lambda, save_model, sft_loss
+from actors.dllm.tokenizer import EOS, IM_END
+from actors.prompts import build_chat_prompt, encode_prompt
+from orchestrator.data import load_prompts
+from orchestrator.demo.tasks import FAMILY_VERSION, answer_text, buggy_reference, is_buggy_demo
 from orchestrator.errors import UserError
-from orchestrator.tasks import FAMILY_VERSION, answer_text, buggy_reference, is_buggy_demo
 
-IM_END, EOS = "<|im_end|>", "<|endoftext|>"
 DONE_FILE = "warmstart.json"
-RECIPE_VERSION = 3  # bump when the training recipe changes, so stale caches are not reused
+RECIPE_VERSION = 4  # bump when the training recipe changes, so stale caches are not reused
+LR_FLOOR = 0.1  # the cosine schedule ends at this fraction of `lr`
 
 
 @dataclass(frozen=True)
@@ -59,7 +59,7 @@ class WarmStartSettings:
     warmup_steps: int = 30
     weight_decay: float = 0.01
     threads: int = 2
-    # this fraction of the demonstrations carries one plausible bug (`orchestrator.tasks.buggy_reference`), so the
+    # this fraction of the demonstrations carries one plausible bug (`orchestrator.demo.tasks.buggy_reference`), so the
     # policy holds the right and the buggy answer of every template and execution rewards have something to fix
     buggy_fraction: float = 0.5
 
@@ -132,7 +132,8 @@ def train_warm_start(settings: WarmStartSettings, problems: list[dict], log=prin
     log(f"warm start: {len(problems)} problems, vocab {len(tokenizer)}, "
         f"{sum(p.numel() for p in model.parameters()) / 1e6:.2f}M parameters, {s.steps} SFT steps of {s.batch_size}")
     optimizer = torch.optim.AdamW(model.parameters(), lr=s.lr, betas=(0.9, 0.99), weight_decay=s.weight_decay)
-    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: _lr_factor(step, s.warmup_steps, s.steps))
+    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(warmup=s.warmup_steps, total=s.steps,
+                                                                      floor=LR_FLOOR))
     order = random.Random(s.seed)
     model.train()
     t0, losses = time.perf_counter(), []
@@ -143,7 +144,7 @@ def train_warm_start(settings: WarmStartSettings, problems: list[dict], log=prin
         input_ids = torch.cat([prompt_ids, completion_ids], dim=1)  # [B, P+K]
         attention_mask = torch.cat([prompt_mask, torch.ones_like(completion_ids)], dim=1)  # [B, P+K]
         loss = sft_loss(model, input_ids, attention_mask, torch.ones_like(completion_ids, dtype=torch.bool),
-                        seed=s.seed * 1_000_003 + step)
+                        seed=derived_seed(s.seed, "sft", step))
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
@@ -172,10 +173,3 @@ def encode_examples(tokenizer, problems: list[dict], max_prompt_tokens: int, com
         prompts.append(encode_prompt(tokenizer, messages, max_prompt_tokens))
         completions.append(ids + [tokenizer.convert_tokens_to_ids(EOS)] * (completion_tokens - len(ids)))
     return prompts, torch.tensor(completions, dtype=torch.long)
-
-
-def _lr_factor(step: int, warmup: int, total: int) -> float:
-    if step < warmup:
-        return (step + 1) / warmup
-    progress = (step - warmup) / max(1, total - warmup)
-    return 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * progress))

@@ -11,7 +11,8 @@ from pathlib import Path
 
 from orchestrator.errors import UserError
 from orchestrator.metrics import read_metrics
-from orchestrator.status import run_dir_arg
+from orchestrator.ops.status import run_dir_arg
+from orchestrator.rundir import RunDir
 
 PANELS = (  # (title, metrics drawn as lines, y label)
     ("reward", ("reward_mean",), "reward"),
@@ -35,11 +36,10 @@ def plot_run(run_dir: str | Path, out: str | Path | None = None) -> Plot:
     from matplotlib.figure import Figure
 
     run_dir = run_dir_arg(run_dir)
-    path = run_dir / "metrics.jsonl"
-    rows = read_metrics(run_dir) if path.is_file() else []
+    rows = read_metrics(run_dir) if RunDir(run_dir).metrics.is_file() else []
     if not rows:
         raise UserError(f"run directory {run_dir}: no metrics in metrics.jsonl yet; nothing to plot")
-    out = Path(out) if out is not None else run_dir / "curves.png"
+    out = Path(out) if out is not None else RunDir(run_dir).curves
     steps = [row["step"] for row in rows]
     phases = sorted({k for row in rows for k in row if k.startswith("time_")})
 
@@ -85,14 +85,8 @@ def _std_band(ax, steps: list[int], rows: list[dict]) -> None:
                     alpha=0.2, label="+-std")
 
 
-def add_plot_command(sub) -> None:
-    p = sub.add_parser("plot", help="draw a run's curves (reward, pass rate, KL, AR-ness, phase times) to a PNG")
-    p.add_argument("run_dir", metavar="RUN", help="the run directory, e.g. runs/demo-20250101-120000")
-    p.add_argument("--out", metavar="PNG", help="output file (default RUN/curves.png)")
-    p.set_defaults(func=cmd_plot)
-
-
-def cmd_plot(args) -> int:
-    plot = plot_run(args.run_dir, args.out)
+def plot_command(run_dir: str, out: str | None) -> int:
+    """`diffurl plot RUN [--out PNG]`."""
+    plot = plot_run(run_dir, out)
     print(f"wrote {plot.path}: {len(plot.panels)} panels ({', '.join(plot.panels)}) over {plot.steps} steps")
     return 0

@@ -8,7 +8,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from orchestrator.errors import UserError
-from orchestrator.status import connect_run, load_run_info
+from orchestrator.ops.status import connect_run, load_run_info
 from orchestrator.stream import RunState
 
 ENDED = ("finished", "failed", "stopped")
@@ -37,16 +37,9 @@ def scale_run(run_dir: str | Path, rollout_workers: int | None = None,
         client.close()
 
 
-def add_scale_command(sub) -> None:
-    p = sub.add_parser("scale", help="change a running run's rollout/sandbox worker counts")
-    p.add_argument("run_dir", metavar="RUN", help="the run directory, e.g. runs/demo-20250101-120000")
-    p.add_argument("--rollout-workers", type=int, metavar="N", help="desired rollout workers (>= 1)")
-    p.add_argument("--sandbox-workers", type=int, metavar="N", help="desired sandbox workers (>= 1)")
-    p.set_defaults(func=cmd_scale)
-
-
-def cmd_scale(args) -> int:
-    counts = scale_run(args.run_dir, args.rollout_workers, args.sandbox_workers)
+def scale_command(run_dir: str, rollout_workers: int | None, sandbox_workers: int | None) -> int:
+    """`diffurl scale RUN`: set the counts given and say when they apply."""
+    counts = scale_run(run_dir, rollout_workers, sandbox_workers)
     print("desired " + ", ".join(f"{role} workers: {n}" for role, n in counts.items())
           + "; the driver applies them between groups (watch with `diffurl status RUN`)")
     return 0

@@ -19,9 +19,9 @@ import redis
 from orchestrator.errors import UserError
 from orchestrator.metrics import read_metrics
 from orchestrator.redis_server import connect, redact
+from orchestrator.rundir import RunDir
 from orchestrator.stream import WORKER_ROLES, RunState, TrajectoryStream
 
-RUN_INFO = "run.json"
 ALIVE_WITHIN_S = 60.0  # a worker whose last heartbeat is older than this counts as not alive
 
 
@@ -44,9 +44,9 @@ def run_dir_arg(run_dir: str | Path) -> Path:
 
 def load_run_info(run_dir: str | Path) -> dict:
     """`RUN/run.json` as a dict; UserError when it is missing, unreadable or lacks the run id."""
-    path = run_dir_arg(run_dir) / RUN_INFO
+    path = RunDir(run_dir_arg(run_dir)).run_info
     if not path.is_file():
-        raise UserError(f"run directory {run_dir}: no {RUN_INFO} (not a diffurl run, or its driver has not started)")
+        raise UserError(f"run directory {run_dir}: no {path.name} (not a diffurl run, or its driver has not started)")
     try:
         info = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, json.JSONDecodeError) as e:
@@ -69,11 +69,12 @@ def connect_run(info: dict, retries: int = 2) -> redis.Redis:
 
 def collect_status(run_dir: str | Path, now: float | None = None) -> RunStatus:
     run_dir = run_dir_arg(run_dir)
-    info = load_run_info(run_dir) if (run_dir / RUN_INFO).is_file() else None
-    rows = read_metrics(run_dir) if (run_dir / "metrics.jsonl").is_file() else []
+    run = RunDir(run_dir)
+    info = load_run_info(run_dir) if run.run_info.is_file() else None
+    rows = read_metrics(run_dir) if run.metrics.is_file() else []
     status = RunStatus(run_dir, info, _total_steps(run_dir), rows[-1] if rows else None)
     if info is None:
-        status.redis_note = f"no {RUN_INFO} in the run directory: live state unknown"
+        status.redis_note = "no run.json in the run directory: live state unknown"
         return status
     if not info.get("redis_url"):
         status.redis_note = "run.json has no redis_url yet: live state unknown"
@@ -107,7 +108,7 @@ def _live_state(client: redis.Redis, run_id: str, now: float) -> dict:
 
 
 def _total_steps(run_dir: Path) -> int | None:
-    config = run_dir / "config.yaml"
+    config = RunDir(run_dir).config
     if not config.is_file():
         return None
     from omegaconf import OmegaConf
@@ -158,12 +159,7 @@ def _num(value) -> str:
     return f"{value:.3f}" if isinstance(value, (int, float)) else "-"
 
 
-def add_status_command(sub) -> None:
-    p = sub.add_parser("status", help="print where a run stands (step, reward, workers, stream, phase times)")
-    p.add_argument("run_dir", metavar="RUN", help="the run directory, e.g. runs/demo-20250101-120000")
-    p.set_defaults(func=cmd_status)
-
-
-def cmd_status(args) -> int:
-    print(format_status(collect_status(args.run_dir)))
+def status_command(run_dir: str) -> int:
+    """`diffurl status RUN`."""
+    print(format_status(collect_status(run_dir)))
     return 0

@@ -12,8 +12,6 @@ cluster's RAY_AUTH_MODE and token from the node it runs on.
 Token authentication: when a token exists (RAY_AUTH_TOKEN, the file RAY_AUTH_TOKEN_PATH names, or
 ~/.ray/auth_token, Ray's own order), it is sent as `Authorization: Bearer <token>`, whatever RAY_AUTH_MODE
 says on this machine; a cluster without token auth ignores it.
-
-This module also gathers the operating commands (`add_ops_commands`) and has a `main(argv)` for them.
 """
 from __future__ import annotations
 
@@ -25,9 +23,10 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from orchestrator.config import REPO_ROOT, check_paths, load_config
 from orchestrator.errors import UserError
+from orchestrator.rundir import RunDir
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
 EXCLUDES = [".venv", "runs", ".cache", ".git", "**/__pycache__", "*.egg-info", ".pytest_cache"]
 DEFAULT_TOKEN_PATH = Path("~/.ray/auth_token")
 TERMINAL = ("SUCCEEDED", "FAILED", "STOPPED")  # ray.job_submission.JobStatus values
@@ -106,16 +105,14 @@ class Submitted:
 
 def submit(config: str | None, overrides: list[str], address: str | None, resume: str | None = None) -> Submitted:
     """Validate here, then submit the training job (a new run from CONFIG, or `--resume RUN`) to `address`."""
-    from orchestrator.config import check_paths, load_config
-
     if resume:
-        run_dir = Path(resume).resolve()
-        if not (run_dir / "config.yaml").is_file():
+        run = RunDir(Path(resume).resolve())
+        if not run.config.is_file():
             raise UserError(f"--resume {resume}: not a run directory here (no config.yaml); give the run directory "
                             "as this machine sees it on the shared disk")
-        if not (run_dir / "checkpoints" / "latest").is_file():
+        if run.latest_checkpoint() is None:
             raise UserError(f"--resume {resume}: the run has no checkpoint yet; submit it again from its config")
-        config = str(run_dir / "config.yaml")
+        config = str(run.config)
     elif not config:
         raise UserError("submit: give a CONFIG (e.g. configs/demo.yaml) or --resume RUN")
     cfg = load_config(config, overrides)
@@ -173,28 +170,19 @@ def _without_env(*names: str):
         os.environ.update(saved)
 
 
-def add_submit_command(sub) -> None:
-    p = sub.add_parser("submit", help="submit a training run to a Ray cluster through the Ray Jobs API")
-    p.add_argument("config", nargs="?", help="YAML preset, e.g. configs/diffucoder_7b.yaml")
-    p.add_argument("overrides", nargs="*", help="key=value overrides, e.g. run.root_dir=/shared/runs")
-    p.add_argument("--resume", metavar="RUN", help="continue the run in directory RUN from its latest checkpoint")
-    p.add_argument("--address", help="Ray dashboard URL, e.g. http://HEAD:8265 (default: RAY_API_SERVER_ADDRESS)")
-    p.add_argument("--wait", action="store_true", help="block until the job ends; exit 1 unless it succeeded")
-    p.set_defaults(func=cmd_submit)
-
-
-def cmd_submit(args) -> int:
-    overrides = args.overrides
-    if args.resume and args.config:  # `submit --resume RUN k=v`: the first override lands in CONFIG
-        overrides = [args.config, *overrides]
-    job = submit(None if args.resume else args.config, overrides, args.address, resume=args.resume)
+def submit_command(config: str | None, overrides: list[str], *, resume: str | None, address: str | None,
+                   wait: bool) -> int:
+    """`diffurl submit`: submit, print how to follow the job, and with `wait` block until it ends."""
+    if resume and config:  # `submit --resume RUN k=v`: the first override lands in CONFIG
+        overrides = [config, *overrides]
+    job = submit(None if resume else config, overrides, address, resume=resume)
     job_id, url, client = job.job_id, job.url, job.client
     print(f"submitted job {job_id} to {url}")
     for note in job.notes:
         print(f"note: {note}")
     print(f"follow its logs:  ray job logs --follow {job_id} --address {url}")
     print(f"its status:       ray job status {job_id} --address {url}   (dashboard: {url}/#/jobs/{job_id})")
-    if not args.wait:
+    if not wait:
         return 0
     status = wait_for_job(client, job_id, url)
     if status == "SUCCEEDED":
@@ -203,15 +191,3 @@ def cmd_submit(args) -> int:
     print("\n".join(tail), file=sys.stderr)
     print(f"diffurl: job {job_id} ended {status}; full logs: ray job logs {job_id} --address {url}", file=sys.stderr)
     return 1
-
-
-def add_ops_commands(sub) -> None:
-    """Add `submit`, `status`, `plot` and `scale` to the `diffurl` subparsers; each sets `func(args) -> int`."""
-    from orchestrator.plot import add_plot_command
-    from orchestrator.scale import add_scale_command
-    from orchestrator.status import add_status_command
-
-    add_submit_command(sub)
-    add_status_command(sub)
-    add_plot_command(sub)
-    add_scale_command(sub)

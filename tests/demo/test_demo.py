@@ -4,8 +4,8 @@ from __future__ import annotations
 import json
 import os
 
-from orchestrator.demo import DemoSettings, run_demo
-from orchestrator.warmstart import WarmStartSettings
+from orchestrator.demo.flow import DemoSettings, run_demo
+from orchestrator.demo.warmstart import WarmStartSettings
 
 TINY_WARM = WarmStartSettings(hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2,
                               num_key_value_heads=1, vocab_size=512, completion_tokens=48, steps=4, batch_size=8,

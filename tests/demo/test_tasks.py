@@ -8,8 +8,8 @@ import pytest
 import ray
 
 from orchestrator.data import load_prompts
-from orchestrator.tasks import (TEMPLATES, answer_text, buggy_reference, generate_splits, is_buggy_demo, neighbours,
-                               reference_solution, write_splits)
+from orchestrator.demo.tasks import (TEMPLATES, answer_text, buggy_reference, generate_splits, is_buggy_demo,
+                                    neighbours, reference_solution, write_splits)
 from sandbox_workers import SandboxPool, format_score
 
 

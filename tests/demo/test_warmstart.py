@@ -7,12 +7,12 @@ from dataclasses import replace
 import pytest
 
 from orchestrator.errors import UserError
-from orchestrator.tasks import answer_text, buggy_reference, is_buggy_demo, write_splits
+from orchestrator.demo.tasks import answer_text, buggy_reference, is_buggy_demo, write_splits
 import torch
 
 from actors.dllm import build_tokenizer, save_model, train_tokenizer
-from orchestrator.warmstart import (DONE_FILE, WarmStartSettings, cache_dir_for, encode_examples, sft_texts,
-                                    train_warm_start, warm_start)
+from orchestrator.demo.warmstart import (DONE_FILE, WarmStartSettings, cache_dir_for, encode_examples, sft_texts,
+                                         train_warm_start, warm_start)
 from sandbox_workers import format_score
 
 TINY = WarmStartSettings(hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2,

@@ -148,3 +148,34 @@ def test_unknown_estimator_fails_with_a_clear_message(tiny):
     ids, mask, completion_mask = batch(tokenizer)
     with pytest.raises(ValueError, match="estimator 'full' is not one of coupled, decoupled, d1"):
         token_scores(model, ids, mask, completion_mask, estimator="full", seed=0)
+
+
+def _scores_of_rows(model, tokenizer, prompts, completions, rows, estimator):
+    prompt_ids, prompt_mask = left_pad([prompts[i] for i in rows], tokenizer.pad_token_id)
+    completion = torch.tensor([completions[i] for i in rows])
+    return token_scores(model, torch.cat([prompt_ids, completion], 1),
+                        torch.cat([prompt_mask, torch.ones_like(completion)], 1),
+                        torch.ones_like(completion, dtype=torch.bool), estimator=estimator,
+                        seed=[1000 + i for i in rows]).scores
+
+
+@pytest.mark.parametrize("estimator", ESTIMATORS)
+def test_per_row_seeds_make_a_rows_scores_independent_of_how_the_batch_is_cut(tiny, estimator):
+    model, tokenizer = tiny
+    prompts = random_rows(tokenizer, [3, 7, 4, 5], seed=1)  # ragged: every cut pads differently
+    completions = random_rows(tokenizer, [8] * 4, seed=2)
+    with torch.no_grad():
+        whole = _scores_of_rows(model, tokenizer, prompts, completions, [0, 1, 2, 3], estimator)
+        cut = torch.cat([_scores_of_rows(model, tokenizer, prompts, completions, rows, estimator)
+                         for rows in ([0, 1], [2], [3])])
+        one_seed = token_scores(model, *_one_batch(tokenizer, prompts, completions), estimator=estimator, seed=1000)
+    torch.testing.assert_close(whole, cut, atol=1e-5, rtol=1e-5)
+    if estimator != "d1":  # a t per row, not one for the batch
+        assert one_seed.scores.shape == whole.shape and not torch.allclose(one_seed.scores, whole)
+
+
+def _one_batch(tokenizer, prompts, completions):
+    prompt_ids, prompt_mask = left_pad(prompts, tokenizer.pad_token_id)
+    completion = torch.tensor(completions)
+    return (torch.cat([prompt_ids, completion], 1), torch.cat([prompt_mask, torch.ones_like(completion)], 1),
+            torch.ones_like(completion, dtype=torch.bool))

@@ -134,3 +134,19 @@ def test_ar_ness_of_a_shuffled_order_matches_the_hand_computation():
     assert ar_ness(order, k=2) == pytest.approx((0.0, 1.0))
     batch = torch.stack([order, torch.arange(5)])
     assert ar_ness(batch, k=1) == pytest.approx(((1 / 4 + 1) / 2, (2 / 5 + 1) / 2))
+
+
+def test_step_token_normalisation_makes_micro_batch_losses_add_up_to_the_step_token_mean():
+    torch.manual_seed(0)
+    scores = torch.randn(6, 5, requires_grad=True)  # [B, K]
+    old, ref = scores.detach() + 0.1 * torch.randn(6, 5), scores.detach() + 0.1 * torch.randn(6, 5)
+    advantages, mask = torch.randn(6), torch.rand(6, 5) < 0.7  # ragged completions
+    whole, _ = grpo_loss(scores, old, ref, advantages, mask, beta=0.04)  # own count = the step's
+    n = int(mask.sum())
+    for cut in ([slice(0, 2), slice(2, 6)], [slice(0, 1), slice(1, 4), slice(4, 6)]):
+        parts = [grpo_loss(scores[c], old[c], ref[c], advantages[c], mask[c], beta=0.04, tokens=n) for c in cut]
+        assert math.isclose(sum(float(loss.detach()) for loss, _ in parts), float(whole.detach()), rel_tol=1e-6)
+        assert math.isclose(sum(s["kl"] for _, s in parts), grpo_loss(scores, old, ref, advantages, mask, beta=0.04)[1]["kl"],
+                            rel_tol=1e-6)
+    means = [grpo_loss(scores[c], old[c], ref[c], advantages[c], mask[c], beta=0.04)[0] for c in (slice(0, 1), slice(1, 6))]
+    assert not math.isclose(float(sum(means).detach()) / 2, float(whole.detach()), rel_tol=1e-3)  # the released rule depends on the cut

@@ -9,11 +9,12 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from orchestrator.plot import plot_run
+from orchestrator.ops.plot import plot_run
 from orchestrator.redis_server import free_port
-from orchestrator.status import ALIVE_WITHIN_S
+from orchestrator.ops.status import ALIVE_WITHIN_S
 from orchestrator.stream import RunState, TrajectoryStream
 from orchestrator.cli import main
+from tests.orchestrator.test_redis_stream import sample_trajectory
 
 PHASES = {"time_generate": 1.5, "time_reward": 0.25, "time_score": 0.5, "time_train": 2.0, "time_sync": 0.1,
           "time_checkpoint": 0.3}
@@ -65,7 +66,7 @@ def test_status_reports_live_workers_stream_and_the_latest_step_with_phase_times
     state.heartbeat("sandbox-0", now=now)
     stream = TrajectoryStream(client, run_id)
     for i in range(3):
-        stream.publish({"group": i})
+        stream.publish(sample_trajectory(group_id=f"g{i}"))
     stream.ack([eid for eid, _ in stream.read(1, "learner-0")])
 
     assert main(["status", str(run_dir)]) == 0

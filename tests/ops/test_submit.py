@@ -9,8 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from orchestrator import cli, submit
+from orchestrator import cli
 from orchestrator.metrics import read_metrics
+from orchestrator.ops import submit
 from orchestrator.redis_server import free_port
 from tests.ray_head import start_ray_head
 from tests.system.test_train_integration import SMALL

@@ -128,7 +128,7 @@ def test_base_chain_that_loops_is_a_user_error(tmp_path):
 
 def test_saved_config_reloads_to_the_same_object(tmp_path):
     cfg = load_config(DEMO, ["rollout.group_size=8", "learner.estimator=d1"])
-    saved = save_config(cfg, tmp_path / "run")
+    saved = save_config(cfg, tmp_path / "run" / "config.yaml")
     assert saved.read_text() == config_to_yaml(cfg)
     assert load_config(saved, []) == cfg
 

@@ -5,7 +5,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from orchestrator.data import build_chat_prompt, convert_acecode, infer_entry_point, load_prompts
+from actors.prompts import build_chat_prompt
+from orchestrator.data import convert_acecode, infer_entry_point, load_prompts
 from orchestrator.errors import UserError
 
 DATA = Path(__file__).resolve().parents[2] / "configs" / "data"
@@ -55,7 +56,7 @@ def test_bad_jsonl_rows_are_skipped_and_reported_by_line(tmp_path):
     problems, skipped = load_prompts(path)
     assert [p["task_id"] for p in problems] == ["a", "7"]
     assert skipped == [
-        "line 2: invalid JSON (Expecting property name enclosed in double quotes)",
+        "line 2: not valid JSON (Expecting property name enclosed in double quotes)",
         "line 3: missing field 'tests'",
         "line 4: field 'tests' must be a list, got str",
         "line 6: duplicate task_id 'a'",
@@ -78,7 +79,7 @@ def test_unusable_dataset_files_are_one_line_user_errors(tmp_path):
     write_jsonl(tmp_path / "all_bad.jsonl", ["{", problem("x", tests=[])])
     (tmp_path / "d.csv").write_text("a,b\n")
     cases = [(tmp_path / "missing.jsonl", "not found"), (tmp_path / "junk.parquet", "unreadable Parquet"),
-             (tmp_path / "all_bad.jsonl", "no usable problems (2 rows skipped; first: line 1: invalid JSON"),
+             (tmp_path / "all_bad.jsonl", "no usable problems (2 rows skipped; first: line 1: not valid JSON"),
              (tmp_path / "d.csv", "unsupported format '.csv'")]
     for path, expected in cases:
         with pytest.raises(UserError) as info:

@@ -8,10 +8,11 @@ from math import comb
 import pytest
 
 from actors.dllm import build_model, save_model
+from actors.prompts import HUMANEVAL_INSTRUCTION, eval_messages
 from orchestrator.errors import UserError
 from orchestrator.cli import main
-from orchestrator.evaluate import (EvalResult, HUMANEVAL_INSTRUCTION, eval_messages, format_table,
-                                   load_eval_problems, parse_temperatures, pass_at_k, resolve_checkpoint)
+from orchestrator.evaluate import (EvalResult, format_table, load_eval_problems, parse_temperatures, pass_at_k,
+                                   resolve_checkpoint)
 
 
 @pytest.fixture(scope="module")

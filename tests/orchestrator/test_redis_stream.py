@@ -11,26 +11,38 @@ from redis.retry import Retry
 from orchestrator import redis_server
 from orchestrator.errors import UserError
 from orchestrator.redis_server import EmbeddedRedis, connect, free_port, redact
-from orchestrator.stream import RunState, Trajectory, TrajectoryStream, encode_record, parse_autoclaim
-
+from actors.trajectory import CompletionReward, DecodeStats, RolloutOutcome, RolloutStatus, Trajectory
+from orchestrator.stream import RunState, TrajectoryStream, encode_record
 
 
 def stream_for(client, **kwargs) -> TrajectoryStream:
     return TrajectoryStream(client, run_id=uuid.uuid4().hex[:8], **kwargs)
 
 
-def sample_trajectory(group_id="g0") -> Trajectory:
+def sample_trajectory(group_id="g0", prompt_id="toy_train/3") -> Trajectory:
     return Trajectory(
-        run_id="r", group_id=group_id, prompt_id="toy_train/3", prompt_ids=[1, 2, 3, 50000],
+        run_id="r", group_id=group_id, prompt_id=prompt_id, worker_id="rollout-0", prompt_ids=[1, 2, 3, 50000],
         completion_ids=[[7, 8, 9], [10, 11, 2]], completion_mask=[[1, 1, 1], [1, 1, 0]],
-        rewards=[0.1 + 0.2, -0.0],
-        reward_parts=[{"pass_rate": 1 / 3, "format": True, "status": "failed", "tests": ["passed", "failed", None]},
-                      {"pass_rate": 5e-324, "format": False, "status": "sandbox_error", "tests": []}],
-        infra_errors=1, version_start=4, version_end=5,
-        decode={"steps": 3, "max_new_tokens": 3, "alg": "entropy", "temperature": 1.2, "order": [[2, 0, 1], [0, 1, 2]],
-                "local_arness": 0.5, "global_arness": 1.7976931348623157e308, "tokens_per_step": [1.0, 1.0, 1.0]},
-        worker_id="rollout-0", timings={"generate": 1e-300, "reward": 0.25},
-        texts=["def f():\n    return 'é✓'", "```python\npass\n```"])
+        texts=["def f():\n    return 'é✓'", "```python\npass\n```"],
+        rewards=[CompletionReward(reward=0.1 + 0.2, status="failed", pass_rate=1 / 3, format=1.0,
+                                  tests=["passed", {"status": "timeout"}, None]),
+                 CompletionReward(reward=-0.0, status="format_error", pass_rate=5e-324, format=0.0, retried=True)],
+        version_start=4, version_end=5,
+        decode=DecodeStats(decoder="reference", alg="entropy", temperature=1.2, steps=3, max_new_tokens=3,
+                           order=[[2, 0, 1], [0, 1, 2]], local_arness=0.5, global_arness=1.7976931348623157e308),
+        time_generate=1e-300, time_reward=0.25)
+
+
+def publish_groups(stream, n: int) -> list[str]:
+    return [stream.publish(sample_trajectory(group_id=f"g{i:08d}")) for i in range(n)]
+
+
+def group_numbers(entries) -> list[int]:
+    return [int(trajectory.group_id[1:]) for _, trajectory in entries]
+
+
+def pending(stream) -> int:
+    return int(stream.client.xpending(stream.key, stream.group)["pending"])
 
 
 def float_bits(value):
@@ -60,17 +72,17 @@ def test_restart_on_the_same_port_keeps_appended_data(tmp_path):
     try:
         url, first_pid = srv.url, srv.pid
         stream = TrajectoryStream(connect(url), run_id="restart")
-        ids = [stream.publish({"i": i}) for i in range(5)]
+        ids = publish_groups(stream, 5)
         stream.read(2, "learner-0")  # delivered, not acknowledged
         srv.stop()
         with pytest.raises(ProcessLookupError):
             os.kill(first_pid, 0)
         srv.start()
         assert srv.url == url and srv.pid != first_pid
-        stream.publish({"i": 5})  # the client from before the restart reconnects by itself
+        stream.publish(sample_trajectory("g00000005"))  # the client from before the restart reconnects by itself
         replayed = TrajectoryStream(connect(url), run_id="restart").read(5, "learner-0")
         assert [entry_id for entry_id, _ in replayed] == ids
-        assert [record["i"] for _, record in replayed] == list(range(5))
+        assert group_numbers(replayed) == list(range(5))
         assert stream.depth() == 6
     finally:
         srv.stop()
@@ -111,69 +123,55 @@ def test_free_port_avoids_6379_and_ray_worker_ports():
 
 def test_every_published_group_is_delivered_exactly_once_and_acknowledged(client):
     stream = stream_for(client)
-    published = [stream.publish({"group": i}) for i in range(10)]
+    published = publish_groups(stream, 10)
     seen = []
     while batch := stream.read(3, "learner-0"):
         seen += batch
         assert stream.ack([entry_id for entry_id, _ in batch]) == len(batch)
     assert [entry_id for entry_id, _ in seen] == published
-    assert [record["group"] for _, record in seen] == list(range(10))
-    assert stream.pending_count() == 0 and stream.depth() == 0
+    assert group_numbers(seen) == list(range(10))
+    assert pending(stream) == 0 and stream.depth() == 0
     assert stream_for(client).read(10, "learner-0") == []
 
 
 def test_two_consumers_share_the_stream_without_duplicates(client):
     stream = stream_for(client)
-    for i in range(8):
-        stream.publish({"group": i})
+    publish_groups(stream, 8)
     a, b = stream.read(3, "learner-0"), stream.read(10, "learner-1")
-    assert sorted(r["group"] for _, r in a + b) == list(range(8))
+    assert sorted(group_numbers(a + b)) == list(range(8))
 
 
 def test_unacknowledged_groups_replay_to_a_restarted_consumer(client):
     stream = stream_for(client)
-    ids = [stream.publish({"group": i}) for i in range(5)]
+    ids = publish_groups(stream, 5)
     first = stream.read(3, "learner-0")  # then the learner "crashes" before its checkpoint
-    assert stream.pending_count() == 3
+    assert pending(stream) == 3
     restarted = TrajectoryStream(client, run_id=stream.key.split(":")[1])
     again = restarted.read(4, "learner-0")
     assert [e for e, _ in again] == ids[:4]  # the 3 pending first, then one new
     assert again[:3] == first
     restarted.ack([e for e, _ in again])
-    assert restarted.read(4, "learner-0") == [(ids[4], {"group": 4})]
+    assert [(e, t.group_id) for e, t in restarted.read(4, "learner-0")] == [(ids[4], "g00000004")]
 
 
 def test_depth_counts_undelivered_and_pending_entries(client):
     stream = stream_for(client)
-    for i in range(6):
-        stream.publish({"group": i})
+    publish_groups(stream, 6)
     assert stream.depth() == 6
     batch = stream.read(4, "learner-0")
-    assert (stream.depth(), stream.pending_count()) == (6, 4)
+    assert (stream.depth(), pending(stream)) == (6, 4)
     stream.ack([e for e, _ in batch[:3]])
-    assert (stream.depth(), stream.pending_count()) == (3, 1)
+    assert (stream.depth(), pending(stream)) == (3, 1)
 
 
-def test_claim_stale_moves_a_dead_consumers_groups_to_a_live_one(client):
+def test_pending_entries_trimmed_away_are_acknowledged_not_delivered(client):
     stream = stream_for(client)
-    for i in range(3):
-        stream.publish({"group": i})
-    stream.read(2, "learner-dead")
-    claimed = stream.claim_stale("learner-live", min_idle_ms=0)
-    assert [r["group"] for _, r in claimed] == [0, 1]
-    owners = {p["consumer"] for p in client.xpending_range(stream.key, stream.group, "-", "+", 10)}
-    assert owners == {b"learner-live"}
-
-
-def test_pending_entries_trimmed_away_are_reported_and_cleared(client):
-    stream = stream_for(client)
-    for i in range(3):
-        stream.publish({"group": i})
+    publish_groups(stream, 3)
     read = stream.read(3, "learner-0")
     client.xtrim(stream.key, maxlen=0)
     fresh = TrajectoryStream(client, run_id=stream.key.split(":")[1])
     assert fresh.read(3, "learner-0") == []
-    assert fresh.trimmed == [e for e, _ in read] and fresh.pending_count() == 0
+    assert pending(fresh) == 0 and len(read) == 3
 
 
 def test_blocking_read_returns_empty_after_the_timeout(client):
@@ -183,17 +181,16 @@ def test_blocking_read_returns_empty_after_the_timeout(client):
 def test_trajectory_round_trips_through_the_server_bit_for_bit(client):
     stream = stream_for(client)
     original = sample_trajectory()
-    stream.publish(original.to_dict())
-    [(_, record)] = stream.read(1, "learner-0")
-    restored = Trajectory.from_dict(record)
+    stream.publish(original)
+    [(_, restored)] = stream.read(1, "learner-0")
     assert restored == original
     assert float_bits(restored.to_dict()) == float_bits(original.to_dict())
 
 
 def test_nan_and_non_json_values_are_rejected_at_publish_naming_the_path():
     record = sample_trajectory().to_dict()
-    record["rewards"][1] = float("nan")
-    with pytest.raises(ValueError, match=r"record\.rewards\[1\]=nan"):
+    record["rewards"][1]["reward"] = float("nan")
+    with pytest.raises(ValueError, match=r"record\.rewards\[1\]\.reward=nan"):
         encode_record(record)
     with pytest.raises(ValueError, match=r"record\.x: key 1 is a int"):
         encode_record({"x": {1: 2}})
@@ -204,17 +201,25 @@ def test_nan_and_non_json_values_are_rejected_at_publish_naming_the_path():
 def test_trajectory_rows_must_agree_with_the_group_size():
     fields = sample_trajectory().to_dict()
     with pytest.raises(ValueError, match="rewards"):
-        Trajectory.from_dict({**fields, "rewards": [1.0]})
+        Trajectory.from_dict({**fields, "rewards": fields["rewards"][:1]})
     with pytest.raises(ValueError, match=r"completion_mask\[1\]"):
         Trajectory.from_dict({**fields, "completion_mask": [[1, 1, 1], [1]]})
     with pytest.raises(ValueError, match="unknown fields"):
         Trajectory.from_dict({**fields, "extra": 1})
 
 
-def test_parse_autoclaim_reads_redis6_and_redis7_replies():
-    entries = [(b"1-0", {b"data": b"{}"})]
-    assert parse_autoclaim([b"0-0", entries]) == ("0-0", entries, [])
-    assert parse_autoclaim([b"5-0", entries, [b"2-0"]]) == ("5-0", entries, ["2-0"])
+def test_summary_is_derived_from_the_trajectory_fields():
+    summary = sample_trajectory().summary("5-0")
+    assert (summary.entry_id, summary.group_id, summary.worker_id, summary.version_start) == ("5-0", "g0", "rollout-0", 4)
+    assert summary.rewards == [0.1 + 0.2, -0.0] and summary.pass_rates == [1 / 3, 5e-324]
+    assert summary.formats == [1.0, 0.0] and summary.timeouts == 1
+    assert summary.completion_tokens == 5 and summary.generated_tokens == 6 and summary.sandbox_jobs == 2
+
+
+def test_rollout_outcome_carries_a_status_not_a_sentinel():
+    stale = RolloutOutcome(RolloutStatus.STALE, "g1", worker_version=3)
+    assert stale.status is RolloutStatus.STALE and stale.summary is None
+    assert {s.value for s in RolloutStatus} == {"published", "stale", "sandbox_error"}
 
 
 def test_run_state_holds_desired_workers_status_and_heartbeats(client):

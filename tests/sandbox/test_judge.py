@@ -6,10 +6,10 @@ import json
 
 import pytest
 
-from sandbox_workers import compute_reward, format_score, load_problems
+from orchestrator.ops.sandbox import load_problems, load_samples
+from sandbox_workers import compute_reward, format_score
 from sandbox_workers.judge import (DecodeError, assert_to_probe, build_program, compile_problem, decode_value,
                                    judge_value, strict_equal, traces_match, verdict)
-from sandbox_workers.problems import load_samples
 
 FENCED = "Here is the code:\n```python\ndef add(a, b):\n    return a + b\n```\n"
 

@@ -1,21 +1,28 @@
-"""Learner ranks and weight sync as real Ray actors, with a real redis-server feeding the learner."""
+"""Learner ranks and weight sync as real Ray actors (through the actor groups), with a real redis-server
+feeding the learner and the real sandbox scoring a rollout."""
 from __future__ import annotations
 
 import functools
 import random
+import uuid
 
 import pytest
 import ray
+import torch
 
-from actors.dllm import build_model, save_model
+from actors.dllm import build_model, generate, save_model
+from actors.groups import LearnerGroup, RolloutGroup
+from actors.learner import LearnerImpl
+from actors.prompts import build_chat_prompt, encode_prompt
+from actors.trajectory import CompletionReward, DecodeStats, RolloutStatus, Trajectory
 from orchestrator.config import load_config
 from orchestrator.redis_server import EmbeddedRedis, free_port
 from orchestrator.stream import TrajectoryStream
-from orchestrator.weights import make_weight_sync
+from tests.tiny_model import PEAKED, tiny_spec
 
 pytestmark = pytest.mark.integration
 
-B, G, K = 2, 2, 8
+K = 8
 
 
 @pytest.fixture(scope="module")
@@ -28,58 +35,106 @@ def cluster():
 @pytest.fixture(scope="module")
 def model_dir(tmp_path_factory):
     texts = [f"def f{i}(x):\n    return x + {i}\n" for i in range(50)]
-    model, tokenizer = build_model({
-        "config": {"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 1,
-                   "num_attention_heads": 2, "num_key_value_heads": 1, "max_position_embeddings": 256},
-        "tokenizer": {"train_texts": texts, "vocab_size": 300}, "seed": 0})
+    model, tokenizer = build_model(tiny_spec(texts=texts, vocab_size=300, num_hidden_layers=1, num_attention_heads=2,
+                                             num_key_value_heads=1, max_position_embeddings=256,
+                                             **PEAKED))  # no near-ties for thread-count float noise to flip
     out = tmp_path_factory.mktemp("model") / "init"
     save_model(model, tokenizer, out)
     return out, tokenizer
 
 
-@pytest.fixture
-def redis_url(tmp_path):
-    server = EmbeddedRedis(tmp_path / "redis")
-    server.start()
-    yield server.url
-    server.stop()
+@pytest.fixture(scope="module")
+def redis_url(tmp_path_factory):
+    with EmbeddedRedis(tmp_path_factory.mktemp("redis")) as server:
+        yield server.url
 
 
-def _cfg(**extra):
+def _cfg(B: int, G: int, **extra):
     overrides = [f"rollout.prompts_per_step={B}", f"rollout.group_size={G}", f"rollout.max_new_tokens={K}",
                  f"rollout.steps={K}", "learner.lr=0.01", "learner.lr_schedule=constant", "learner.mu=2",
                  "learner.num_cpus=0.5", "rollout.num_cpus=0.5"]
     return load_config("configs/demo.yaml", overrides + [f"{k}={v}" for k, v in extra.items()])
 
 
-def _publish_groups(stream, tokenizer, run_id: str, n: int, seed: int) -> None:
+def _publish_groups(stream, tokenizer, B: int, G: int, seed: int) -> None:
+    """B groups of G random completions, ragged in prompt length and completion length."""
     rng = random.Random(seed)
     vocab = range(10, len(tokenizer))
-    for i in range(n):
-        stream.publish({
-            "run_id": run_id, "group_id": f"g{i:08d}", "prompt_id": f"p{i}",
-            "prompt_ids": [rng.choice(vocab) for _ in range(rng.randint(3, 7))],  # ragged: left padding
-            "completion_ids": [[rng.choice(vocab) for _ in range(K)] for _ in range(G)],
-            "completion_mask": [[1] * K for _ in range(G)],
-            "rewards": [float(rng.random() * 2.5) for _ in range(G)],
-            "version_start": 0, "version_end": 0,
-        })
+    for i in range(B):
+        lengths = [rng.randint(2, K) for _ in range(G)]
+        stream.publish(Trajectory(
+            run_id="t", group_id=f"g{i:08d}", prompt_id=f"p{i}", worker_id="test",
+            prompt_ids=[rng.choice(vocab) for _ in range(rng.randint(3, 7))],
+            completion_ids=[[rng.choice(vocab) for _ in range(K)] for _ in range(G)],
+            completion_mask=[[1] * n + [0] * (K - n) for n in lengths], texts=[""] * G,
+            rewards=[CompletionReward(reward=rng.random() * 2.5, status="failed", pass_rate=0.0, format=1.0)
+                     for _ in range(G)],
+            version_start=0, version_end=0,
+            decode=DecodeStats(decoder="reference", alg="origin", temperature=1.0, steps=K, max_new_tokens=K,
+                               order=[list(range(K))] * G, local_arness=1.0, global_arness=1.0),
+            time_generate=0.0, time_reward=0.0))
+
+
+def _one_step(cfg, path, tokenizer, redis_url, B, G) -> tuple[dict, dict]:
+    """Train one step of the same B groups from the same initial weights; (rank 0 stats, new weights)."""
+    run_id = uuid.uuid4().hex[:8]
+    open_stream = functools.partial(TrajectoryStream, redis_url, run_id)
+    _publish_groups(open_stream(), tokenizer, B, G, seed=7)
+    learners = LearnerGroup(cfg, str(path), free_port(), open_stream)
+    try:
+        stats = ray.get(learners.async_train_step(0))[0]
+        return stats, ray.get(learners.publish_weights())
+    finally:
+        learners.kill()
+
+
+def _relative_difference(a: dict, b: dict, init: dict) -> float:
+    """|update_a - update_b| / |update_a| over all parameters (2-norms of the flattened updates)."""
+    diff = sum(float((a[k].double() - b[k].double()).pow(2).sum()) for k in a)
+    update = sum(float((a[k].double() - init[k].double()).pow(2).sum()) for k in a)
+    return (diff / update) ** 0.5
+
+
+def test_step_token_loss_gives_the_same_update_for_any_micro_batch_size_and_rank_count(cluster, model_dir, redis_url):
+    path, tokenizer = model_dir
+    B, G = 2, 4
+    runs = {(mbs, ranks): _one_step(_cfg(B, G, **{"learner.micro_batch_size": mbs, "learner.num_ranks": ranks}),
+                                    path, tokenizer, redis_url, B, G)
+            for mbs, ranks in ((4, 1), (8, 1), (2, 2))}
+    init = build_model(str(path))[0].state_dict()
+    (base_stats, base_weights), *others = runs.values()
+    for stats, weights in others:
+        difference = _relative_difference(weights, base_weights, init)
+        print(f"step_tokens: relative difference of the updates {difference:.2e}")
+        assert difference < 1e-4, "the update depends on how the step is split"
+        for key in ("grad_norm", "loss", "kl", "clip_fraction", "ratio_mean"):
+            assert stats[key] == pytest.approx(base_stats[key], rel=1e-4, abs=1e-7), key
+    released = [_one_step(_cfg(B, G, **{"learner.micro_batch_size": mbs, "learner.loss_norm": "micro_batch_tokens"}),
+                          path, tokenizer, redis_url, B, G) for mbs in (4, 8)]
+    difference = _relative_difference(released[0][1], released[1][1], init)
+    print(f"micro_batch_tokens: relative difference of the updates {difference:.2e}")
+    assert difference > 1e-2, "the released rule should depend on the split"
+
+
+class InspectableLearner(LearnerImpl):
+    """A learner rank that can report its own parameters (a test-only subclass, not a production method)."""
+
+    def parameter_sum(self) -> float:
+        return float(sum(p.detach().double().sum() for p in self.engine.module.parameters()))
 
 
 def test_two_zero2_learner_ranks_stay_in_sync_after_a_step(cluster, model_dir, redis_url):
-    from actors.learner import Learner
-
     path, tokenizer = model_dir
-    cfg = _cfg(**{"learner.num_ranks": 2, "learner.zero_stage": 2, "learner.micro_batch_size": 1})
-    open_stream = functools.partial(TrajectoryStream, redis_url, "ranks")
-    _publish_groups(open_stream(), tokenizer, "ranks", B, seed=1)
-    port = free_port()
-    learners = [Learner.options(name=f"learner-{r}", num_cpus=0.5).remote(cfg, str(path), r, 2, port, open_stream)
-                for r in range(2)]
+    B, G = 2, 2
+    cfg = _cfg(B, G, **{"learner.num_ranks": 2, "learner.zero_stage": 2, "learner.micro_batch_size": 1})
+    open_stream = functools.partial(TrajectoryStream, redis_url, uuid.uuid4().hex[:8])
+    _publish_groups(open_stream(), tokenizer, B, G, seed=1)
+    actor, port = ray.remote(InspectableLearner), free_port()
+    learners = [actor.options(num_cpus=0.5).remote(cfg, str(path), r, 2, port, open_stream) for r in range(2)]
     try:
-        before = ray.get(learners[0].checksum.remote())
+        before = ray.get(learners[0].parameter_sum.remote())
         stats = ray.get([l.train_step.remote(0, 120.0) for l in learners])
-        after = ray.get([l.checksum.remote() for l in learners])
+        after = ray.get([l.parameter_sum.remote() for l in learners])
         assert after[0] == after[1], f"ranks diverged: {after}"
         assert after[0] != before, "a step changed nothing"
         assert len(stats[0]["groups"]) == B
@@ -89,27 +144,40 @@ def test_two_zero2_learner_ranks_stay_in_sync_after_a_step(cluster, model_dir, r
 
 
 def test_weight_sync_gives_every_rollout_worker_the_learners_version_and_outputs(cluster, model_dir, redis_url):
-    from actors.learner import Learner
-    from actors.rollout import RolloutWorker
+    from sandbox_workers import SandboxPool
 
     path, tokenizer = model_dir
-    cfg = _cfg(**{"learner.zero_stage": 2, "learner.micro_batch_size": 2})
-    open_stream = functools.partial(TrajectoryStream, redis_url, "sync")
-    _publish_groups(open_stream(), tokenizer, "sync", B, seed=2)
-    learner = Learner.options(name="learner-0", num_cpus=0.5).remote(cfg, str(path), 0, 1, free_port(), open_stream)
-    workers = [RolloutWorker.options(name=f"rollout-{i}", num_cpus=0.5).remote(
-        cfg, str(path), None, open_stream, "sync", f"rollout-{i}") for i in range(2)]
+    B, G = 2, 2
+    cfg = _cfg(B, G, **{"learner.micro_batch_size": 2, "rollout.temperature": 0.0, "rollout.num_workers": 2})
+    run_id = uuid.uuid4().hex[:8]
+    open_stream = functools.partial(TrajectoryStream, redis_url, run_id)
+    _publish_groups(open_stream(), tokenizer, B, G, seed=2)
+    learners = LearnerGroup(cfg, str(path), free_port(), open_stream)
+    pool = SandboxPool(num_workers=1)
+    rollouts = RolloutGroup(cfg, str(path), pool, open_stream, run_id)
+    workers = [rollouts.add() for _ in range(2)]
     try:
-        ray.get(learner.train_step.remote(0, 120.0))
-        sync = make_weight_sync("object_store")
-        sync.load(workers, sync.publish([learner], version=1), version=1)
-        infos = ray.get([w.info.remote() for w in workers])
-        assert [i["version"] for i in infos] == [1, 1]
-        prompts = ["def f3(x):\n", "def f7(x):\n    return"]
-        expected = ray.get(learner.greedy.remote(prompts, K, K))
-        assert ray.get([w.greedy.remote(prompts, K, K) for w in workers]) == [expected, expected]
-        learner_sum = ray.get(learner.checksum.remote())
-        assert ray.get([w.checksum.remote() for w in workers]) == [learner_sum, learner_sum]
+        ray.get(learners.async_train_step(0))
+        rollouts.load_weights(learners.publish_weights(), version=1)
+        assert [i["version"] for i in rollouts.wait_ready()] == [1, 1]
+        problem = {"task_id": "inc", "question": "Write inc(x).", "entry_point": "inc",
+                   "tests": ["assert inc(1) == 2"], "reference": None}
+        problem["messages"] = build_chat_prompt(problem)
+        outcomes = ray.get([rollouts.rollout(w, problem, f"g{9 + w:08d}", seed=5, attempt=0) for w in workers])
+        assert [o.status for o in outcomes] == [RolloutStatus.PUBLISHED] * 2
+        published = {t.group_id: t for _, t in open_stream().read(10, "check")}
+        model, reloaded = build_model(str(path))  # the tokenizer as the workers load it
+        model.load_state_dict(ray.get(learners.publish_weights()))
+        r, threads = cfg.rollout, torch.get_num_threads()
+        torch.set_num_threads(1)  # as the workers decode
+        expected = generate(model.eval(), reloaded, [encode_prompt(reloaded, problem["messages"], 200)] * G,
+                            max_new_tokens=K, steps=K, temperature=0.0, top_p=r.top_p, top_k=r.top_k, alg=r.alg,
+                            alg_temp=r.alg_temp, seed=5)
+        torch.set_num_threads(threads)
+        for o in outcomes:
+            assert published[o.group_id].completion_ids == expected.completion_ids.tolist()
+            assert published[o.group_id].version_start == 1
     finally:
-        for a in [learner, *workers]:
-            ray.kill(a)
+        learners.kill()
+        rollouts.kill()
+        pool.shutdown()
