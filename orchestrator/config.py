@@ -55,6 +55,15 @@ class TinyModelConfig:
     vocab_size: int = 2048
     tokenizer_dir: Optional[str] = None  # None: train a BPE tokenizer on the dataset texts
 
+    def spec(self, texts: list[str], seed: int) -> dict:
+        """The `actors.dllm.build_model` spec of this tiny model (its BPE trained on `texts` unless
+        `tokenizer_dir` names a saved one)."""
+        return {"config": {k: getattr(self, k) for k in ("hidden_size", "intermediate_size", "num_hidden_layers",
+                                                         "num_attention_heads", "num_key_value_heads",
+                                                         "max_position_embeddings")},
+                "tokenizer": self.tokenizer_dir or {"train_texts": texts, "vocab_size": self.vocab_size},
+                "seed": seed}
+
 
 @dataclass
 class ModelConfig:

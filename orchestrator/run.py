@@ -179,16 +179,7 @@ def prepare_model(cfg, run: RunDir, problems: list[dict]) -> Path:
         if not (path / "config.json").is_file():
             raise UserError(f"model.path={cfg.model.path}: not a model directory (no config.json there)")
         return path
-    tiny = cfg.model.tiny
-    spec = {
-        "config": {k: getattr(tiny, k) for k in (
-            "hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads",
-            "num_key_value_heads", "max_position_embeddings")},
-        "tokenizer": tiny.tokenizer_dir or {"train_texts": tokenizer_corpus(problems),
-                                            "vocab_size": tiny.vocab_size},
-        "seed": cfg.run.seed,
-    }
-    model, tokenizer = build_model(spec)
+    model, tokenizer = build_model(cfg.model.tiny.spec(tokenizer_corpus(problems), cfg.run.seed))
     save_model(model, tokenizer, run.init_model)
     return run.init_model
 

@@ -23,7 +23,7 @@ import random
 import shutil
 import tempfile
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -31,6 +31,7 @@ import torch
 from actors.dllm import build_model, derived_seed, left_pad, lr_lambda, save_model, sft_loss
 from actors.dllm.tokenizer import EOS, IM_END
 from actors.prompts import build_chat_prompt, encode_prompt
+from orchestrator.config import TinyModelConfig
 from orchestrator.data import load_prompts
 from orchestrator.demo.tasks import FAMILY_VERSION, answer_text, buggy_reference, is_buggy_demo
 from orchestrator.errors import UserError
@@ -43,13 +44,9 @@ LR_FLOOR = 0.1  # the cosine schedule ends at this fraction of `lr`
 @dataclass(frozen=True)
 class WarmStartSettings:
     seed: int = 0
-    hidden_size: int = 128
-    intermediate_size: int = 384
-    num_hidden_layers: int = 2
-    num_attention_heads: int = 4
-    num_key_value_heads: int = 2
-    max_position_embeddings: int = 256
-    vocab_size: int = 4096
+    model: TinyModelConfig = field(default_factory=lambda: TinyModelConfig(
+        hidden_size=128, intermediate_size=384, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+        max_position_embeddings=256, vocab_size=4096))
     max_prompt_tokens: int = 128
     completion_tokens: int = 48  # K: the canvas rollouts decode (rollout.max_new_tokens)
     # chosen on the RL split with all-correct demonstrations: 1100 -> 2% pass@1 (T=0), 1300 -> 35%, 1500 -> 76%
@@ -118,10 +115,7 @@ def train_warm_start(settings: WarmStartSettings, problems: list[dict], log=prin
     for p in problems:
         messages, completion = sft_texts(p, s.buggy_fraction, s.seed)
         corpus += [m["content"] for m in messages] + [completion]
-    config = {k: getattr(s, k) for k in ("hidden_size", "intermediate_size", "num_hidden_layers",
-                                         "num_attention_heads", "num_key_value_heads", "max_position_embeddings")}
-    model, tokenizer = build_model({"config": config, "seed": s.seed,
-                                    "tokenizer": {"train_texts": corpus, "vocab_size": s.vocab_size}})
+    model, tokenizer = build_model(s.model.spec(corpus, s.seed))
     with tempfile.TemporaryDirectory() as saved:
         # Train on the tokenizer exactly as rollout workers and `diffurl eval` will load it from the model dir
         # (a reloaded dir may tokenize differently from the in-memory tokenizer, e.g. digits one by one).

@@ -121,8 +121,8 @@ def submit(config: str | None, overrides: list[str], address: str | None, resume
     client = job_client(url)
     notes = []
     if resume:
-        command = entrypoint(None, overrides, resume=str(run_dir))
-        notes.append(f"{run_dir} must be the same path on the cluster")
+        command = entrypoint(None, overrides, resume=str(run.path))
+        notes.append(f"{run.path} must be the same path on the cluster")
     else:
         job_config = job_config_path(config)
         command = entrypoint(job_config, overrides)

@@ -5,11 +5,13 @@ import json
 import os
 
 from orchestrator.demo.flow import DemoSettings, run_demo
+from orchestrator.config import TinyModelConfig
 from orchestrator.demo.warmstart import WarmStartSettings
 
-TINY_WARM = WarmStartSettings(hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2,
-                              num_key_value_heads=1, vocab_size=512, completion_tokens=48, steps=4, batch_size=8,
-                              warmup_steps=1)
+TINY_WARM = WarmStartSettings(model=TinyModelConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=1,
+                                                   num_attention_heads=2, num_key_value_heads=1,
+                                                   max_position_embeddings=256, vocab_size=512),
+                              completion_tokens=48, steps=4, batch_size=8, warmup_steps=1)
 SHRUNK_RL = ["run.steps=2", "rollout.steps=12", "rollout.prompts_per_step=2", "rollout.group_size=4",
              "rollout.num_workers=1", "learner.micro_batch_size=4", "metrics.progress_bar=false",
              "metrics.tensorboard=false", "rollout.num_cpus=0.5", "learner.num_cpus=0.5"]

@@ -11,12 +11,15 @@ from orchestrator.demo.tasks import answer_text, buggy_reference, is_buggy_demo,
 import torch
 
 from actors.dllm import build_tokenizer, save_model, train_tokenizer
+from orchestrator.config import TinyModelConfig
 from orchestrator.demo.warmstart import (DONE_FILE, WarmStartSettings, cache_dir_for, encode_examples, sft_texts,
                                          train_warm_start, warm_start)
 from sandbox_workers import format_score
 
-TINY = WarmStartSettings(hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2,
-                         num_key_value_heads=1, vocab_size=512, steps=6, batch_size=8, warmup_steps=1)
+TINY = WarmStartSettings(model=TinyModelConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=1,
+                                              num_attention_heads=2, num_key_value_heads=1,
+                                              max_position_embeddings=256, vocab_size=512),
+                         steps=6, batch_size=8, warmup_steps=1)
 
 
 @pytest.fixture(scope="module")

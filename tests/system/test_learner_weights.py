@@ -8,7 +8,6 @@ import uuid
 
 import pytest
 import ray
-import torch
 
 from actors.dllm import build_model, generate, save_model
 from actors.groups import LearnerGroup, RolloutGroup
@@ -143,6 +142,18 @@ def test_two_zero2_learner_ranks_stay_in_sync_after_a_step(cluster, model_dir, r
             ray.kill(l)
 
 
+@ray.remote(num_cpus=0.5)
+def _decode_in_a_worker(model_dir: str, weights: dict, problem: dict, cfg, group_size: int) -> list[list[int]]:
+    """What a rollout worker with `weights` decodes for `problem`, computed in a Ray worker process like theirs
+    (same thread count, so near-ties break the same way)."""
+    model, tokenizer = build_model(model_dir)
+    model.load_state_dict(weights)
+    prompt, r = encode_prompt(tokenizer, problem["messages"], cfg.data.max_prompt_tokens), cfg.rollout
+    out = generate(model.eval(), tokenizer, [prompt] * group_size, max_new_tokens=r.max_new_tokens, steps=r.steps,
+                   temperature=0.0, top_p=r.top_p, top_k=r.top_k, alg=r.alg, alg_temp=r.alg_temp, seed=5)
+    return out.completion_ids.tolist()
+
+
 def test_weight_sync_gives_every_rollout_worker_the_learners_version_and_outputs(cluster, model_dir, redis_url):
     from sandbox_workers import SandboxPool
 
@@ -166,16 +177,9 @@ def test_weight_sync_gives_every_rollout_worker_the_learners_version_and_outputs
         outcomes = ray.get([rollouts.rollout(w, problem, f"g{9 + w:08d}", seed=5, attempt=0) for w in workers])
         assert [o.status for o in outcomes] == [RolloutStatus.PUBLISHED] * 2
         published = {t.group_id: t for _, t in open_stream().read(10, "check")}
-        model, reloaded = build_model(str(path))  # the tokenizer as the workers load it
-        model.load_state_dict(ray.get(learners.publish_weights()))
-        r, threads = cfg.rollout, torch.get_num_threads()
-        torch.set_num_threads(1)  # as the workers decode
-        expected = generate(model.eval(), reloaded, [encode_prompt(reloaded, problem["messages"], 200)] * G,
-                            max_new_tokens=K, steps=K, temperature=0.0, top_p=r.top_p, top_k=r.top_k, alg=r.alg,
-                            alg_temp=r.alg_temp, seed=5)
-        torch.set_num_threads(threads)
+        expected = ray.get(_decode_in_a_worker.remote(str(path), learners.publish_weights(), problem, cfg, G))
         for o in outcomes:
-            assert published[o.group_id].completion_ids == expected.completion_ids.tolist()
+            assert published[o.group_id].completion_ids == expected
             assert published[o.group_id].version_start == 1
     finally:
         learners.kill()
