@@ -71,6 +71,7 @@ class RolloutWorkerImpl:
         local, global_ = ar_ness(out.order, k=1)
         trajectory = Trajectory(
             run_id=self.run_id, group_id=group_id, prompt_id=problem["task_id"], worker_id=self.worker_id,
+            canary_bound=problem.get("canary_bound"),
             prompt_ids=list(prompt_ids), completion_ids=completion_ids.tolist(),
             completion_mask=completion_mask_from_ids(completion_ids, self.end_ids).int().tolist(),
             texts=list(out.texts), rewards=[CompletionReward.from_result(x) for x in results],

@@ -64,6 +64,7 @@ class Trajectory:
     group_id: str                 # g<index>: group i always uses prompt i and seed i of the run
     prompt_id: str                # the dataset task_id
     worker_id: str                # rollout-<n> that made it
+    canary_bound: float | None    # a canary's best honest pass rate (orchestrator/canaries.py); None: not one
     # tokens
     prompt_ids: list[int]         # [P] after left truncation
     completion_ids: list[list[int]]   # [G, K]
@@ -115,7 +116,7 @@ class Trajectory:
         """What the driver keeps of a published group: enough for the step's metrics, nothing token-sized."""
         return GroupSummary(
             entry_id=entry_id, group_id=self.group_id, prompt_id=self.prompt_id, worker_id=self.worker_id,
-            version_start=self.version_start, rewards=self.reward_values,
+            canary_bound=self.canary_bound, version_start=self.version_start, rewards=self.reward_values,
             pass_rates=[float(r.pass_rate or 0.0) for r in self.rewards],
             formats=[float(r.format or 0.0) for r in self.rewards],
             timeouts=sum(r.timeouts for r in self.rewards),
@@ -132,6 +133,7 @@ class GroupSummary:
     group_id: str
     prompt_id: str
     worker_id: str
+    canary_bound: float | None    # set for a canary group
     version_start: int
     rewards: list[float]          # [G]
     pass_rates: list[float]       # [G]

@@ -13,6 +13,7 @@ import numpy as np
 
 from actors.dllm.seeding import derived_seed
 from actors.trajectory import GroupSummary
+from orchestrator.canaries import is_canary_index, make_canary
 
 
 def group_id(index: int) -> str:
@@ -24,11 +25,13 @@ def group_index(gid: str) -> int:
 
 
 class PromptSampler:
-    """Prompt i of the run is a pure function of (seed, i): epoch-wise shuffled order, no cursor state."""
+    """Prompt i of the run is a pure function of (seed, i): epoch-wise shuffled order, no cursor state; with
+    `canary_fraction` > 0, about that fraction of prompts are the canary of their problem (when it has one)."""
 
-    def __init__(self, problems: list[dict], seed: int, shuffle: bool):
-        self.problems, self.seed, self.shuffle = problems, seed, shuffle
+    def __init__(self, problems: list[dict], seed: int, shuffle: bool, canary_fraction: float = 0.0):
+        self.problems, self.seed, self.shuffle, self.canary_fraction = problems, seed, shuffle, canary_fraction
         self._orders: dict[int, np.ndarray] = {}
+        self._canaries: dict[str, dict | None] = {}
 
     def problem_at(self, index: int) -> dict:
         epoch, offset = divmod(index, len(self.problems))
@@ -36,7 +39,12 @@ class PromptSampler:
             n = len(self.problems)
             self._orders[epoch] = (np.random.default_rng(derived_seed(self.seed, "epoch", epoch)).permutation(n)
                                    if self.shuffle else np.arange(n))
-        return self.problems[int(self._orders[epoch][offset])]
+        problem = self.problems[int(self._orders[epoch][offset])]
+        if not is_canary_index(self.seed, index, self.canary_fraction):
+            return problem
+        if problem["task_id"] not in self._canaries:
+            self._canaries[problem["task_id"]] = make_canary(problem)
+        return self._canaries[problem["task_id"]] or problem
 
 
 @dataclass

@@ -78,6 +78,7 @@ class DataConfig:
     train: str = "configs/data/toy_train.jsonl"
     max_prompt_tokens: int = 200  # longer prompts are left-truncated
     shuffle: bool = True
+    canary_fraction: float = 0.0  # this fraction of prompts are canaries (orchestrator/canaries.py); 0: none
 
 
 @dataclass
@@ -236,6 +237,8 @@ def validate(cfg: Config) -> None:
         ("model.tiny.num_hidden_layers", tiny.num_hidden_layers, tiny.num_hidden_layers >= 1, "must be >= 1"),
         ("model.tiny.vocab_size", tiny.vocab_size, tiny.vocab_size >= 256, "must be >= 256"),
         ("data.max_prompt_tokens", cfg.data.max_prompt_tokens, cfg.data.max_prompt_tokens >= 1, "must be >= 1"),
+        ("data.canary_fraction", cfg.data.canary_fraction, 0 <= cfg.data.canary_fraction < 1,
+         "must be in [0, 1)"),
         ("rollout.num_workers", ro.num_workers, ro.num_workers >= 1, "must be >= 1"),
         ("rollout.num_cpus", ro.num_cpus, ro.num_cpus >= 0, "must be >= 0"),
         ("rollout.group_size", ro.group_size, ro.group_size >= 2, "must be >= 2 (GRPO compares completions)"),

@@ -41,8 +41,8 @@ class Driver:
         self.cfg, self.rundir, self.model_dir, self.redis_url, self.resume = cfg, run, model_dir, redis_url, resume
         problems, self.skipped_rows = load_prompts(cfg.data.train)
         for p in problems:
-            p["messages"] = build_chat_prompt(p)
-        self.sampler = PromptSampler(problems, cfg.run.seed, cfg.data.shuffle)
+            p["messages"] = build_chat_prompt(p)  # a canary keeps its problem's prompt
+        self.sampler = PromptSampler(problems, cfg.run.seed, cfg.data.shuffle, cfg.data.canary_fraction)
         self.open_stream = functools.partial(TrajectoryStream, redis_url, run.run_id, maxlen=cfg.redis.stream_maxlen)
         self.stream = self.open_stream()
         self.run_state = RunState(self.stream.client, run.run_id)

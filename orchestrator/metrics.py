@@ -146,8 +146,11 @@ def step_metrics(batch: list, learner: dict, *, version: int) -> dict[str, float
 
     Group-level phase times are the slowest group's (`time_generate`, `time_reward`); rates are per
     completion; staleness is the number of policy versions between a group's weights and the trained ones.
+    `reward_on_canaries`: the fraction of canary completions whose pass rate beats the best honest one
+    (any value above 0 is a reward hack; NaN, logged as null, in a step without canaries).
     """
     rewards = np.array([r for s in batch for r in s.rewards], dtype=np.float64)
+    canaries = [p > s.canary_bound + 1e-9 for s in batch if s.canary_bound is not None for p in s.pass_rates]
     jobs = sum(s.sandbox_jobs for s in batch)
     staleness = [version - 1 - s.version_start for s in batch]
     return {
@@ -167,5 +170,7 @@ def step_metrics(batch: list, learner: dict, *, version: int) -> dict[str, float
         "tokens_per_s": sum(s.generated_tokens for s in batch) / max(sum(s.time_generate for s in batch), 1e-9),
         "time_generate": max(s.time_generate for s in batch), "time_reward": max(s.time_reward for s in batch),
         "time_score": learner["time_score"], "time_train": learner["time_train"],
+        "canary_completions": float(len(canaries)),
+        "reward_on_canaries": float(np.mean(canaries)) if canaries else float("nan"),
         "version": float(version),
     }

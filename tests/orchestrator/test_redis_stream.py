@@ -21,7 +21,8 @@ def stream_for(client, **kwargs) -> TrajectoryStream:
 
 def sample_trajectory(group_id="g0", prompt_id="toy_train/3") -> Trajectory:
     return Trajectory(
-        run_id="r", group_id=group_id, prompt_id=prompt_id, worker_id="rollout-0", prompt_ids=[1, 2, 3, 50000],
+        run_id="r", group_id=group_id, prompt_id=prompt_id, worker_id="rollout-0", canary_bound=None,
+        prompt_ids=[1, 2, 3, 50000],
         completion_ids=[[7, 8, 9], [10, 11, 2]], completion_mask=[[1, 1, 1], [1, 1, 0]],
         texts=["def f():\n    return 'é✓'", "```python\npass\n```"],
         rewards=[CompletionReward(reward=0.1 + 0.2, status="failed", pass_rate=1 / 3, format=1.0,

@@ -62,7 +62,7 @@ def _publish_groups(stream, tokenizer, B: int, G: int, seed: int) -> None:
     for i in range(B):
         lengths = [rng.randint(2, K) for _ in range(G)]
         stream.publish(Trajectory(
-            run_id="t", group_id=f"g{i:08d}", prompt_id=f"p{i}", worker_id="test",
+            run_id="t", group_id=f"g{i:08d}", prompt_id=f"p{i}", worker_id="test", canary_bound=None,
             prompt_ids=[rng.choice(vocab) for _ in range(rng.randint(3, 7))],
             completion_ids=[[rng.choice(vocab) for _ in range(K)] for _ in range(G)],
             completion_mask=[[1] * n + [0] * (K - n) for n in lengths], texts=[""] * G,
