@@ -1,16 +1,22 @@
 """The trusted side of one sandbox slot: start bubblewrap with the warm executor inside, send jobs, read
 bounded replies under a watchdog, recycle.
 
-A job sent here holds only code to run and probe sources; expected values stay with the caller.
+A job sent here holds only code to run and probe sources; expected values stay with the caller. What each
+test process wrote (its value record) comes back unparsed inside the executor's reply and is parsed here,
+bounded and totally (`record_outcome`): a malformed record fails its test, it never raises.
 """
 
 from __future__ import annotations
 
 import base64
 import ctypes
+import itertools
 import json
+import math
 import os
+import re
 import select
+import signal
 import struct
 import subprocess
 import tempfile
@@ -24,8 +30,13 @@ from sandbox_workers.isolation import (Interpreter, Limits, SelfTest, Slot, Sand
 
 EXECUTOR_SOURCE = (Path(__file__).parent / "inside_executor.py").read_bytes()
 MAX_REPLY_BYTES = 64 << 20
+MAX_RECORD_CHARS = 4 << 20   # the executor's MAX_RECORD_BYTES
+MAX_RECORD_DEPTH = 256       # JSON nesting of one record; the values in it stop at depth 32
+RECORD_KINDS = ("value", "trace", "error", "unserialisable")
 START_TIMEOUT_S = 20.0
 WATCHDOG_MARGIN_S = 10.0
+MEMORY_SLACK_BYTES = 32 << 20  # the slot's resident memory may exceed its baseline by this after a job
+MEMORY_SETTLE_S = 0.5
 PR_SET_CHILD_SUBREAPER = 36
 
 
@@ -58,7 +69,7 @@ class WarmSandbox:
         self.jobs_run = 0
         self.restarts = 0
         self.log = tempfile.TemporaryFile()
-        self.baseline_pids = 0
+        self.baseline_pids, self.baseline_memory = 0, None
         self.cpu_s_earlier, self.cpu_s_current = 0.0, 0.0  # sandbox CPU: sandboxes before this one, this one
 
     # -------------------------------------------------------------------------------- lifecycle
@@ -82,7 +93,7 @@ class WarmSandbox:
         if not hello.get("ready"):
             raise SandboxFault(f"executor did not start: {hello}")
         self.jobs_run = 0
-        self.baseline_pids = len(self.slot.pids())
+        self.baseline_pids, self.baseline_memory = len(self.slot.pids()), self.slot.resident_bytes()
 
     def stop(self) -> None:
         """Close the executor's input (it exits, bwrap follows); kill whatever is left; reap everything."""
@@ -129,18 +140,20 @@ class WarmSandbox:
         try:
             self._send(job)
             reply = self._receive(watchdog)
+            if "error" in reply:
+                raise SandboxFault(f"executor error: {str(reply['error'])[:300]}")
+            reply["tests"] = _test_results(reply, len(job["probes"]))
         except SandboxFault as fault:
             self.restart()
             raise SandboxFault(f"{fault}; sandbox restarted") from None
         self.jobs_run += 1
-        self.cpu_s_current = reply.get("executor_cpu_s", self.cpu_s_current)
-        if "error" in reply:
-            self.restart()
-            raise SandboxFault(f"executor error: {reply['error']}; sandbox restarted")
+        self.cpu_s_current = reply["executor_cpu_s"]
         stray = self._settled_stray()
-        if stray:
+        grown = 0 if stray else self._settled_memory_growth()
+        if stray or grown > MEMORY_SLACK_BYTES:
             self.restart()
-            reply["recycled"] = f"{stray} stray processes after the job"
+            reply["recycled"] = (f"{stray} stray processes after the job" if stray else
+                                 f"slot memory {grown >> 20} MiB above its baseline after the job")
         return reply
 
     def _settled_stray(self, settle_s: float = 2.0) -> int:
@@ -149,6 +162,18 @@ class WarmSandbox:
         while (stray := self.stray_processes()) and time.monotonic() < deadline:
             time.sleep(0.005)
         return stray
+
+    def _settled_memory_growth(self, settle_s: float = MEMORY_SETTLE_S) -> int:
+        """Bytes of resident memory (anonymous + tmpfs) the slot holds beyond its baseline once the finished
+        job's memory is freed: above the slack, something outlives jobs in this sandbox (0 without a memory
+        cgroup)."""
+        if self.baseline_memory is None:
+            return 0
+        deadline = time.monotonic() + settle_s
+        while (grown := self.slot.resident_bytes() - self.baseline_memory) > MEMORY_SLACK_BYTES \
+                and time.monotonic() < deadline:
+            time.sleep(0.01)
+        return grown
 
     def stray_processes(self) -> int:
         """Processes in the slot beyond bwrap + executor (0 between jobs when nothing is left running)."""
@@ -179,9 +204,14 @@ class WarmSandbox:
         if size > MAX_REPLY_BYTES:
             raise SandboxFault(f"reply of {size} bytes is over the cap")
         try:
-            return json.loads(self._read_exact(size, deadline))
-        except ValueError as exc:
-            raise SandboxFault(f"malformed reply: {exc}") from None
+            reply = strict_json(self._read_exact(size, deadline))
+        except SandboxFault:
+            raise
+        except Exception as exc:  # the executor wrote it: whatever is wrong with it, the sandbox is broken
+            raise SandboxFault(f"malformed reply: {type(exc).__name__}: {str(exc)[:200]}") from None
+        if not isinstance(reply, dict):
+            raise SandboxFault("malformed reply: not an object")
+        return reply
 
     def _read_exact(self, n: int, deadline: float) -> bytes:
         fd = self.proc.stdout.fileno()
@@ -196,6 +226,103 @@ class WarmSandbox:
             chunks.append(chunk)
             n -= len(chunk)
         return b"".join(chunks)
+
+
+def strict_json(text: str | bytes) -> object:
+    """json.loads that refuses NaN, Infinity and numbers that overflow to them (what comes out is strict JSON
+    again); errors propagate."""
+    return _STRICT_DECODER.decode(text.decode() if isinstance(text, bytes) else text)
+
+
+def _refuse_constant(name: str):
+    raise ValueError(f"{name} is not JSON")
+
+
+def _finite_float(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):
+        raise ValueError(f"{text[:20]} overflows a float")
+    return value
+
+
+_STRICT_DECODER = json.JSONDecoder(parse_constant=_refuse_constant, parse_float=_finite_float)
+
+
+def _test_results(reply: dict, n: int) -> list[dict]:
+    """The reply's per-test entries as the judge reads them. The entries' shape is the executor's (a wrong
+    one is a SandboxFault); the records inside them are the test processes' (never a fault)."""
+    tests = reply.get("tests")
+    numbers = [reply.get(k) for k in ("cpu_s", "peak_rss_kb", "executor_cpu_s")]
+    if not isinstance(tests, list) or len(tests) != n or not all(type(x) in (int, float) for x in numbers):
+        raise SandboxFault("malformed reply: tests or resource figures missing")
+    results = []
+    for index, entry in enumerate(tests):
+        if isinstance(entry, dict) and type(entry.get("exit")) is int and isinstance(entry.get("record"), str):
+            results.append(record_outcome(entry["exit"], entry["record"], index))
+        elif isinstance(entry, dict) and isinstance(entry.get("status"), str) and isinstance(entry.get("detail"), str):
+            results.append({"status": entry["status"], "detail": entry["detail"]})
+        else:
+            raise SandboxFault(f"malformed reply: test entry {index}")
+    return results
+
+
+def record_outcome(exit_code: int, record: str, index: int) -> dict:
+    """One test's outcome from its exit code and the record its process wrote. Total: a record that is not
+    exactly one well-formed value record for test `index` makes the test a runtime_error."""
+    if not record:
+        if exit_code == -signal.SIGXCPU:
+            return {"status": "timeout", "detail": "cpu time limit"}
+        if exit_code == -signal.SIGKILL:  # the trusted side tells the OOM killer from the program itself
+            return {"status": "runtime_error", "detail": "killed by SIGKILL", "sigkill": True}
+        return {"status": "runtime_error", "detail": f"no result (exit {exit_code})"}
+    parsed = parse_record(record, index)
+    if parsed is None:
+        return {"status": "runtime_error", "detail": "corrupt result record"}
+    kind, payload = parsed
+    if kind in ("value", "trace"):
+        return {"status": "ok", kind: payload}
+    if kind == "unserialisable":
+        return {"status": "runtime_error", "detail": "unserialisable result: " + payload}
+    return {"status": "memory_limit" if payload == "MemoryError" else "runtime_error", "detail": "raised " + payload}
+
+
+def parse_record(record: str, index: int) -> tuple[str, object] | None:
+    """(kind, payload) of a value record {"t": index, kind: payload} written as one JSON line, or None for
+    anything else: more or less than one line, over MAX_RECORD_CHARS, nested deeper than MAX_RECORD_DEPTH,
+    not strict JSON, another schema. Never raises."""
+    if len(record) > MAX_RECORD_CHARS or record.count("\n") != 1 or not record.endswith("\n"):
+        return None
+    if json_depth(record) > MAX_RECORD_DEPTH:
+        return None
+    try:
+        parsed = strict_json(record)
+    except Exception:  # ValueError, RecursionError, MemoryError: any failure is the record's
+        return None
+    if not isinstance(parsed, dict) or len(parsed) != 2 or type(parsed.get("t")) is not int or parsed["t"] != index:
+        return None
+    kind = next((k for k in RECORD_KINDS if k in parsed), None)
+    payload = parsed.get(kind)
+    if kind in ("value", "trace") and isinstance(payload, list):
+        return kind, payload
+    if kind in ("error", "unserialisable") and isinstance(payload, str):
+        return kind, payload[:64]
+    return None
+
+
+_ESCAPE = re.compile(r"\\.", re.DOTALL)
+_STRING = re.compile(r'"[^"]*"')
+_NOT_BRACKET = re.compile(r"[^\[\]{}]+")
+_BRACKET_STEP = {"[": 1, "{": 1, "]": -1, "}": -1}
+
+
+def json_depth(text: str) -> int:
+    """An upper bound on the nesting json.loads would recurse into, in linear time: the deepest bracket
+    outside strings (escapes dropped first, so every string is a plain "...")."""
+    opening = text.count("[") + text.count("{")
+    if opening <= MAX_RECORD_DEPTH:
+        return opening
+    brackets = _NOT_BRACKET.sub("", _STRING.sub("", _ESCAPE.sub("", text)))
+    return max(itertools.accumulate(map(_BRACKET_STEP.__getitem__, brackets)), default=0)
 
 
 def become_subreaper() -> None:

@@ -212,6 +212,9 @@ def bwrap_argv(bwrap: str, interp: Interpreter, tmpfs_mb: int, executor_fd: int,
         argv += ["--symlink", target, link]
     argv += ["--proc", "/proc", "--dev", "/dev", "--size", str(tmpfs_mb << 20), "--tmpfs", "/tmp",
              "--dir", "/sandbox", "--ro-bind-data", str(executor_fd), "/sandbox/executor.py", "--chdir", "/tmp"]
+    # The root and /dev are tmpfs that every job of this sandbox would share (a covert channel between
+    # samples, and memory left charged to the slot): read-only once set up. Jobs get their own /tmp, /dev/shm.
+    argv += ["--remount-ro", "/", "--remount-ro", "/dev"]
     if seccomp_fd is not None:
         argv += ["--seccomp", str(seccomp_fd)]
     return argv + ["--", interp.path, "-I", "-S", "-B", "/sandbox/executor.py"]
@@ -296,6 +299,16 @@ class Slot:
                 text = (self.cgroups[controller] / "cgroup.procs").read_text()
                 return sorted(int(x) for x in text.split())
         return []
+
+    def resident_bytes(self) -> int | None:
+        """Anonymous + tmpfs/shm memory charged to the slot: what a sandbox restart frees (page cache is
+        left out: the kernel reclaims it under the limit). None without a memory cgroup."""
+        for controller, fields in (("memory", ("rss", "shmem")), ("unified", ("anon", "shmem"))):
+            if self.has(controller, "memory.stat"):
+                text = (self.cgroups[controller] / "memory.stat").read_text()
+                stat = dict(line.split(" ", 1) for line in text.splitlines())
+                return sum(int(stat.get(name, 0)) for name in fields)
+        return None
 
     def oom_kills(self) -> int:
         for controller, key in (("memory", "memory.oom_control"), ("unified", "memory.events")):

@@ -6,16 +6,19 @@ their own processes. The pool is the one retry layer for sandbox failures (see S
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 from collections import deque
 
 import ray
-from ray.exceptions import RayActorError
+from ray.exceptions import RayActorError, RayTaskError
 
 from sandbox_workers.isolation import SandboxUnavailable
 from sandbox_workers.judge import compile_problem
-from sandbox_workers.worker import ScoreSettings, Scorer
+from sandbox_workers.worker import ScoreSettings, Scorer, unscorable_result
+
+log = logging.getLogger(__name__)
 
 
 class SandboxWorker:
@@ -29,8 +32,18 @@ class SandboxWorker:
         return self.scorer.status()
 
     def score_batch(self, jobs: list[tuple[dict, str]]) -> list[dict]:
+        """One result per job. A job the scorer raises on is that completion's failure alone (logged with its
+        trace): the others of the batch keep their results."""
         with self.lock:
-            return [self.scorer.score(problem, completion) for problem, completion in jobs]
+            results = []
+            for problem, completion in jobs:
+                try:
+                    results.append(self.scorer.score(problem, completion))
+                except Exception as exc:  # noqa: BLE001 - one completion's data must not cost the batch
+                    log.exception("%s: scoring %s raised", self.scorer.worker_id, problem.get("task_id"))
+                    results.append(unscorable_result(problem, completion, self.scorer.settings,
+                                                     _judge_error(exc), self.scorer.worker_id))
+            return results
 
     def status(self) -> dict:
         return self.scorer.status()
@@ -95,24 +108,31 @@ class SandboxPool:
         below retries a job (Ray does not retry tasks; a worker restarts a broken sandbox but does not rerun
         the job). If the second run also ends in sandbox_error, that result is returned: status
         "sandbox_error", reward None, pass_rate None, retried True, error naming the failure; never a reward
-        of 0. Callers should not score such a completion again: it has had its two runs.
+        of 0. Callers should not score such a completion again: it has had its two runs. Retries go one
+        completion per batch, so that a completion that breaks its worker cannot take others down with it.
+
+        What a completion's data causes on the trusted side is that completion's failure, never an
+        infrastructure error: a batch whose call raises is scored again one completion at a time, and a
+        completion that still raises gets status "failed", every test failed, pass_rate 0.0, the reward of
+        its format alone and an error naming the exception (`worker.unscorable_result`).
         """
         _validate(problems, completions)
         results: list[dict | None] = [None] * len(problems)
-        queue = deque((i, 0, None) for i in range(len(problems)))  # (job index, attempt, worker to avoid)
+        # (job index, attempt, worker to avoid, alone in its batch)
+        queue = deque((i, 0, None, False) for i in range(len(problems)))
         in_flight: dict = {}
         limit = self.max_concurrency or 2 * self.num_workers
         batch = max(1, min(self.batch_size, len(problems) // (2 * self.num_workers) or 1))
         load = [0] * self.num_workers
         while queue or in_flight:
             while queue and len(in_flight) < limit:
-                avoid = queue[0][2]  # a chunk shares one worker to avoid: retries of one failed batch
                 chunk = [queue.popleft()]
-                while queue and len(chunk) < batch and queue[0][2] == avoid:
+                while not chunk[0][3] and queue and len(chunk) < batch and not queue[0][3]:
                     chunk.append(queue.popleft())
+                avoid = chunk[0][2]
                 w = min((i for i in range(self.num_workers) if i != avoid or self.num_workers == 1),
                         key=lambda i: load[i])
-                ref = self.workers[w].score_batch.remote([(problems[i], completions[i]) for i, _, _ in chunk])
+                ref = self.workers[w].score_batch.remote([(problems[j[0]], completions[j[0]]) for j in chunk])
                 in_flight[ref] = (w, chunk)
                 load[w] += 1
             done, _ = ray.wait(list(in_flight), num_returns=1)
@@ -121,10 +141,18 @@ class SandboxPool:
             try:
                 replies = ray.get(done[0])
             except RayActorError as exc:
-                replies = [_infra_error(problems[i], f"worker {self.name_prefix}-{w} died: {exc}") for i, _, _ in chunk]
-            for (i, attempt, _), reply in zip(chunk, replies):
+                replies = [_infra_error(problems[j[0]], f"worker {self.name_prefix}-{w} died: {exc}") for j in chunk]
+            except RayTaskError as exc:
+                if len(chunk) > 1:
+                    queue.extend((i, attempt, avoid, True) for i, attempt, avoid, _ in chunk)
+                    continue
+                i = chunk[0][0]
+                log.error("scoring %s raised: %s", problems[i].get("task_id"), exc)
+                replies = [unscorable_result(problems[i], completions[i], self.settings,
+                                             _judge_error(exc.cause or exc), f"{self.name_prefix}-{w}")]
+            for (i, attempt, _, _), reply in zip(chunk, replies):
                 if reply["status"] == "sandbox_error" and attempt == 0:
-                    queue.append((i, 1, w))
+                    queue.append((i, 1, w, True))
                     continue
                 reply["retried"] = attempt > 0
                 results[i] = reply
@@ -170,6 +198,11 @@ def _validate(problems: list[dict], completions: list[str]) -> None:
                 compile_problem(problem)
             except ValueError as exc:
                 raise ValueError(f"problem {problem.get('task_id')!r}: {exc}") from None
+
+
+def _judge_error(exc: BaseException) -> str:
+    first = (str(exc).splitlines() or [""])[0][:200]
+    return f"the judge could not score this completion: {type(exc).__name__}: {first}"
 
 
 def _infra_error(problem: dict, message: str) -> dict:

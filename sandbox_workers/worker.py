@@ -9,6 +9,7 @@ import hashlib
 import json
 import logging
 import os
+import random
 import time
 from collections import Counter, OrderedDict
 from dataclasses import dataclass
@@ -18,12 +19,14 @@ from redis.exceptions import RedisError
 
 from sandbox_workers.executor import Layers, SandboxFault, WarmSandbox, self_test
 from sandbox_workers.isolation import Limits, SandboxUnavailable, SelfTest
-from sandbox_workers.judge import (DecodeError, JudgeSpec, build_program, compile_problem, compute_reward,
-                                   decode_trace, verdict)
+from sandbox_workers.judge import (JudgeSpec, Program, TraceCheck, build_program, compile_problem,
+                                   compute_reward, format_score, plan_trace, verdict)
 
 log = logging.getLogger(__name__)
 CACHEABLE = {"passed", "failed", "runtime_error"}
+NO_REFERENCE = "the reference solution gives no result for this test"
 _SELF_TEST: SelfTest | None = None
+_SHUFFLE = random.SystemRandom()
 
 
 @dataclass(frozen=True)
@@ -63,7 +66,7 @@ class Scorer:
             recycle_every=settings.recycle_every)
         self.sandbox.start()
         self.specs: OrderedDict[str, JudgeSpec] = OrderedDict()
-        self.references: dict[str, dict[int, list | None]] = {}
+        self.references: dict[str, dict[int, TraceCheck | None]] = {}
         self.cache = _redis(settings.redis_url)
         log.warning("%s: sandbox isolation mode %s", worker_id, self.mode)
 
@@ -80,15 +83,19 @@ class Scorer:
                   "mode": self.mode, "worker": self.worker_id, "retried": False, "cached": False, "error": None}
         if program.code is None:
             return self._finish(result, [], [], spec, started, error="not run: format is not 1")
-        cache_key = self._cache_key(spec, program.code)
+        cache_key = self._cache_key(spec, program)
         cached = self._cache_get(cache_key)
         if cached is not None:
             cached.update(worker=self.worker_id, cached=True, wall_s=round(time.monotonic() - started, 4))
             return cached
         try:
-            expected = self._reference_traces(spec)
+            checks = self._trace_checks(spec)
+            # Tests run in an order drawn here, so that a test cannot tell which one it is by its pid or by
+            # what the tests before it left behind; results are put back in the problem's order below.
+            order = [i for i, p in enumerate(spec.probes) if p.kind != "trace" or checks.get(i) is not None]
+            _SHUFFLE.shuffle(order)
             oom_kills = self.sandbox.slot.oom_kills()
-            reply = self.sandbox.run(self._job(spec, program.code, range(len(spec.probes))))
+            reply = self.sandbox.run(self._job(spec, program.code, order, checks))
             if self.sandbox.slot.oom_kills() > oom_kills:
                 for test in reply["tests"]:
                     if test and test.get("sigkill"):
@@ -98,9 +105,18 @@ class Scorer:
                           pass_rate=None, reward=None, error=str(fault), wall_s=round(time.monotonic() - started, 4),
                           cpu_s=0.0)
             return result
+        except Exception:
+            self.sandbox.restart()  # the reply stream may be out of step; whatever raised is reported above us
+            raise
+        tests: list[dict | None] = [None] * len(spec.probes)
+        for position, index in enumerate(order):
+            tests[index] = reply["tests"][position] if position < len(reply["tests"]) else None
         statuses, details = [], []
-        for index, (probe, test) in enumerate(zip(spec.probes, reply["tests"])):
-            status, detail = verdict(probe, test or {}, expected.get(index))
+        for index, probe in enumerate(spec.probes):
+            if probe.kind == "trace" and checks.get(index) is None:
+                status, detail = "failed", NO_REFERENCE
+            else:
+                status, detail = verdict(probe, tests[index] or {}, checks.get(index))
             statuses.append(status)
             details.append(detail)
         result.update(cpu_s=reply["cpu_s"], peak_rss_kb=reply["peak_rss_kb"], stdout_head=reply["stdout"][:1000],
@@ -151,36 +167,47 @@ class Scorer:
                 self.specs.popitem(last=False)
         return spec
 
-    def _job(self, spec: JudgeSpec, code: str, indices) -> dict:
+    def _job(self, spec: JudgeSpec, code: str, indices, checks: dict[int, TraceCheck | None] | None = None) -> dict:
+        """A job for the sandbox: the program and, per test in `indices` order, what the test process runs:
+        a probe function, or (a trace test the reference's run allows) the recorded calls to replay."""
+        probes = []
+        for i in indices:
+            probe, check = spec.probes[i], (checks or {}).get(i)
+            if check is not None and check.replay is not None:
+                probes.append({"source": "", "trace": False, "calls": list(check.replay)})
+            else:
+                probes.append({"source": probe.source, "trace": probe.kind == "trace"})
         return {"program": code, "preamble": spec.preamble, "entry_point": spec.entry_point,
-                "timeout": self.settings.test_timeout_s,
-                "probes": [{"source": spec.probes[i].source, "trace": spec.probes[i].kind == "trace"} for i in indices]}
+                "timeout": self.settings.test_timeout_s, "probes": probes}
 
-    def _reference_traces(self, spec: JudgeSpec) -> dict[int, list | None]:
-        """Expected traces from the reference solution, run once in the sandbox and kept here."""
+    def _trace_checks(self, spec: JudgeSpec) -> dict[int, TraceCheck | None]:
+        """How each trace test is judged, from the reference solution's run (once per problem, kept here)."""
         if not spec.needs_reference:
             return {}
         if spec.key in self.references:
             return self.references[spec.key]
         indices = [i for i, p in enumerate(spec.probes) if p.kind == "trace"]
         reply = self.sandbox.run(self._job(spec, spec.reference, indices))
-        expected: dict[int, list | None] = {}
+        checks: dict[int, TraceCheck | None] = {}
         for index, test in zip(indices, reply["tests"]):
             try:
-                expected[index] = decode_trace(test["trace"]) if test.get("status") == "ok" else None
-            except DecodeError:
-                expected[index] = None
-            if expected[index] is None:
+                checks[index] = plan_trace(spec.probes[index], test["trace"]) if test.get("status") == "ok" else None
+            except (ValueError, TypeError):  # DecodeError included: a malformed reference trace
+                checks[index] = None
+            if checks[index] is None:
                 log.warning("%s: reference solution gives no result for a test: %s", spec.task_id, test)
+            elif checks[index].replay is None:
+                log.info("%s: test %d runs as a statement: %s", spec.task_id, index, checks[index].how)
         if len(self.references) > 4096:
             self.references.pop(next(iter(self.references)))
-        self.references[spec.key] = expected
-        return expected
+        self.references[spec.key] = checks
+        return checks
 
-    def _cache_key(self, spec: JudgeSpec, code: str) -> str:
+    def _cache_key(self, spec: JudgeSpec, program: Program) -> str:
+        """Everything the result depends on: the code decides the tests, the whole text's format the reward."""
         s = self.settings
-        parts = json.dumps([spec.key, code, s.pass_weight, s.format_weight, s.test_timeout_s, s.memory_mb,
-                            s.require_format])
+        parts = json.dumps([spec.key, program.code, program.format, program.how, s.pass_weight, s.format_weight,
+                            s.test_timeout_s, s.memory_mb, s.require_format])
         return "diffurl:sandbox:reward:" + hashlib.sha256(parts.encode()).hexdigest()
 
     def _cache_get(self, key: str) -> dict | None:
@@ -200,6 +227,24 @@ class Scorer:
                 self.cache.set(key, json.dumps(result), ex=self.settings.cache_ttl_s)
             except RedisError as exc:
                 log.warning("%s: reward cache unavailable: %s", self.worker_id, exc)
+
+
+def unscorable_result(problem: dict, completion: str, settings: ScoreSettings, error: str,
+                      worker: str | None = None) -> dict:
+    """The result for a completion whose data the judge could not handle (it raised while scoring it): every
+    test failed, the format part of the reward kept. Never sandbox_error: the candidate caused it."""
+    try:
+        total = len(compile_problem(problem).probes)
+    except ValueError:
+        total = 0
+    fmt = format_score(completion)
+    return {"task_id": problem.get("task_id"), "status": "failed", "tests": ["failed"] * total,
+            "test_details": [error] * total, "passed": 0, "total": total, "pass_rate": 0.0, "format": fmt,
+            "format_how": None, "reward": compute_reward(0.0, fmt, pass_weight=settings.pass_weight,
+                                                         format_weight=settings.format_weight,
+                                                         require_format=settings.require_format),
+            "mode": None, "worker": worker, "wall_s": 0.0, "cpu_s": 0.0, "retried": False, "cached": False,
+            "error": error}
 
 
 def _redis(url: str | None):

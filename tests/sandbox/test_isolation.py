@@ -104,3 +104,50 @@ def test_degraded_sandbox_without_cgroups_or_seccomp_still_isolates():
         assert _run(sandbox, "x = bytearray(10 << 30)\nreturn 1")[0] == "memory_limit"
     finally:
         sandbox.close()
+
+
+def test_root_and_dev_are_read_only_inside_a_job(full_sandbox):
+    refused = _run(full_sandbox, "import errno, os\nout = []\n"
+                   "for path in ['/x', '/sandbox/x', '/usr/x', '/usr/bin/x', '/lib64/x', '/dev/x']:\n"
+                   "    for make in (lambda p: open(p, 'w'), os.mkdir):\n"
+                   "        try:\n            make(path)\n            out.append(path)\n"
+                   "        except OSError as exc:\n            out.append(errno.errorcode[exc.errno])\n"
+                   "return out")
+    assert refused == ["EROFS"] * 12
+    mounts = _run(full_sandbox, "return [(m.split()[4], m.split()[5].split(',')[0]) for m in "
+                                "open('/proc/self/mountinfo').read().splitlines()]")
+    writable = {point for point, mode in mounts if mode == "rw"}
+    assert ("/", "ro") in mounts and ("/dev", "ro") in mounts
+    devices = {f"/dev/{name}" for name in ("null", "zero", "full", "random", "urandom", "tty", "pts")}
+    assert writable <= {"/tmp", "/dev/shm", "/proc"} | devices, writable   # the job's own mounts, device nodes
+
+
+def test_a_slot_whose_memory_stays_above_its_baseline_after_a_job_is_recycled(tmp_path):
+    """Memory that outlives a job (here: a file in the sandbox's own /tmp, charged to the slot by a process
+    put into its memory cgroup from outside) recycles the sandbox, which frees it."""
+    sandbox = WarmSandbox("iso-memory", Limits(), Layers(seccomp=True, slot_uid=True, cgroups=True))
+    sandbox.start()
+    try:
+        executor = next(pid for pid in sandbox.slot.pids() if _program(pid) == sandbox.interpreter.path
+                        and _program(_parent(pid)).endswith("bwrap"))
+        ballast = (f"import os\nopen({str(sandbox.slot.cgroups['memory'] / 'cgroup.procs')!r}, 'w')"
+                   f".write(str(os.getpid()))\nos.setgroups([])\nos.setresgid(*[{sandbox.slot.uid}] * 3)\n"
+                   f"os.setresuid(*[{sandbox.slot.uid}] * 3)\n"
+                   f"open('/proc/{executor}/root/tmp/ballast', 'wb')"
+                   ".write(b'x' * (48 << 20))\n")
+        subprocess.run([sys.executable, "-c", ballast], check=True, timeout=60)
+        assert sandbox.slot.resident_bytes() - sandbox.baseline_memory > 40 << 20
+        assert _run(sandbox, "return 1") == 1
+        assert sandbox.restarts == 1
+        assert sandbox.slot.resident_bytes() - sandbox.baseline_memory < 16 << 20
+        assert _run(sandbox, "import os\nreturn os.path.exists('/tmp/ballast')") is False
+    finally:
+        sandbox.close()
+
+
+def _program(pid: int) -> str:
+    return Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")[0].decode()
+
+
+def _parent(pid: int) -> int:
+    return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])

@@ -9,7 +9,7 @@ import pytest
 from orchestrator.ops.sandbox import load_problems, load_samples
 from sandbox_workers import compute_reward, format_score
 from sandbox_workers.judge import (DecodeError, assert_to_probe, build_program, compile_problem, decode_value,
-                                   judge_value, strict_equal, traces_match, verdict)
+                                   judge_trace, judge_value, plan_trace, strict_equal, verdict)
 
 FENCED = "Here is the code:\n```python\ndef add(a, b):\n    return a + b\n```\n"
 
@@ -139,11 +139,16 @@ def test_judging_pairs_and_traces():
     assert not judge_value(_probe("assert abs(f(1) - 0.5) < 1e-3"), True)
     assert judge_value(_probe("assert f(1)"), [0])
     assert not judge_value(_probe("assert not f(1)"), [0])
-    ok = [("ok", 1.0), ("raise", "ValueError")]
-    assert traces_match([("ok", 1.0 + 1e-12), ("raise", "ValueError")], ok)
-    assert not traces_match([("ok", 1.0)], ok)
-    assert not traces_match([("unserialisable", "X")], [("unserialisable", "X")])
-    assert not traces_match(ok, None)
+    call = ["tuple", [["tuple", [["int", "1"]]], ["dict", []]]]        # the arguments (1,), {}
+    statement = plan_trace(_probe("y = f(f(1))"), [["ok", ["float", "1.0"], call, call], ["raise", "ValueError", call, call]])
+    assert statement.replay is None                                    # a result feeds a later call
+    assert judge_trace(statement, [["ok", ["float", repr(1.0 + 1e-12)], call, call], ["raise", "ValueError", call, call]])
+    assert not judge_trace(statement, [["ok", ["float", "1.0"], call, call]])
+    unserialisable = plan_trace(_probe("y = f(f(1))"), [["unserialisable", "X", call, call]])
+    assert not judge_trace(unserialisable, [["unserialisable", "X", call, call]])
+    replay = plan_trace(_probe("x = f(1)"), [["ok", ["float", "1.0"], call, call]])
+    assert replay.replay == (call,)                                    # only the arguments go to the candidate
+    assert judge_trace(replay, [["ok", ["int", "1"], call]]) and not judge_trace(replay, [["ok", ["int", "2"], call]])
 
 
 def test_verdict_maps_executor_replies_to_statuses():

