@@ -46,7 +46,7 @@ class RolloutWorkerImpl:
         """Decode, score and publish one group. A worker whose weights are not `expected_version` (Ray
         restarted it from its constructor arguments) publishes nothing and answers STALE."""
         if expected_version is not None and expected_version != self.version:
-            return RolloutOutcome(RolloutStatus.STALE, group_id, self.version)
+            return RolloutOutcome(RolloutStatus.STALE, group_id)
         chaos_group = self.cfg.chaos.rollout_exit_at_group
         if chaos_group is not None and attempt == 0 and group_id == f"g{chaos_group:08d}":
             os._exit(1)  # fault injection for the chaos tests: die mid-step like a crashed process
@@ -64,7 +64,7 @@ class RolloutWorkerImpl:
         t_reward = time.perf_counter() - t0
         failed = [x for x in results if x.get("reward") is None]  # the sandbox failed twice: infrastructure
         if failed:
-            return RolloutOutcome(RolloutStatus.SANDBOX_ERROR, group_id, self.version,
+            return RolloutOutcome(RolloutStatus.SANDBOX_ERROR, group_id,
                                   error=f"{self.worker_id}: sandbox infrastructure error: {failed[0].get('error')}")
 
         completion_ids = out.completion_ids  # [G, K]
@@ -81,7 +81,7 @@ class RolloutWorkerImpl:
                                local_arness=local, global_arness=global_),
             time_generate=t_generate, time_reward=t_reward)
         entry_id = self.stream.publish(trajectory)
-        return RolloutOutcome(RolloutStatus.PUBLISHED, group_id, self.version, summary=trajectory.summary(entry_id))
+        return RolloutOutcome(RolloutStatus.PUBLISHED, group_id, summary=trajectory.summary(entry_id))
 
 
 RolloutWorker = ray.remote(RolloutWorkerImpl)

@@ -51,10 +51,6 @@ class DecodeStats:
     local_arness: float
     global_arness: float
 
-    @property
-    def tokens_per_step(self) -> float:
-        return self.max_new_tokens / self.steps
-
 
 @dataclass
 class Trajectory:
@@ -164,6 +160,5 @@ class RolloutStatus(enum.Enum):
 class RolloutOutcome:
     status: RolloutStatus
     group_id: str
-    worker_version: int           # the worker's policy version when it answered
     summary: GroupSummary | None = None
     error: str = ""

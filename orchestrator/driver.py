@@ -66,9 +66,7 @@ class Driver:
                 self.issue_groups(limit=(self.state.version + 1) * B)
                 self.wait(train=None)
             timings = {"time_rollout_wall": time.perf_counter() - step_t0}
-            train = self.learners.async_train_step(self.state.step)
-            stats = self.train_result(train)
-            timings["time_train_wall"] = time.perf_counter() - step_t0 - timings["time_rollout_wall"]
+            stats = self.train_result(self.learners.async_train_step(self.state.step))
             rows.append(self.finish_step(stats, timings, step_t0))
         return rows
 
@@ -81,9 +79,7 @@ class Driver:
                 timings = {"time_rollout_wall": time.perf_counter() - step_t0}  # often ~0: groups were ready
                 train = self.learners.async_train_step(self.state.step)
             if self.wait(train):
-                stats = self.train_result(train)
-                timings["time_train_wall"] = time.perf_counter() - step_t0 - timings["time_rollout_wall"]
-                rows.append(self.finish_step(stats, timings, step_t0))
+                rows.append(self.finish_step(self.train_result(train), timings, step_t0))
                 train, step_t0 = None, time.perf_counter()
         return rows
 
@@ -158,8 +154,10 @@ class Driver:
                             f"resume with: diffurl train --resume {self.rundir.path}") from None
 
     def finish_step(self, stats: dict, timings: dict, step_t0: float) -> dict:
-        """After a train step: new weights to every rollout worker, metrics, checkpoint when due."""
+        """After a train step: new weights to every rollout worker, metrics, checkpoint when due.
+        `timings` holds the step's `time_rollout_wall` (the wait for its B groups)."""
         st, cfg = self.state, self.cfg
+        timings = {**timings, "time_train_wall": time.perf_counter() - step_t0 - timings["time_rollout_wall"]}
         batch = st.train_on([g["group_id"] for g in stats["groups"]])
         st.step, st.version = st.step + 1, st.version + 1
         t0 = time.perf_counter()

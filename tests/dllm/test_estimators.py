@@ -151,12 +151,8 @@ def test_unknown_estimator_fails_with_a_clear_message(tiny):
 
 
 def _scores_of_rows(model, tokenizer, prompts, completions, rows, estimator):
-    prompt_ids, prompt_mask = left_pad([prompts[i] for i in rows], tokenizer.pad_token_id)
-    completion = torch.tensor([completions[i] for i in rows])
-    return token_scores(model, torch.cat([prompt_ids, completion], 1),
-                        torch.cat([prompt_mask, torch.ones_like(completion)], 1),
-                        torch.ones_like(completion, dtype=torch.bool), estimator=estimator,
-                        seed=[1000 + i for i in rows]).scores
+    inputs = _one_batch(tokenizer, [prompts[i] for i in rows], [completions[i] for i in rows])
+    return token_scores(model, *inputs, estimator=estimator, seed=[1000 + i for i in rows]).scores
 
 
 @pytest.mark.parametrize("estimator", ESTIMATORS)

@@ -218,7 +218,7 @@ def test_summary_is_derived_from_the_trajectory_fields():
 
 
 def test_rollout_outcome_carries_a_status_not_a_sentinel():
-    stale = RolloutOutcome(RolloutStatus.STALE, "g1", worker_version=3)
+    stale = RolloutOutcome(RolloutStatus.STALE, "g1")
     assert stale.status is RolloutStatus.STALE and stale.summary is None
     assert {s.value for s in RolloutStatus} == {"published", "stale", "sandbox_error"}
 

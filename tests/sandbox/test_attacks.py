@@ -13,9 +13,8 @@ import time
 from pathlib import Path
 
 import pytest
-import ray
 
-from sandbox_workers import SandboxPool
+from tests.sandbox.pools import module_pool
 
 pytestmark = pytest.mark.integration
 
@@ -78,13 +77,9 @@ class Canaries:
 
 
 @pytest.fixture(scope="module")
-def pool():
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
-    pool = SandboxPool(num_workers=1, test_timeout_s=TIMEOUT_S, memory_mb=256, require_format=False,
-                       name_prefix="attack-sandbox")
-    yield pool
-    pool.shutdown()
-    ray.shutdown()
+def pool(ray_cluster):
+    with module_pool("attack-sandbox", test_timeout_s=TIMEOUT_S) as pool:
+        yield pool
 
 
 @pytest.fixture(scope="module")

@@ -11,10 +11,9 @@ import sys
 import time
 
 import pytest
-import ray
 
-from sandbox_workers import SandboxPool
 from sandbox_workers.executor import MAX_RECORD_DEPTH, parse_record, record_outcome
+from tests.sandbox.pools import module_pool
 
 TIMEOUT_S = 1.0
 ADD = {"task_id": "add", "entry_point": "add", "tests": ["assert add(1, 2) == 3", "assert add(2, 2) == 4"]}
@@ -25,13 +24,9 @@ CONTROL_FORMAT = "<ciidq64s"  # the executor's CONTROL struct: known to a white-
 
 
 @pytest.fixture(scope="module")
-def pool():
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
-    pool = SandboxPool(num_workers=1, test_timeout_s=TIMEOUT_S, memory_mb=256, require_format=False,
-                       name_prefix="channel-sandbox")
-    yield pool
-    pool.shutdown()
-    ray.shutdown()
+def pool(ray_cluster):
+    with module_pool("channel-sandbox", test_timeout_s=TIMEOUT_S) as pool:
+        yield pool
 
 
 def _score(pool, problem, code):

@@ -12,6 +12,7 @@ import redis
 
 from orchestrator.redis_server import EmbeddedRedis
 from sandbox_workers import SandboxPool
+from tests.sandbox.pools import module_pool
 
 pytestmark = pytest.mark.integration
 
@@ -23,10 +24,8 @@ ADD_OK = "def add(a, b):\n    return a + b\n"
 
 @pytest.fixture(scope="module")
 def pool(ray_cluster):
-    pool = SandboxPool(num_workers=2, test_timeout_s=5.0, memory_mb=256, require_format=False,
-                       name_prefix="fault-sandbox")
-    yield pool
-    pool.shutdown()
+    with module_pool("fault-sandbox", num_workers=2, test_timeout_s=5.0) as pool:
+        yield pool
 
 
 def _score_in_background(pool, problem, completion):
@@ -72,25 +71,25 @@ def _worker_pid(slot_pids: list[int]) -> int:
     return outside.pop()
 
 
-def test_killing_a_worker_mid_job_gives_a_retried_correct_result(pool):
+def _kill_mid_job(pool, pid_of) -> None:
+    """Score a slow correct job, SIGKILL `pid_of(slot pids)` of the busy worker while it runs, and check the
+    retried result is the correct one."""
     thread, box = _score_in_background(pool, SLOW, SLOW_OK)
     victim = _busy_worker(pool)
-    os.kill(_worker_pid(pool.statuses()[victim]["slot_pids"]), signal.SIGKILL)
+    os.kill(pid_of(pool.statuses()[victim]["slot_pids"]), signal.SIGKILL)
     assert thread.is_alive(), "the job ended before the kill: the test proved nothing"
     thread.join(60)
     result = box["result"]
     assert (result["status"], result["reward"], result["retried"]) == ("passed", 2.0, True), result
+
+
+def test_killing_a_worker_mid_job_gives_a_retried_correct_result(pool):
+    _kill_mid_job(pool, _worker_pid)
     assert pool.score([SLOW], [ADD_OK])[0]["status"] == "passed"   # the killed worker was restarted by Ray
 
 
 def test_killing_the_sandbox_mid_job_gives_a_retried_correct_result(pool):
-    thread, box = _score_in_background(pool, SLOW, SLOW_OK)
-    victim = _busy_worker(pool)
-    os.kill(_executor_pid(pool.statuses()[victim]["slot_pids"]), signal.SIGKILL)
-    assert thread.is_alive(), "the job ended before the kill: the test proved nothing"
-    thread.join(60)
-    result = box["result"]
-    assert (result["status"], result["reward"], result["retried"]) == ("passed", 2.0, True), result
+    _kill_mid_job(pool, _executor_pid)
     assert sum(s["restarts"] for s in pool.statuses()) >= 1
 
 

