@@ -160,6 +160,8 @@ class MetricsConfig:
 class ChaosConfig:
     """Fault injection for the chaos tests; leave unset in real runs."""
     rollout_exit_at_group: Optional[int] = None  # the rollout worker running this group index dies (first try)
+    driver_kill_at_step: Optional[int] = None  # the driver SIGKILLs itself during this step (first run only) ...
+    driver_kill_point: str = _choice("trained", "checkpointed")  # ... once trained, or once checkpointed but unlogged
 
 
 @dataclass
@@ -282,6 +284,9 @@ def validate(cfg: Config) -> None:
         ("learner.kl_beta", le.kl_beta, le.kl_beta >= 0, "must be >= 0"),
         ("learner.ref_update_every", le.ref_update_every, le.ref_update_every >= 1, "must be >= 1"),
         ("learner.ref_mix", le.ref_mix, 0 <= le.ref_mix <= 1, "must be in [0, 1]"),
+        ("chaos.driver_kill_at_step", cfg.chaos.driver_kill_at_step,
+         cfg.chaos.driver_kill_at_step is None or 1 <= cfg.chaos.driver_kill_at_step <= run.steps,
+         f"must be null or in 1..run.steps={run.steps}"),
         ("redis.stream_maxlen", cfg.redis.stream_maxlen, cfg.redis.stream_maxlen >= batch,
          f"must be >= rollout.prompts_per_step*rollout.group_size={batch}"),
         ("ray.num_cpus", cfg.ray.num_cpus, cfg.ray.num_cpus is None or cfg.ray.num_cpus > 0, "must be null or > 0"),

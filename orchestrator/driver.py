@@ -12,6 +12,8 @@ The run's lifecycle (Redis, Ray, run.json) is in `run.py`, checkpoints in `check
 from __future__ import annotations
 
 import functools
+import os
+import signal
 import time
 from pathlib import Path
 
@@ -160,6 +162,7 @@ class Driver:
         timings = {**timings, "time_train_wall": time.perf_counter() - step_t0 - timings["time_rollout_wall"]}
         batch = st.train_on([g["group_id"] for g in stats["groups"]])
         st.step, st.version = st.step + 1, st.version + 1
+        self.chaos_kill("trained")
         t0 = time.perf_counter()
         self.rollouts.load_weights(self.learners.publish_weights(), st.version)
         row = {**step_metrics(batch, stats, version=st.version), **timings, "time_sync": time.perf_counter() - t0,
@@ -169,6 +172,7 @@ class Driver:
         if st.step % cfg.run.checkpoint_every == 0 or st.step == cfg.run.steps:
             checkpoint.save(self.rundir, self.learners, self.stream, st, self.sampler, row, stats["groups"],
                             cfg.run.keep_checkpoints)
+            self.chaos_kill("checkpointed")
         row.update(time_checkpoint=time.perf_counter() - t0, step_wall_s=time.perf_counter() - step_t0)
         self.metrics.log(st.step, row)
         self.metrics.count("groups", len(batch))
@@ -176,6 +180,12 @@ class Driver:
         checkpoint.record_step(self.rundir, st.step, stats["groups"])
         self.run_state.heartbeat("driver")
         return row
+
+    def chaos_kill(self, point: str) -> None:
+        """Fault injection for the resume tests: die like `kill -9` at a chosen point of a step (not on resume)."""
+        chaos = self.cfg.chaos
+        if self.resume is None and chaos.driver_kill_at_step == self.state.step and chaos.driver_kill_point == point:
+            os.kill(os.getpid(), signal.SIGKILL)
 
     # ----------------------------------------------------------------- actors
     def start_actors(self) -> None:

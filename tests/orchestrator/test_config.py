@@ -107,6 +107,8 @@ def test_bad_enum_value_lists_the_allowed_values():
     (["learner.zero_stage=4"], "learner.zero_stage=4"),
     (["ray.metrics_export_port=12000"], "ray.metrics_export_port=12000"),
     (["learner.num_ranks=3"], "learner.micro_batch_size=16"),
+    (["run.steps=4", "chaos.driver_kill_at_step=5"], "chaos.driver_kill_at_step=5"),
+    (["chaos.driver_kill_point=never"], "chaos.driver_kill_point=never"),
 ])
 def test_inconsistent_values_are_rejected_naming_the_key(overrides, key):
     assert user_error(DEMO, overrides).startswith(f"{key}: ")

@@ -81,21 +81,29 @@ def head():
     head.stop()
 
 
-def test_resume_after_sigkill_ends_with_bit_identical_weights(head, tmp_path):
-    env = _env(RAY_ADDRESS=head.address)
-    common = ["configs/demo.yaml", *SMALL, "run.steps=4", "run.mode=sync", "learner.zero_stage=2"]
-    _train([*common, f"run.root_dir={tmp_path / 'straight'}", "run.name=straight"], env)
-    straight = _only_run(tmp_path / "straight")
+RESUME_RUN = ["configs/demo.yaml", *SMALL, "run.steps=4", "run.mode=sync", "learner.zero_stage=2"]
 
-    cmd = DIFFURL + ["train", *common, f"run.root_dir={tmp_path / 'killed'}", "run.name=killed"]
-    proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    root = tmp_path / "killed"
-    latest = lambda: next(iter(root.glob("*/checkpoints/latest")), None)  # noqa: E731
-    _wait_for(lambda: latest() and latest().read_text() == "step000002", 300, "checkpoint 2", proc)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait(timeout=30)
+
+@pytest.fixture(scope="module")
+def straight_run(head, tmp_path_factory) -> Path:
+    """The uninterrupted run the resumed ones must reproduce bit for bit."""
+    root = tmp_path_factory.mktemp("straight")
+    _train([*RESUME_RUN, f"run.root_dir={root}", "run.name=straight"], _env(RAY_ADDRESS=head.address))
+    return _only_run(root)
+
+
+@pytest.mark.parametrize("point, latest_tag", [("trained", "step000002"), ("checkpointed", "step000003")])
+def test_resume_after_sigkill_ends_with_bit_identical_weights(head, straight_run, tmp_path, point, latest_tag):
+    """The driver is SIGKILLed in step 3 (chaos.driver_kill_*: a fixed point, not a race with the run):
+    after the learner trained it, or after its checkpoint was written but before its metrics were logged."""
+    env, root = _env(RAY_ADDRESS=head.address), tmp_path / "killed"
+    proc = subprocess.run(DIFFURL + ["train", *RESUME_RUN, f"run.root_dir={root}", "run.name=killed",
+                                     "chaos.driver_kill_at_step=3", f"chaos.driver_kill_point={point}"],
+                          cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == -signal.SIGKILL, (proc.stdout + proc.stderr)[-4000:]
     killed = _only_run(root)
-    assert _metric_steps(killed)[-1] < 4, "the driver was killed after the run ended: nothing was resumed"
+    assert (killed / "checkpoints" / "latest").read_text() == latest_tag
+    assert _metric_steps(killed) == [1, 2]
 
     proc = subprocess.run(DIFFURL + ["train", "--resume", str(killed)], cwd=REPO, env=env, capture_output=True,
                           text=True, timeout=600)
@@ -103,12 +111,12 @@ def test_resume_after_sigkill_ends_with_bit_identical_weights(head, tmp_path):
     assert "resuming" in proc.stdout
 
     assert _metric_steps(killed) == [1, 2, 3, 4], "each step exactly once in metrics.jsonl"
-    assert _trained_group_ids(killed) == _trained_group_ids(straight)
-    a, b = _final_weights(straight), _final_weights(killed)
+    assert _trained_group_ids(killed) == _trained_group_ids(straight_run)
+    a, b = _final_weights(straight_run), _final_weights(killed)
     assert a.keys() == b.keys()
     different = [k for k in a if not (a[k] == b[k]).all()]
     assert not different, f"resumed weights differ from the uninterrupted run in {different[:5]}"
-    init = load_file(straight / "init_model" / "model.safetensors")
+    init = load_file(straight_run / "init_model" / "model.safetensors")
     assert any(not (a[k] == init[k]).all() for k in a), "training changed nothing: the comparison is vacuous"
 
 
@@ -150,29 +158,42 @@ def test_redis_restart_mid_run_loses_no_group(tmp_path):
 
 
 def test_scaling_rollout_workers_1_3_1_during_a_run_matches_ray_actor_counts(head, tmp_path):
+    """The run is long enough never to end by itself; once scaled 1 -> 3 -> 1 (and a step logged at 1 worker)
+    it is stopped with Ctrl-C, so how fast steps run cannot decide the outcome."""
     from ray.util.state import list_actors
 
-    cmd = DIFFURL + ["train", "configs/demo.yaml", *SMALL, "run.steps=60", f"run.root_dir={tmp_path}",
-                     "rollout.num_workers=1", "rollout.num_cpus=0.25"]
+    cmd = DIFFURL + ["train", "configs/demo.yaml", *SMALL, "run.steps=100000", f"run.root_dir={tmp_path}",
+                     "rollout.num_workers=1", "rollout.num_cpus=0.25", "run.checkpoint_every=1000"]
     proc = subprocess.Popen(cmd, cwd=REPO, env=_env(RAY_ADDRESS=head.address), stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, text=True)
-    run_dir = _wait_for(lambda: next(iter(tmp_path.glob("*/run.json")), None), 120, "run.json", proc).parent
-    _wait_for(lambda: _metric_steps(run_dir), 300, "the first step", proc)
-    client = connect(json.loads((run_dir / "run.json").read_text())["redis_url"])
-    state = RunState(client, run_dir.name)
+    try:
+        run_dir = _wait_for(lambda: next(iter(tmp_path.glob("*/run.json")), None), 120, "run.json", proc).parent
+        _wait_for(lambda: _metric_steps(run_dir), 300, "the first step", proc)
+        client = connect(json.loads((run_dir / "run.json").read_text())["redis_url"])
+        state = RunState(client, run_dir.name)
 
-    def alive_rollouts() -> int:
-        actors = list_actors(address=head.dashboard_url, filters=[("state", "=", "ALIVE")], limit=1000)
-        return sum(1 for a in actors if (a.name or "").startswith("rollout-"))
+        def alive_rollouts() -> int:
+            actors = list_actors(address=head.dashboard_url, filters=[("state", "=", "ALIVE")], limit=1000)
+            return sum(1 for a in actors if (a.name or "").startswith("rollout-"))
 
-    assert alive_rollouts() == 1
-    state.set_desired_workers(3)
-    _wait_for(lambda: alive_rollouts() == 3, 180, "3 rollout workers", proc)
-    state.set_desired_workers(1)
-    _wait_for(lambda: alive_rollouts() == 1, 180, "1 rollout worker", proc)
-    out, _ = proc.communicate(timeout=600)
-    assert proc.returncode == 0, out[-4000:]
-    rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
-    assert rows[-1]["rollout_workers"] == 1
+        def workers_in_metrics() -> list[float]:
+            return [json.loads(line)["rollout_workers"] for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+
+        assert alive_rollouts() == 1
+        state.set_desired_workers(3)
+        _wait_for(lambda: alive_rollouts() == 3, 180, "3 rollout workers", proc)
+        _wait_for(lambda: 3 in workers_in_metrics(), 180, "a step with 3 rollout workers", proc)
+        state.set_desired_workers(1)
+        _wait_for(lambda: alive_rollouts() == 1, 180, "1 rollout worker", proc)
+        logged = len(workers_in_metrics())
+        _wait_for(lambda: workers_in_metrics()[logged:].count(1) >= 2, 180, "two more steps with 1 worker", proc)
+        proc.send_signal(signal.SIGINT)
+        out, _ = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 130, out[-4000:]
+    assert json.loads((run_dir / "run.json").read_text())["status"] == "stopped"
+    lines = (run_dir / "trained_groups.jsonl").read_text().splitlines()
     trained = _trained_group_ids(run_dir)
-    assert len(trained) == len(set(trained)) == 120
+    assert len(trained) == len(set(trained)) == 2 * len(lines), "a group trained twice or a step short of groups"
