@@ -4,7 +4,9 @@ Imports torch, transformers and tokenizers only (no Ray, no Redis), so the math 
 """
 
 from .arness import ar_ness
+from .decoders import DECODERS, DecoderSettings, decode
 from .decoding import GenerateResult, generate
+from .fast_decoding import CACHES, generate_fast
 from .estimators import ScoreResult, token_scores
 from .grpo import grpo_advantages, grpo_loss, update_reference
 from .model import DiffusionQwen2ForCausalLM, build_model, diffusion_logits, save_model
@@ -15,6 +17,9 @@ from .sft import sft_loss
 from .tokenizer import build_tokenizer, train_tokenizer
 
 __all__ = [
+    "CACHES",
+    "DECODERS",
+    "DecoderSettings",
     "DiffusionQwen2ForCausalLM",
     "GenerateResult",
     "ScoreResult",
@@ -23,9 +28,11 @@ __all__ = [
     "build_model",
     "build_tokenizer",
     "completion_mask_from_ids",
+    "decode",
     "derived_seed",
     "diffusion_logits",
     "generate",
+    "generate_fast",
     "grpo_advantages",
     "grpo_loss",
     "left_pad",

@@ -15,7 +15,7 @@ at the last step (floor of float32 ratios); this decoder keeps that schedule exa
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
@@ -34,9 +34,17 @@ class GenerateResult:
     completion_ids: torch.Tensor  # [B, K]
     attention_mask: torch.Tensor  # [B, P+K], 0 on left padding
     texts: list[str]  # completions decoded up to the first end token, special tokens stripped
-    order: torch.Tensor  # [B, K] step index at which each completion position was revealed
-    steps: int
+    order: torch.Tensor  # [B, K] forward (step) index at which each completion position was revealed
+    steps: int  # reference: denoising steps; fast: forwards of the whole call (= forwards)
     elapsed_s: float
+    forwards: int = 0  # model forwards of the batch (NFE)
+    row_forwards: list[int] = field(default_factory=list)  # [B] forwards each row took part in
+    row_tokens: list[int] = field(default_factory=list)  # [B] positions the model decided (not the end fill)
+
+    @property
+    def tokens_per_forward(self) -> float:
+        """Positions the model decided per row-forward, over the batch (about 1 for the reference decoder)."""
+        return sum(self.row_tokens) / max(sum(self.row_forwards), 1)
 
 
 def _top_p_filter(logits: torch.Tensor, top_p: float) -> torch.Tensor:
@@ -55,6 +63,28 @@ def _top_k_filter(logits: torch.Tensor, top_k: int) -> torch.Tensor:
     return logits.masked_fill(logits < kth_best, torch.finfo(logits.dtype).min)
 
 
+def filtered_probs(logits: torch.Tensor, *, temperature: float, top_p: float | None, top_k: int | None) -> torch.Tensor:
+    """logits [M, V] -> the tempered, top-p / top-k filtered distribution [M, V]."""
+    if temperature > 0:
+        logits = logits / temperature
+    if top_p is not None and top_p < 1:
+        logits = _top_p_filter(logits, top_p)
+    if top_k is not None:
+        logits = _top_k_filter(logits, top_k)
+    return torch.softmax(logits, dim=-1)
+
+
+def alg_confidence(probs: torch.Tensor, chosen_prob: torch.Tensor, alg: str) -> torch.Tensor:
+    """The ranking confidence of `alg` (not `origin`) for distributions probs [M, V] whose chosen token has
+    probability chosen_prob [M]: that probability, the top-2 margin, or the negative entropy."""
+    if alg == "topk_margin":
+        top2 = torch.topk(probs, 2, dim=-1).values  # [M, 2]
+        return top2[:, 0] - top2[:, 1]
+    if alg == "entropy":
+        return (probs * torch.log(probs + 1e-10)).sum(-1)
+    return chosen_prob
+
+
 def sample_tokens(
     logits: torch.Tensor,
     *,
@@ -65,24 +95,13 @@ def sample_tokens(
     generator: torch.Generator,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """logits [M, V] -> (confidence [M], x0 [M]) per the table of ALGORITHM.md section 2."""
-    if temperature > 0:
-        logits = logits / temperature
-    if top_p is not None and top_p < 1:
-        logits = _top_p_filter(logits, top_p)
-    if top_k is not None:
-        logits = _top_k_filter(logits, top_k)
-    probs = torch.softmax(logits, dim=-1)  # [M, V]
+    probs = filtered_probs(logits, temperature=temperature, top_p=top_p, top_k=top_k)  # [M, V]
     if temperature > 0:
         x0 = torch.multinomial(probs, 1, generator=generator).squeeze(-1)
         confidence = probs.gather(-1, x0[:, None]).squeeze(-1)
     else:
         confidence, x0 = probs.max(dim=-1)
-    if alg == "topk_margin":
-        top2 = torch.topk(probs, 2, dim=-1).values  # [M, 2]
-        confidence = top2[:, 0] - top2[:, 1]
-    elif alg == "entropy":
-        confidence = (probs * torch.log(probs + 1e-10)).sum(-1)
-    return confidence, x0
+    return alg_confidence(probs, confidence, alg), x0
 
 
 def _encode_prompts(tokenizer, prompts: list) -> list[list[int]]:
@@ -195,4 +214,7 @@ def generate(
         order=order,
         steps=steps,
         elapsed_s=time.perf_counter() - started,
+        forwards=steps,
+        row_forwards=[steps] * batch,
+        row_tokens=[completion_len] * batch,
     )
