@@ -86,9 +86,10 @@ class RolloutGroup:
     def wait_ready(self) -> list[dict]:
         return ray.get([actor.info.remote() for actor in self.workers.values()])
 
-    def rollout(self, worker: int, problem: dict, group_id: str, seed: int, attempt: int) -> ray.ObjectRef:
-        """Start one prompt group on `worker`; the ref resolves to a RolloutOutcome."""
-        return self.workers[worker].rollout_group.remote(problem, group_id, seed, attempt, self.version)
+    def rollout(self, worker: int, jobs: list) -> ray.ObjectRef:
+        """Start prompt groups (`actors.rollout.GroupJob`s) on `worker`, decoded in one batch; the ref
+        resolves to one RolloutOutcome per job."""
+        return self.workers[worker].rollout_groups.remote(jobs, self.version)
 
     def load_weights(self, weights: ray.ObjectRef, version: int) -> None:
         """Every worker swaps to `weights` (version `version`) before its next group."""

@@ -1,23 +1,45 @@
-"""RolloutWorker: a Ray actor that holds a policy copy and turns one prompt into one scored group.
+"""RolloutWorker: a Ray actor that holds a policy copy and turns the prompts it is handed into scored groups.
 
-One call, one group: decode G completions with the exact reference decoder (`actors.dllm.generate`),
-score them through the sandbox pool (which retries a failed sandbox once, the one retry layer), publish
-the `Trajectory` to the Redis stream and return a `RolloutOutcome` to the driver. Weights arrive as one
-object-store reference (`load_weights`) and, because a Ray actor runs its calls in order, are swapped
-only between groups.
+One call, any number of groups: decode all their G completions each in one batched call of the configured
+decoder (`rollout.decoder`: the exact reference decoder or the fast one, `actors.dllm.decode`), score them in
+one batch through the sandbox pool (which retries a failed sandbox once, the one retry layer), publish each
+group's `Trajectory` to the Redis stream and return one `RolloutOutcome` per group to the driver. Weights
+arrive as one object-store reference (`load_weights`) and, because a Ray actor runs its calls in order, are
+swapped only between calls.
+
+Seeds: completion j of group i uses derived_seed(seed_i, "row", j) with the fast decoder (each row its own
+generator: a group's completions do not depend on what it was batched with); the reference decoder draws
+from one generator per call, seeded seed_i when the call holds one group.
 """
 from __future__ import annotations
 
 import os
 import time
+from dataclasses import dataclass
 
 import ray
 import torch
 
-from actors.dllm import ar_ness, build_model, completion_mask_from_ids, generate
+from actors.dllm import DecoderSettings, ar_ness, build_model, completion_mask_from_ids, decode, derived_seed
 from actors.dllm.tokenizer import EOS, IM_END
 from actors.prompts import encode_prompt
 from actors.trajectory import (CompletionReward, DecodeStats, RolloutOutcome, RolloutStatus, Trajectory)
+
+
+@dataclass(frozen=True)
+class GroupJob:
+    """One prompt group to decode: group i of the run always has prompt i and seed i."""
+    problem: dict
+    group_id: str
+    seed: int
+    attempt: int = 0
+
+
+def decoder_settings(rollout_cfg) -> DecoderSettings:
+    r = rollout_cfg
+    return DecoderSettings(decoder=r.decoder, max_new_tokens=r.max_new_tokens, steps=r.steps, alg=r.alg,
+                           alg_temp=r.alg_temp, top_p=r.top_p, top_k=r.top_k, threshold=r.threshold,
+                           factor=r.factor, block_length=r.block_length, cache=r.cache)
 
 
 class RolloutWorkerImpl:
@@ -32,6 +54,7 @@ class RolloutWorkerImpl:
         self.pool = pool
         self.stream = open_stream()
         self.end_ids = [self.tokenizer.convert_tokens_to_ids(t) for t in (IM_END, EOS)]
+        self.settings = decoder_settings(cfg.rollout)
 
     def load_weights(self, state_dict: dict, version: int) -> int:
         self.model.load_state_dict(state_dict)
@@ -41,47 +64,56 @@ class RolloutWorkerImpl:
     def info(self) -> dict:
         return {"worker_id": self.worker_id, "version": self.version, "pid": os.getpid()}
 
-    def rollout_group(self, problem: dict, group_id: str, seed: int, attempt: int = 0,
-                      expected_version: int | None = None) -> RolloutOutcome:
-        """Decode, score and publish one group. A worker whose weights are not `expected_version` (Ray
-        restarted it from its constructor arguments) publishes nothing and answers STALE."""
+    def rollout_groups(self, jobs: list[GroupJob], expected_version: int | None = None) -> list[RolloutOutcome]:
+        """Decode, score and publish `jobs`, one outcome each. A worker whose weights are not `expected_version`
+        (Ray restarted it from its constructor arguments) publishes nothing and answers STALE for all."""
         if expected_version is not None and expected_version != self.version:
-            return RolloutOutcome(RolloutStatus.STALE, group_id)
+            return [RolloutOutcome(RolloutStatus.STALE, job.group_id) for job in jobs]
         chaos_group = self.cfg.chaos.rollout_exit_at_group
-        if chaos_group is not None and attempt == 0 and group_id == f"g{chaos_group:08d}":
+        if any(chaos_group is not None and job.attempt == 0 and job.group_id == f"g{chaos_group:08d}"
+               for job in jobs):
             os._exit(1)  # fault injection for the chaos tests: die mid-step like a crashed process
-        r = self.cfg.rollout
-        prompt_ids = encode_prompt(self.tokenizer, problem["messages"], self.cfg.data.max_prompt_tokens)
-
+        G = self.cfg.rollout.group_size
+        prompts = [encode_prompt(self.tokenizer, job.problem["messages"], self.cfg.data.max_prompt_tokens)
+                   for job in jobs]
+        seeds = [derived_seed(job.seed, "row", j) if self.settings.decoder == "fast" else job.seed
+                 for job in jobs for j in range(G)]
         t0 = time.perf_counter()
-        out = generate(self.model, self.tokenizer, [prompt_ids] * r.group_size,
-                       max_new_tokens=r.max_new_tokens, steps=r.steps, temperature=r.temperature,
-                       top_p=r.top_p, top_k=r.top_k, alg=r.alg, alg_temp=r.alg_temp, seed=seed)
+        out = decode(self.model, self.tokenizer, [p for p in prompts for _ in range(G)], self.settings,
+                     temperature=self.cfg.rollout.temperature, seeds=seeds)
         t_generate = time.perf_counter() - t0
-
         t0 = time.perf_counter()
-        results = self.pool.score([problem] * r.group_size, list(out.texts))
+        results = self.pool.score([job.problem for job in jobs for _ in range(G)], list(out.texts))
         t_reward = time.perf_counter() - t0
+        share = 1 / len(jobs)  # each group's share of the batched calls' time
+        return [self._publish(job, prompt_ids, out, slice(i * G, (i + 1) * G), results[i * G:(i + 1) * G],
+                              t_generate * share, t_reward * share)
+                for i, (job, prompt_ids) in enumerate(zip(jobs, prompts))]
+
+    def _publish(self, job: GroupJob, prompt_ids, out, rows: slice, results, t_generate, t_reward) -> RolloutOutcome:
         failed = [x for x in results if x.get("reward") is None]  # the sandbox failed twice: infrastructure
         if failed:
-            return RolloutOutcome(RolloutStatus.SANDBOX_ERROR, group_id,
+            return RolloutOutcome(RolloutStatus.SANDBOX_ERROR, job.group_id,
                                   error=f"{self.worker_id}: sandbox infrastructure error: {failed[0].get('error')}")
-
-        completion_ids = out.completion_ids  # [G, K]
-        local, global_ = ar_ness(out.order, k=1)
+        r = self.cfg.rollout
+        completion_ids, order = out.completion_ids[rows], out.order[rows]  # [G, K]
+        row_forwards, row_tokens = out.row_forwards[rows], out.row_tokens[rows]
+        local, global_ = ar_ness(order, k=1)
         trajectory = Trajectory(
-            run_id=self.run_id, group_id=group_id, prompt_id=problem["task_id"], worker_id=self.worker_id,
-            canary_bound=problem.get("canary_bound"),
+            run_id=self.run_id, group_id=job.group_id, prompt_id=job.problem["task_id"], worker_id=self.worker_id,
+            canary_bound=job.problem.get("canary_bound"),
             prompt_ids=list(prompt_ids), completion_ids=completion_ids.tolist(),
             completion_mask=completion_mask_from_ids(completion_ids, self.end_ids).int().tolist(),
-            texts=list(out.texts), rewards=[CompletionReward.from_result(x) for x in results],
+            texts=list(out.texts[rows]), rewards=[CompletionReward.from_result(x) for x in results],
             version_start=self.version, version_end=self.version,
-            decode=DecodeStats(decoder="reference", alg=r.alg, temperature=r.temperature, steps=r.steps,
-                               max_new_tokens=r.max_new_tokens, order=out.order.tolist(),
-                               local_arness=local, global_arness=global_),
+            decode=DecodeStats(decoder=r.decoder, alg=r.alg, temperature=r.temperature, steps=r.steps,
+                               max_new_tokens=r.max_new_tokens, order=order.tolist(),
+                               local_arness=local, global_arness=global_, forwards=max(row_forwards),
+                               tokens_per_forward=sum(row_tokens) / max(sum(row_forwards), 1),
+                               batch_rows=len(out.texts)),
             time_generate=t_generate, time_reward=t_reward)
         entry_id = self.stream.publish(trajectory)
-        return RolloutOutcome(RolloutStatus.PUBLISHED, group_id, summary=trajectory.summary(entry_id))
+        return RolloutOutcome(RolloutStatus.PUBLISHED, job.group_id, summary=trajectory.summary(entry_id))
 
 
 RolloutWorker = ray.remote(RolloutWorkerImpl)

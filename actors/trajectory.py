@@ -42,14 +42,17 @@ class CompletionReward:
 @dataclass
 class DecodeStats:
     """How the group was decoded."""
-    decoder: str                  # reference (one token per forward)
+    decoder: str                  # reference (about one token per forward) or fast (actors/dllm/fast_decoding.py)
     alg: str                      # confidence used to pick the next position
     temperature: float
-    steps: int                    # decoding steps per completion
+    steps: int                    # reference: decoding steps per completion (rollout.steps); fast: unused
     max_new_tokens: int           # K
-    order: list[list[int]]        # [G, K] step at which each position was revealed
+    order: list[list[int]]        # [G, K] forward at which each position was revealed
     local_arness: float
     global_arness: float
+    forwards: int                 # forwards the group's rows took part in (the most of any row)
+    tokens_per_forward: float     # positions the model decided per row-forward, over the group
+    batch_rows: int               # rows of the decoder call the group was part of (G x groups in the call)
 
 
 @dataclass
@@ -73,8 +76,8 @@ class Trajectory:
     version_end: int              # weights when it was published (equal: swaps happen between groups)
     # decoding and timings
     decode: DecodeStats
-    time_generate: float          # seconds decoding the G completions
-    time_reward: float            # seconds scoring them in the sandbox
+    time_generate: float          # seconds decoding the G completions (their share of a batched call)
+    time_reward: float            # seconds scoring them in the sandbox (likewise)
 
     def __post_init__(self):
         g = len(self.completion_ids)
@@ -119,6 +122,7 @@ class Trajectory:
             completion_tokens=sum(sum(row) for row in self.completion_mask),
             generated_tokens=self.group_size * self.decode.max_new_tokens,
             local_arness=self.decode.local_arness, global_arness=self.decode.global_arness,
+            forwards=self.decode.forwards, tokens_per_forward=self.decode.tokens_per_forward,
             time_generate=self.time_generate, time_reward=self.time_reward)
 
 
@@ -139,6 +143,8 @@ class GroupSummary:
     generated_tokens: int         # G * K canvas positions decoded
     local_arness: float
     global_arness: float
+    forwards: int                 # decode forwards the group took part in
+    tokens_per_forward: float
     time_generate: float
     time_reward: float
 
@@ -148,7 +154,7 @@ class GroupSummary:
 
 
 class RolloutStatus(enum.Enum):
-    """What one `RolloutWorker.rollout_group` call did."""
+    """What a `RolloutWorker.rollout_groups` call did with one of its groups."""
     PUBLISHED = "published"       # scored and on the stream: `summary` is set
     STALE = "stale"               # the worker's weights were not the expected version (Ray restarted it):
                                   # nothing published; bring it up to date and issue the group again

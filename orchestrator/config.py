@@ -88,7 +88,12 @@ class RolloutConfig:
     group_size: int = 4  # G completions per prompt
     prompts_per_step: int = 2  # B prompts per optimiser step
     max_new_tokens: int = 32
-    steps: int = 32  # diffusion decoding steps
+    steps: int = 32  # reference decoder: diffusion decoding steps
+    decoder: str = _choice("reference", "fast")  # fast: actors/dllm/fast_decoding.py (README "Fast decoding")
+    threshold: float = 0.9  # fast: reveal every masked position at least this probable (> 1: one per forward)
+    factor: Optional[float] = None  # fast: the factor rule (1 - f/(n+1)) instead of the threshold
+    block_length: Optional[int] = None  # fast: semi-autoregressive blocks; null = one block, the whole canvas
+    cache: str = _choice("none", "prefix", "dual")  # fast: approximate KV cache
     temperature: float = 1.0
     top_p: float = 0.95
     top_k: Optional[int] = None
@@ -257,6 +262,13 @@ def validate(cfg: Config) -> None:
         ("rollout.top_p", ro.top_p, 0 < ro.top_p <= 1, "must be in (0, 1]"),
         ("rollout.top_k", ro.top_k, ro.top_k is None or ro.top_k >= 1, "must be null or >= 1"),
         ("rollout.alg_temp", ro.alg_temp, ro.alg_temp >= 0, "must be >= 0"),
+        ("rollout.alg_temp", ro.alg_temp, ro.decoder == "reference" or ro.alg_temp == 0,
+         "must be 0 with rollout.decoder=fast (it reveals the top-ranked position)"),
+        ("rollout.threshold", ro.threshold, ro.threshold > 0, "must be > 0 (> 1: one token per forward)"),
+        ("rollout.factor", ro.factor, ro.factor is None or ro.factor > 0, "must be null or > 0"),
+        ("rollout.block_length", ro.block_length,
+         ro.block_length is None or 1 <= ro.block_length <= ro.max_new_tokens,
+         f"must be null (the whole canvas) or in 1..rollout.max_new_tokens={ro.max_new_tokens}"),
         ("rollout.max_restarts", ro.max_restarts, ro.max_restarts >= -1, "must be >= -1 (-1: unlimited)"),
         ("sandbox.num_workers", cfg.sandbox.num_workers, cfg.sandbox.num_workers >= 1, "must be >= 1"),
         ("sandbox.test_timeout_s", cfg.sandbox.test_timeout_s, cfg.sandbox.test_timeout_s > 0, "must be > 0"),

@@ -52,7 +52,7 @@ class Driver:
         self.metrics = MetricsSink(run.path, run.run_id, tensorboard=cfg.metrics.tensorboard,
                                    progress_steps=(cfg.run.steps - self.state.step) if cfg.metrics.progress_bar else None)
         self.pool = self.learners = self.rollouts = None
-        self.in_flight: dict[ray.ObjectRef, Group] = {}
+        self.in_flight: dict[ray.ObjectRef, list[Group]] = {}  # one rollout call -> its groups
         self.idle: list[int] = []  # rollout workers with no group
         self._scale_checked = 0.0
 
@@ -87,56 +87,68 @@ class Driver:
 
     # ----------------------------------------------------------------- groups
     def issue_groups(self, limit: int) -> None:
-        """Start groups on idle workers while trained + accepted + running < limit (and the run needs more)."""
-        st, total = self.state, self.cfg.run.steps * self.cfg.rollout.prompts_per_step
-        issued = len(st.trained) + len(st.accepted) + len(self.in_flight)
-        while self.idle and issued < min(limit, total) and (st.reissue or st.next_index < total):
-            index, worker = st.take_index(), self.idle.pop(0)
-            g = Group(index=index, worker=worker, attempt=st.attempts.get(index, 0))
-            ref = self.rollouts.rollout(worker, self.sampler.problem_at(index), group_id(index),
-                                        derived_seed(self.cfg.run.seed, "rollout", index), g.attempt)
-            self.in_flight[ref] = g
-            issued += 1
+        """Start groups while trained + accepted + running < limit (and the run needs more), spread evenly over
+        the idle workers; each worker decodes its share in one batched call."""
+        from actors.rollout import GroupJob
+
+        st, total = self.state, self.cfg.rollout.prompts_per_step * self.cfg.run.steps
+        running = sum(len(groups) for groups in self.in_flight.values())
+        room = min(limit, total) - (len(st.trained) + len(st.accepted) + running)
+        indices = []
+        while self.idle and len(indices) < room and (st.reissue or st.next_index < total):
+            indices.append(st.take_index())
+        workers, self.idle = self.idle[:len(indices)], self.idle[len(indices):]
+        for k, worker in enumerate(workers):
+            groups = [Group(index=i, worker=worker, attempt=st.attempts.get(i, 0)) for i in indices[k::len(workers)]]
+            jobs = [GroupJob(self.sampler.problem_at(g.index), group_id(g.index),
+                             derived_seed(self.cfg.run.seed, "rollout", g.index), g.attempt) for g in groups]
+            self.in_flight[self.rollouts.rollout(worker, jobs)] = groups
 
     def wait(self, train: list | None) -> bool:
-        """Wait up to 1 s for a group or the running train step; True when the train step is done."""
+        """Wait up to 1 s for a rollout call or the running train step; True when the train step is done."""
         self.apply_scaling()
         ready, _ = ray.wait(list(self.in_flight) + (train or [])[:1], num_returns=1, timeout=1.0)
         if not ready:
             return False
         if train and ready[0] is train[0]:
             return True
-        g = self.in_flight.pop(ready[0])
+        groups = self.in_flight.pop(ready[0])
+        worker = groups[0].worker
         try:
-            outcome: RolloutOutcome = ray.get(ready[0])
+            outcomes: list[RolloutOutcome] = ray.get(ready[0])
         except RayActorError:
-            self.worker_died(g)
+            self.worker_died(worker, groups)
             return False
         except RayTaskError as e:  # the rollout raised: a bug or a broken environment, not the candidate
-            self.idle.append(g.worker)
-            self.retry_or_fail(g, f"rollout-{g.worker} raised {e}")
+            self.idle.append(worker)
+            for g in groups:
+                self.retry_or_fail(g, f"rollout-{worker} raised {e}")
             return False
-        self.idle.append(g.worker)
-        match outcome.status:
-            case RolloutStatus.PUBLISHED:
-                self.run_state.heartbeat(f"rollout-{g.worker}")  # a worker that delivers a group is alive
-                self.state.accept(outcome.summary)
-            case RolloutStatus.STALE:  # restarted between groups: update it, run the group again
-                self.rollouts.update(g.worker)
-                self.state.reissue.insert(0, g.index)
-            case RolloutStatus.SANDBOX_ERROR:
-                self.retry_or_fail(g, outcome.error)
+        self.idle.append(worker)
+        for g, outcome in zip(groups, outcomes):
+            match outcome.status:
+                case RolloutStatus.PUBLISHED:
+                    self.run_state.heartbeat(f"rollout-{worker}")  # a worker that delivers a group is alive
+                    self.state.accept(outcome.summary)
+                case RolloutStatus.STALE:  # restarted between calls: issue the group again
+                    self.state.reissue.insert(0, g.index)
+                case RolloutStatus.SANDBOX_ERROR:
+                    self.retry_or_fail(g, outcome.error)
+        if any(o.status is RolloutStatus.STALE for o in outcomes):
+            self.rollouts.update(worker)  # bring it up to date before its next call
         return False
 
     def retry_or_fail(self, g: Group, error: str) -> None:
         if self.state.lost(g.index) >= MAX_GROUP_ATTEMPTS:
             raise RunFailed(f"group {group_id(g.index)} failed {MAX_GROUP_ATTEMPTS} times: {error.splitlines()[0]}")
 
-    def worker_died(self, g: Group) -> None:
-        print(f"rollout-{g.worker} died during group {group_id(g.index)}; re-issuing the group", flush=True)
-        self.state.lost(g.index)
-        if self.rollouts.recover(g.worker):
-            self.idle.append(g.worker)
+    def worker_died(self, worker: int, groups: list[Group]) -> None:
+        names = ", ".join(group_id(g.index) for g in groups)
+        print(f"rollout-{worker} died during {names}; re-issuing them", flush=True)
+        for g in groups:
+            self.state.lost(g.index)
+        if self.rollouts.recover(worker):
+            self.idle.append(worker)
 
     def apply_scaling(self) -> None:
         if time.monotonic() - self._scale_checked < SCALE_CHECK_S:

@@ -26,7 +26,7 @@ from orchestrator.rundir import RunDir
 REQUIRED_STEP_METRICS = (
     "reward_mean", "reward_std", "pass_rate", "format_rate", "zero_var_frac", "completion_len",
     "kl", "clip_frac", "loss", "grad_norm", "lr", "local_arness", "global_arness", "staleness",
-    "stream_depth", "sandbox_jobs_per_s", "sandbox_timeouts", "tokens_per_s",
+    "stream_depth", "sandbox_jobs_per_s", "sandbox_timeouts", "tokens_per_s", "decode_forwards", "tokens_per_forward",
     "time_generate", "time_reward", "time_score", "time_train", "time_sync", "time_checkpoint",
 )
 PHASE_SECONDS_BOUNDARIES = [0.01, 0.05, 0.1, 0.5, 1, 2, 5, 10, 30, 60, 120, 300, 600]
@@ -167,6 +167,8 @@ def step_metrics(batch: list, learner: dict, *, version: int) -> dict[str, float
         "sandbox_jobs": float(jobs),
         "sandbox_jobs_per_s": jobs / max(sum(s.time_reward for s in batch), 1e-9),
         "sandbox_timeouts": float(sum(s.timeouts for s in batch)),
+        "decode_forwards": float(np.mean([s.forwards for s in batch])),
+        "tokens_per_forward": float(np.mean([s.tokens_per_forward for s in batch])),
         "tokens_per_s": sum(s.generated_tokens for s in batch) / max(sum(s.time_generate for s in batch), 1e-9),
         "time_generate": max(s.time_generate for s in batch), "time_reward": max(s.time_reward for s in batch),
         "time_score": learner["time_score"], "time_train": learner["time_train"],

@@ -49,7 +49,8 @@ def _summary(pass_rates, bound):
     return GroupSummary(entry_id="1-0", group_id="g0", prompt_id="p", worker_id="rollout-0", canary_bound=bound,
                         version_start=0, rewards=[2.0 * p for p in pass_rates], pass_rates=pass_rates,
                         formats=[1.0] * len(pass_rates), timeouts=0, completion_tokens=4, generated_tokens=8,
-                        local_arness=0.0, global_arness=0.0, time_generate=1.0, time_reward=1.0)
+                        local_arness=0.0, global_arness=0.0, forwards=4, tokens_per_forward=1.0, time_generate=1.0,
+                        time_reward=1.0)
 
 
 LEARNER = {k: 0.0 for k in ("zero_var_frac", "kl", "clip_fraction", "loss", "ratio_mean", "grad_norm", "lr",

@@ -30,7 +30,8 @@ def sample_trajectory(group_id="g0", prompt_id="toy_train/3") -> Trajectory:
                  CompletionReward(reward=-0.0, status="format_error", pass_rate=5e-324, format=0.0, retried=True)],
         version_start=4, version_end=5,
         decode=DecodeStats(decoder="reference", alg="entropy", temperature=1.2, steps=3, max_new_tokens=3,
-                           order=[[2, 0, 1], [0, 1, 2]], local_arness=0.5, global_arness=1.7976931348623157e308),
+                           order=[[2, 0, 1], [0, 1, 2]], local_arness=0.5, global_arness=1.7976931348623157e308,
+                           forwards=3, tokens_per_forward=1.0, batch_rows=2),
         time_generate=1e-300, time_reward=0.25)
 
 

@@ -70,7 +70,8 @@ def _publish_groups(stream, tokenizer, B: int, G: int, seed: int) -> None:
                      for _ in range(G)],
             version_start=0, version_end=0,
             decode=DecodeStats(decoder="reference", alg="origin", temperature=1.0, steps=K, max_new_tokens=K,
-                               order=[list(range(K))] * G, local_arness=1.0, global_arness=1.0),
+                               order=[list(range(K))] * G, local_arness=1.0, global_arness=1.0, forwards=K,
+                               tokens_per_forward=1.0, batch_rows=G),
             time_generate=0.0, time_reward=0.0))
 
 

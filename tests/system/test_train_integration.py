@@ -14,6 +14,7 @@ import pytest
 
 from orchestrator.metrics import REQUIRED_STEP_METRICS
 from orchestrator.redis_server import EmbeddedRedis, connect
+from orchestrator.stream import TrajectoryStream
 from tests.ray_head import start_ray_head
 
 REPO = Path(__file__).resolve().parents[2]
@@ -100,6 +101,31 @@ def test_async_run_completes_and_bounds_staleness(tmp_path):
     _check_run(run_dir, steps=3, groups_per_step=2)
     rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
     assert all(0 <= r["staleness_max"] <= 1 for r in rows), [r["staleness_max"] for r in rows]
+
+
+@pytest.mark.integration
+def test_fast_decoder_run_batches_a_workers_groups_and_logs_forwards(tmp_path):
+    """One rollout worker, two groups per step: each call decodes both groups (4 rows) with the fast decoder."""
+    cmd = DIFFURL + ["train", "configs/demo.yaml", *SMALL, f"run.root_dir={tmp_path}", "run.name=it-fast",
+                     "rollout.decoder=fast", "rollout.cache=prefix", "rollout.block_length=8",
+                     "rollout.threshold=0.9", "rollout.num_cpus=0.5", "learner.num_cpus=0.5"]
+    proc = subprocess.run(cmd, cwd=REPO, env=_env(), capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, (proc.stdout + proc.stderr)[-3000:]
+    run_dir = _run_dir(tmp_path)
+    _check_run(run_dir, steps=3, groups_per_step=2)
+    server = EmbeddedRedis(run_dir / "redis")
+    server.start()
+    try:
+        trajectories = [t for _, t in TrajectoryStream(connect(server.url), run_dir.name).entries()]
+    finally:
+        server.stop()
+    assert len(trajectories) == 6
+    for t in trajectories:
+        assert t.decode.decoder == "fast" and t.decode.batch_rows == 4
+        assert 1 <= t.decode.forwards <= 16 and t.decode.tokens_per_forward >= 1.0
+        assert all(min(row) >= 0 for row in t.decode.order), "every position was revealed"
+    rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    assert all(1 <= r["decode_forwards"] <= 16 and r["tokens_per_forward"] >= 1.0 for r in rows)
 
 
 @pytest.mark.parametrize("override, message", [
