@@ -13,6 +13,7 @@ from actors.dllm import build_model, generate, save_model
 from actors.groups import LearnerGroup, RolloutGroup
 from actors.learner import LearnerImpl
 from actors.prompts import build_chat_prompt, encode_prompt
+from actors.rollout import GroupJob
 from actors.trajectory import CompletionReward, DecodeStats, RolloutStatus, Trajectory
 from orchestrator.config import load_config
 from orchestrator.redis_server import EmbeddedRedis, free_port
@@ -175,7 +176,8 @@ def test_weight_sync_gives_every_rollout_worker_the_learners_version_and_outputs
         problem = {"task_id": "inc", "question": "Write inc(x).", "entry_point": "inc",
                    "tests": ["assert inc(1) == 2"], "reference": None}
         problem["messages"] = build_chat_prompt(problem)
-        outcomes = ray.get([rollouts.rollout(w, problem, f"g{9 + w:08d}", seed=5, attempt=0) for w in workers])
+        calls = [rollouts.rollout(w, [GroupJob(problem, f"g{9 + w:08d}", seed=5)]) for w in workers]
+        outcomes = [o for per_call in ray.get(calls) for o in per_call]
         assert [o.status for o in outcomes] == [RolloutStatus.PUBLISHED] * 2
         published = {t.group_id: t for _, t in open_stream().read(10, "check")}
         expected = ray.get(_decode_in_a_worker.remote(str(path), learners.publish_weights(), problem, cfg, G))
