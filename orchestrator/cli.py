@@ -49,7 +49,8 @@ def _cmd_eval(args) -> int:
     return eval_command(args.checkpoint, args.problems, temperatures=args.temperatures, samples=args.samples,
                         limit=args.limit, max_new_tokens=args.max_new_tokens, steps=args.steps, alg=args.alg,
                         batch_size=args.batch_size, sandbox_workers=args.sandbox_workers, seed=args.seed,
-                        out=args.out)
+                        out=args.out, decoder=args.decoder, threshold=args.threshold, factor=args.factor,
+                        block_length=args.block_length, cache=args.cache)
 
 
 def _cmd_sandbox_score(args) -> int:
@@ -119,8 +120,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--samples", type=int, default=4, help="samples per problem at T > 0 (pass@k for k <= N)")
     p.add_argument("--limit", type=int, default=None, help="only the first N problems")
     p.add_argument("--max-new-tokens", type=int, default=None, help="default 48, or 256 for HumanEval")
-    p.add_argument("--steps", type=int, default=None, help="diffusion steps (default: = max new tokens)")
+    p.add_argument("--steps", type=int, default=None,
+                   help="reference decoder: diffusion steps (default: = max new tokens)")
     p.add_argument("--alg", default="entropy", choices=("origin", "maskgit_plus", "topk_margin", "entropy"))
+    p.add_argument("--decoder", default="reference",
+                   help="reference (default: the paper's decoder) or fast (threshold decoding, blocks, KV cache)")
+    p.add_argument("--threshold", type=float, default=None,
+                   help="fast: reveal every position at least this probable (default 0.9; > 1: one per forward)")
+    p.add_argument("--factor", type=float, default=None, help="fast: the factor rule instead of the threshold")
+    p.add_argument("--block-length", type=int, default=None,
+                   help="fast: semi-autoregressive block length (default: the whole completion)")
+    p.add_argument("--cache", default=None, help="fast: none (default), prefix or dual KV cache")
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--sandbox-workers", type=int, default=2)
     p.add_argument("--seed", type=int, default=0)

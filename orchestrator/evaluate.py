@@ -2,6 +2,7 @@
 
     diffurl eval CHECKPOINT --problems FILE.jsonl [--temperatures 0,0.4] [--samples N]
     diffurl eval CHECKPOINT --problems humaneval --limit 20
+    diffurl eval CHECKPOINT --problems FILE.jsonl --decoder fast [--threshold 0.9] [--block-length 32] [--cache prefix]
 
 CHECKPOINT: an HF model directory (what `actors.dllm.save_model` writes), a run directory (its
 `checkpoints/latest`), a checkpoints directory, or one checkpoint `checkpoints/stepNNNNNN/`: the policy as
@@ -12,6 +13,9 @@ problems (`prompt` = signature + docstring) get the EvalPlus instruct template t
 Qwen2.5-Coder evaluation uses. Rewards come from the real sandbox (SandboxPool). A completion passes when
 all its tests pass, running the first fenced code block (or the raw text), the evaluation convention; the
 format rate is the exact training rule (ALGORITHM.md section 3) on the whole completion.
+Decoding goes through `actors.dllm.decode`: the reference decoder (the paper's, one generator per batch seeded
+by the batch's start index, as it always was) or the fast one (one generator per completion, seeded by its
+index in the problem-major job list, so a completion does not depend on the batch size).
 At temperature 0 decoding is deterministic, so one sample per problem is drawn; pass@k needs N >= k samples
 (unbiased estimator of the Codex paper), here and in `diffurl sandbox score`.
 This module imports no torch until it decodes, so `pass_at_k` is cheap to import.
@@ -34,12 +38,25 @@ from orchestrator.rundir import CheckpointDir, RunDir
 @dataclass
 class DecodeSettings:
     max_new_tokens: int = 48
-    steps: int = 48
+    steps: int = 48  # reference only
     alg: str = "entropy"
     top_p: float = 0.95
     max_prompt_tokens: int = 200
     batch_size: int = 64
     seed: int = 0
+    decoder: str = "reference"  # reference | fast (actors/dllm/decoders.py)
+    threshold: float = 0.9  # fast only, as the four below
+    factor: float | None = None
+    block_length: int | None = None  # None: one block, the whole completion
+    cache: str = "none"  # none | prefix | dual
+
+    def decoder_settings(self):
+        """The `actors.dllm.DecoderSettings` of these settings (imports torch)."""
+        from actors.dllm import DecoderSettings
+
+        return DecoderSettings(decoder=self.decoder, max_new_tokens=self.max_new_tokens, steps=self.steps,
+                               alg=self.alg, top_p=self.top_p, threshold=self.threshold, factor=self.factor,
+                               block_length=self.block_length, cache=self.cache)
 
 
 @dataclass
@@ -54,6 +71,21 @@ class EvalResult:
     global_arness: float = 0.0
     sandbox_errors: int = 0
     wall_s: float = 0.0
+    decode_s: float = 0.0  # inside the decoder calls only, summed over the batches
+    forwards: int = 0  # model forwards (NFE), summed over the batches
+    tokens_per_s: float = 0.0  # completion positions decoded (rows x max_new_tokens) per decode second
+    tokens_per_forward: float = 0.0  # positions the model decided per row-forward (reference: max_new_tokens / steps)
+
+
+@dataclass
+class _Decoded:
+    texts: list = field(default_factory=list)  # problem-major: problem 0 sample 0..n-1, ...
+    local_arness: list = field(default_factory=list)  # per row (its batch's value)
+    global_arness: list = field(default_factory=list)
+    decode_s: float = 0.0
+    forwards: int = 0
+    row_forwards: int = 0
+    row_tokens: int = 0
 
 
 # ----------------------------------------------------------------------------------------- checkpoints
@@ -136,8 +168,8 @@ def evaluate(model_dir: str | Path, problems: list[dict], pool, *, temperatures:
     for temperature in temperatures:
         n = 1 if temperature == 0 else samples
         t0 = time.perf_counter()
-        texts, locals_, globals_ = _decode_all(model, tokenizer, prompt_ids, n, temperature, decode)
-        scores = pool.score([p for p in problems for _ in range(n)], texts)
+        decoded = _decode_all(model, tokenizer, prompt_ids, n, temperature, decode)
+        scores = pool.score([p for p in problems for _ in range(n)], decoded.texts)
         passed = np.array([s["status"] == "passed" for s in scores]).reshape(len(problems), n)
         res = EvalResult(temperature=temperature, samples=n, problems=len(problems))
         for k in sorted({1, *(k for k in (2, 4, 8, 10, 16) if k <= n), n}):
@@ -145,34 +177,51 @@ def evaluate(model_dir: str | Path, problems: list[dict], pool, *, temperatures:
         res.format_rate = float(np.mean([s.get("format") == 1.0 for s in scores]))
         res.mean_test_pass_rate = float(np.mean([s.get("pass_rate") or 0.0 for s in scores]))
         res.sandbox_errors = sum(s["status"] == "sandbox_error" for s in scores)
-        res.local_arness, res.global_arness = float(np.mean(locals_)), float(np.mean(globals_))
+        res.local_arness = float(np.mean(decoded.local_arness))
+        res.global_arness = float(np.mean(decoded.global_arness))
+        res.decode_s, res.forwards = decoded.decode_s, decoded.forwards
+        res.tokens_per_s = len(decoded.texts) * decode.max_new_tokens / max(decoded.decode_s, 1e-9)
+        res.tokens_per_forward = decoded.row_tokens / max(decoded.row_forwards, 1)
         res.wall_s = time.perf_counter() - t0
         log(f"eval: T={temperature:g}, {len(problems)} problems x {n}: pass@1 {res.pass_at[1]:.3f}, "
-            f"format {res.format_rate:.3f} ({res.wall_s:.0f} s)")
+            f"format {res.format_rate:.3f} ({res.wall_s:.0f} s; {decode.decoder} decoder {res.decode_s:.1f} s, "
+            f"{res.forwards} forwards, {res.tokens_per_s:.0f} tokens/s)")
         results.append(res)
     return results
 
 
 def _decode_all(model, tokenizer, prompt_ids: list[list[int]], n: int, temperature: float,
-                decode: DecodeSettings) -> tuple[list[str], list[float], list[float]]:
-    """Texts in problem-major order (problem 0 sample 0..n-1, ...) and per-batch AR-ness."""
+                decode: DecodeSettings) -> _Decoded:
+    """Texts in problem-major order (problem 0 sample 0..n-1, ...), per-batch AR-ness, decode time and forwards.
+
+    reference: every row of the batch starting at job `start` gets the seed derived_seed(seed, "eval", start)
+    (one generator for the batch, as before the fast decoder existed); fast: job j gets derived_seed(seed,
+    "eval", j), its own generator."""
     import torch
 
-    from actors.dllm import ar_ness, derived_seed, generate
+    from actors.dllm import ar_ness, decode as decode_batch, derived_seed
 
+    settings = decode.decoder_settings()
     jobs = [ids for ids in prompt_ids for _ in range(n)]
-    texts, locals_, globals_ = [], [], []
+    result = _Decoded()
     with torch.no_grad():
         for start in range(0, len(jobs), decode.batch_size):
             batch = jobs[start:start + decode.batch_size]
-            out = generate(model, tokenizer, batch, max_new_tokens=decode.max_new_tokens, steps=decode.steps,
-                           temperature=temperature, top_p=decode.top_p if temperature > 0 else None,
-                           alg=decode.alg, seed=derived_seed(decode.seed, "eval", start))
-            texts += list(out.texts)
+            if decode.decoder == "fast":
+                seeds = [derived_seed(decode.seed, "eval", start + row) for row in range(len(batch))]
+            else:
+                seeds = [derived_seed(decode.seed, "eval", start)] * len(batch)
+            t0 = time.perf_counter()
+            out = decode_batch(model, tokenizer, batch, settings, temperature=temperature, seeds=seeds)
+            result.decode_s += time.perf_counter() - t0
+            result.forwards += out.forwards
+            result.row_forwards += sum(out.row_forwards)
+            result.row_tokens += sum(out.row_tokens)
+            result.texts += list(out.texts)
             local, global_ = ar_ness(out.order, k=1)
-            locals_ += [local] * len(batch)
-            globals_ += [global_] * len(batch)
-    return texts, locals_, globals_
+            result.local_arness += [local] * len(batch)
+            result.global_arness += [global_] * len(batch)
+    return result
 
 
 def format_table(columns: dict[str, list[EvalResult]]) -> str:
@@ -190,6 +239,9 @@ def format_table(columns: dict[str, list[EvalResult]]) -> str:
             cells = [getattr(columns[l][i], attr) for l in labels]
             shown = [f"{100 * c:.1f}%" if pct else f"{c:.3f}" for c in cells]
             lines.append(f"| {name} ({t}) | " + " | ".join(shown) + " |")
+        if any(columns[l][i].decode_s > 0 for l in labels):
+            lines.append(f"| decode tokens/s ({t}) | "
+                         + " | ".join(f"{columns[l][i].tokens_per_s:.0f}" for l in labels) + " |")
     return "\n".join(lines)
 
 
@@ -209,23 +261,64 @@ def parse_temperatures(text: str) -> list[float]:
     return values
 
 
+DECODER_CHOICES = ("reference", "fast")
+CACHE_CHOICES = ("none", "prefix", "dual")
+
+
+def decoder_options(decoder: str, *, steps: int | None, threshold: float | None, factor: float | None,
+                    block_length: int | None, cache: str | None) -> dict:
+    """The decoder flags of `diffurl eval` (None: not given) -> DecodeSettings keyword arguments, or a one-line
+    UserError naming the flag: a bad value, a fast-only flag with the reference decoder, --steps with fast."""
+    if decoder not in DECODER_CHOICES:
+        raise UserError(f"--decoder {decoder}: expected one of {', '.join(DECODER_CHOICES)}")
+    if cache is not None and cache not in CACHE_CHOICES:
+        raise UserError(f"--cache {cache}: expected one of {', '.join(CACHE_CHOICES)}")
+    if threshold is not None and not threshold > 0:
+        raise UserError(f"--threshold {threshold:g}: must be > 0 (> 1: one token per forward)")
+    if factor is not None and not factor > 0:
+        raise UserError(f"--factor {factor:g}: must be > 0")
+    if block_length is not None and block_length < 1:
+        raise UserError(f"--block-length {block_length}: must be >= 1 (default: the whole completion)")
+    if steps is not None and steps < 1:
+        raise UserError(f"--steps {steps}: must be >= 1")
+    fast_only = {"--threshold": threshold, "--factor": factor, "--block-length": block_length, "--cache": cache}
+    if decoder == "reference":
+        given = [flag for flag, value in fast_only.items() if value is not None]
+        if given:
+            raise UserError(f"{', '.join(given)}: only with --decoder fast (the reference decoder takes --steps)")
+        return {"decoder": decoder}
+    if steps is not None:
+        raise UserError("--steps: only with --decoder reference (the fast decoder takes --threshold or --factor)")
+    return {"decoder": decoder, "threshold": 0.9 if threshold is None else threshold, "factor": factor,
+            "block_length": block_length, "cache": cache or "none"}
+
+
 def eval_command(checkpoint: str, problems_spec: str, *, temperatures: str, samples: int, limit: int | None,
                  max_new_tokens: int | None, steps: int | None, alg: str, batch_size: int, sandbox_workers: int,
-                 seed: int, out: str | None) -> int:
+                 seed: int, out: str | None, decoder: str = "reference", threshold: float | None = None,
+                 factor: float | None = None, block_length: int | None = None, cache: str | None = None) -> int:
     """`diffurl eval` with the values of its flags; `max_new_tokens` None: 256 for HumanEval, else 48;
-    `steps` None: one token per step."""
+    `steps` None: one token per step. The fast-only flags (threshold, factor, block_length, cache) are None
+    when not given: 0.9, no factor rule, one block, no cache."""
     import ray
 
     from sandbox_workers import SandboxPool
 
     if samples < 1:
         raise UserError(f"--samples {samples}: must be >= 1")
+    if max_new_tokens is not None and max_new_tokens < 1:
+        raise UserError(f"--max-new-tokens {max_new_tokens}: must be >= 1")
+    if batch_size < 1:
+        raise UserError(f"--batch-size {batch_size}: must be >= 1")
+    options = decoder_options(decoder, steps=steps, threshold=threshold, factor=factor, block_length=block_length,
+                              cache=cache)
     temperature_list = parse_temperatures(temperatures)
     model_dir = resolve_checkpoint(checkpoint)
     problems = load_eval_problems(problems_spec, limit)
     humaneval = "question" not in problems[0]
     max_new = max_new_tokens or (256 if humaneval else 48)
-    decode = DecodeSettings(max_new_tokens=max_new, steps=steps or max_new, alg=alg, batch_size=batch_size, seed=seed)
+    decode = DecodeSettings(max_new_tokens=max_new, steps=steps or max_new, alg=alg, batch_size=batch_size, seed=seed,
+                            **options)
     started = not ray.is_initialized()
     if started:
         ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, namespace="diffurl-eval")

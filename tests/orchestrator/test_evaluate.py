@@ -11,8 +11,8 @@ from actors.dllm import build_model, save_model
 from actors.prompts import HUMANEVAL_INSTRUCTION, eval_messages
 from orchestrator.errors import UserError
 from orchestrator.cli import main
-from orchestrator.evaluate import (EvalResult, format_table, load_eval_problems, parse_temperatures, pass_at_k,
-                                   resolve_checkpoint)
+from orchestrator.evaluate import (DecodeSettings, EvalResult, _decode_all, format_table, load_eval_problems,
+                                   parse_temperatures, pass_at_k, resolve_checkpoint)
 
 
 @pytest.fixture(scope="module")
@@ -98,3 +98,75 @@ def test_eval_of_a_missing_problems_file_exits_2(random_model_dir, tmp_path, cap
     assert rc == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("diffurl: error: --problems")
+
+
+# ----------------------------------------------------------------------------------------- decoders
+
+def _eval_prompts(model_dir, count: int):
+    from actors.prompts import encode_prompt
+
+    model, tokenizer = build_model(str(model_dir))
+    model.eval()
+    problems = load_eval_problems("humaneval", limit=count)
+    return model, tokenizer, [encode_prompt(tokenizer, eval_messages(p), 64) for p in problems]
+
+
+def test_reference_eval_decodes_exactly_as_one_generate_call_per_batch_with_the_old_seed(random_model_dir):
+    from actors.dllm import derived_seed, generate
+
+    model, tokenizer, prompt_ids = _eval_prompts(random_model_dir, 2)
+    decode = DecodeSettings(max_new_tokens=8, steps=8, batch_size=3, seed=5)
+    decoded = _decode_all(model, tokenizer, prompt_ids, 2, 0.7, decode)
+    jobs = [ids for ids in prompt_ids for _ in range(2)]
+    expected = []
+    for start in (0, 3):
+        expected += generate(model, tokenizer, jobs[start:start + 3], max_new_tokens=8, steps=8, temperature=0.7,
+                             top_p=0.95, alg="entropy", seed=derived_seed(5, "eval", start)).texts
+    assert decoded.texts == expected
+    assert decoded.forwards == 16 and decoded.decode_s > 0 and decoded.row_tokens == decoded.row_forwards == 32
+
+
+def test_fast_eval_completions_do_not_depend_on_the_batch_size(random_model_dir):
+    model, tokenizer, prompt_ids = _eval_prompts(random_model_dir, 2)
+    texts = []
+    for batch_size in (1, 4):
+        decode = DecodeSettings(max_new_tokens=8, batch_size=batch_size, decoder="fast", threshold=0.5,
+                                block_length=4, cache="prefix")
+        decoded = _decode_all(model, tokenizer, prompt_ids, 2, 1.0, decode)
+        assert decoded.forwards >= 2 and decoded.row_tokens >= 1
+        texts.append(decoded.texts)
+    assert texts[0] == texts[1] and len(texts[0]) == 4
+
+
+def test_eval_with_the_fast_decoder_on_humaneval_reports_decode_time_and_forwards(random_model_dir, tmp_path, capsys):
+    os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+    out = tmp_path / "results.json"
+    rc = main(["eval", str(random_model_dir), "--problems", "humaneval", "--limit", "2", "--samples", "2",
+               "--temperatures", "0,0.4", "--max-new-tokens", "16", "--sandbox-workers", "1", "--decoder", "fast",
+               "--threshold", "0.9", "--block-length", "8", "--cache", "prefix", "--out", str(out)])
+    assert rc == 0
+    results = json.loads(out.read_text())
+    assert [r["temperature"] for r in results] == [0.0, 0.4] and [r["samples"] for r in results] == [1, 2]
+    for r in results:
+        assert r["decode_s"] > 0 and r["forwards"] >= 1 and r["tokens_per_s"] > 0
+        assert 0 < r["tokens_per_forward"] and r["sandbox_errors"] == 0
+    printed = capsys.readouterr().out
+    assert "fast decoder" in printed and "forwards" in printed and "| decode tokens/s (T=0) |" in printed
+
+
+@pytest.mark.parametrize("flags, named", [
+    (["--threshold", "0.5"], "--threshold"),
+    (["--cache", "prefix"], "--cache"),
+    (["--block-length", "8"], "--block-length"),
+    (["--factor", "1.0"], "--factor"),
+    (["--decoder", "fast", "--threshold", "0"], "--threshold"),
+    (["--decoder", "fast", "--block-length", "0"], "--block-length"),
+    (["--decoder", "fast", "--cache", "full"], "--cache"),
+    (["--decoder", "fast", "--steps", "8"], "--steps"),
+    (["--decoder", "slow"], "--decoder"),
+])
+def test_bad_or_misplaced_decoder_flags_exit_2_with_one_line(random_model_dir, capsys, flags, named):
+    rc = main(["eval", str(random_model_dir), "--problems", "humaneval", "--limit", "1", *flags])
+    assert rc == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("diffurl: error: ") and named in err[0]
