@@ -9,11 +9,11 @@ import uuid
 import pytest
 import ray
 
-from actors.dllm import build_model, generate, save_model
+from actors.dllm import build_model, decode, save_model
 from actors.groups import LearnerGroup, RolloutGroup
 from actors.learner import LearnerImpl
 from actors.prompts import build_chat_prompt, encode_prompt
-from actors.rollout import GroupJob
+from actors.rollout import GroupJob, decoder_settings
 from actors.trajectory import CompletionReward, DecodeStats, RolloutStatus, Trajectory
 from orchestrator.config import load_config
 from orchestrator.redis_server import EmbeddedRedis, free_port
@@ -151,8 +151,8 @@ def _decode_in_a_worker(model_dir: str, weights: dict, problem: dict, cfg, group
     model, tokenizer = build_model(model_dir)
     model.load_state_dict(weights)
     prompt, r = encode_prompt(tokenizer, problem["messages"], cfg.data.max_prompt_tokens), cfg.rollout
-    out = generate(model.eval(), tokenizer, [prompt] * group_size, max_new_tokens=r.max_new_tokens, steps=r.steps,
-                   temperature=0.0, top_p=r.top_p, top_k=r.top_k, alg=r.alg, alg_temp=r.alg_temp, seed=5)
+    out = decode(model.eval(), tokenizer, [prompt] * group_size, decoder_settings(r), temperature=0.0,
+                 seeds=[5] * group_size)  # T=0: the seeds do not matter
     return out.completion_ids.tolist()
 
 
