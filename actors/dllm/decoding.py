@@ -112,6 +112,27 @@ def _encode_prompts(tokenizer, prompts: list) -> list[list[int]]:
     return [[int(token) for token in prompt] for prompt in prompts]
 
 
+def start_canvas(tokenizer, prompts: list, max_new_tokens: int, device) -> tuple[list[list[int]], torch.Tensor,
+                                                                                 torch.Tensor]:
+    """prompts -> (prompt id lists, canvas [B, P+K] = left-padded prompt ++ [MASK] * K, attention_mask [B, P+K])."""
+    prompt_ids = _encode_prompts(tokenizer, prompts)
+    prompt, prompt_mask = left_pad(prompt_ids, tokenizer.pad_token_id)  # [B, P]
+    batch = prompt.shape[0]
+    canvas = torch.cat([prompt, torch.full((batch, max_new_tokens), tokenizer.mask_token_id)], dim=1).to(device)
+    attention_mask = torch.cat([prompt_mask, torch.ones(batch, max_new_tokens, dtype=torch.long)], dim=1).to(device)
+    return prompt_ids, canvas, attention_mask
+
+
+def finish(tokenizer, prompt_ids, canvas, attention_mask, order, started: float, *, steps: int, forwards: int,
+           row_forwards: list[int], row_tokens: list[int]) -> GenerateResult:
+    """The GenerateResult of a decoded canvas (the completion is its last order.shape[1] positions)."""
+    completion = canvas[:, -order.shape[1]:]
+    return GenerateResult(sequences=canvas, prompt_ids=prompt_ids, completion_ids=completion,
+                          attention_mask=attention_mask, texts=decode_completions(tokenizer, completion), order=order,
+                          steps=steps, elapsed_s=time.perf_counter() - started, forwards=forwards,
+                          row_forwards=row_forwards, row_tokens=row_tokens)
+
+
 def decode_completions(tokenizer, completion_ids: torch.Tensor) -> list[str]:
     """completion_ids [B, K] -> texts cut at the first <|im_end|> or eos token, special tokens stripped."""
     end_ids = {tokenizer.eos_token_id, tokenizer.convert_tokens_to_ids(IM_END)}
@@ -163,11 +184,8 @@ def generate(
         else:
             generator.manual_seed(seed)
     mask_id = tokenizer.mask_token_id
-    prompt_ids = _encode_prompts(tokenizer, prompts)
-    prompt, prompt_mask = left_pad(prompt_ids, tokenizer.pad_token_id)  # [B, P]
-    batch, completion_len = prompt.shape[0], max_new_tokens
-    canvas = torch.cat([prompt, torch.full((batch, completion_len), mask_id)], dim=1).to(device)  # [B, P+K]
-    attention_mask = torch.cat([prompt_mask, torch.ones(batch, completion_len, dtype=torch.long)], dim=1).to(device)
+    prompt_ids, canvas, attention_mask = start_canvas(tokenizer, prompts, max_new_tokens, device)
+    batch, completion_len = canvas.shape[0], max_new_tokens
     completion = canvas[:, -completion_len:]  # [B, K] view into the canvas
     masked = torch.ones(batch, completion_len, dtype=torch.bool, device=device)  # still-masked positions
     order = torch.full((batch, completion_len), -1, dtype=torch.long, device=device)
@@ -205,16 +223,5 @@ def generate(
         completion[reveal] = tokens
         order[reveal] = step
         masked &= ~reveal
-    return GenerateResult(
-        sequences=canvas,
-        prompt_ids=prompt_ids,
-        completion_ids=completion,
-        attention_mask=attention_mask,
-        texts=decode_completions(tokenizer, completion),
-        order=order,
-        steps=steps,
-        elapsed_s=time.perf_counter() - started,
-        forwards=steps,
-        row_forwards=[steps] * batch,
-        row_tokens=[completion_len] * batch,
-    )
+    return finish(tokenizer, prompt_ids, canvas, attention_mask, order, started, steps=steps, forwards=steps,
+                  row_forwards=[steps] * batch, row_tokens=[completion_len] * batch)

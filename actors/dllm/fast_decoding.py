@@ -36,9 +36,9 @@ import time
 
 import torch
 
-from .decoding import (ALGORITHMS, GenerateResult, _check_options, _encode_prompts, alg_confidence,
-                       decode_completions, filtered_probs)
-from .padding import attention_inputs, left_pad
+from .decoding import (ALGORITHMS, GenerateResult, _check_options, alg_confidence, filtered_probs, finish,
+                       start_canvas)
+from .padding import attention_inputs
 from .seeding import derived_seed
 from .tokenizer import IM_END
 
@@ -177,11 +177,9 @@ def generate_fast(
     device = next(model.parameters()).device
     mask_id, fill_id = tokenizer.mask_token_id, tokenizer.eos_token_id
     end_ids = torch.tensor([tokenizer.eos_token_id, tokenizer.convert_tokens_to_ids(IM_END)], device=device)
-    prompt_ids = _encode_prompts(tokenizer, prompts)
-    prompt, prompt_mask = left_pad(prompt_ids, tokenizer.pad_token_id)  # [B, P]
-    batch, width, length = prompt.shape[0], prompt.shape[1], max_new_tokens
-    canvas = torch.cat([prompt, torch.full((batch, length), mask_id)], dim=1).to(device)  # [B, P+K]
-    attention_mask = torch.cat([prompt_mask, torch.ones(batch, length, dtype=torch.long)], dim=1).to(device)
+    prompt_ids, canvas, attention_mask = start_canvas(tokenizer, prompts, max_new_tokens, device)  # [B, P+K]
+    batch, length = canvas.shape[0], max_new_tokens
+    width = canvas.shape[1] - length  # P, the padded prompt
     position_ids, full_mask4d = attention_inputs(attention_mask)
     generators = _row_generators(seed, batch, device)
     masked = torch.ones(batch, length, dtype=torch.bool, device=device)
@@ -228,20 +226,8 @@ def generate_fast(
                 _finish_at_end(canvas, masked, order, rows, width, end_ids, fill_id, forwards)
             finished |= ~masked.any(dim=1)
             forwards += 1
-    completion = canvas[:, width:]
-    return GenerateResult(
-        sequences=canvas,
-        prompt_ids=prompt_ids,
-        completion_ids=completion,
-        attention_mask=attention_mask,
-        texts=decode_completions(tokenizer, completion),
-        order=order,
-        steps=forwards,
-        elapsed_s=time.perf_counter() - started,
-        forwards=forwards,
-        row_forwards=row_forwards.tolist(),
-        row_tokens=row_tokens.tolist(),
-    )
+    return finish(tokenizer, prompt_ids, canvas, attention_mask, order, started, steps=forwards, forwards=forwards,
+                  row_forwards=row_forwards.tolist(), row_tokens=row_tokens.tolist())
 
 
 def _finish_at_end(canvas, masked, order, rows, width, end_ids, fill_id, forward_index) -> None:
