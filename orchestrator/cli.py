@@ -3,6 +3,7 @@
     diffurl train CONFIG [key=value ...] [--dry-run]
     diffurl demo [--config configs/ablation_d1.yaml] [key=value ...]
     diffurl eval CHECKPOINT --problems FILE.jsonl|humaneval [--temperatures 0,0.4] [--samples N]
+                 [--decoder fast --threshold 0.9 --block-length N --cache prefix]
     diffurl sandbox score --problems P.jsonl --samples S.jsonl [--out R.jsonl] [--workers N]
     diffurl sandbox check
     diffurl submit CONFIG [key=value ...] --address http://HEAD:8265 [--wait]
