@@ -211,16 +211,21 @@ def save_config(cfg: Config, path: str | os.PathLike) -> Path:
     return out
 
 
-def check_paths(cfg: Config) -> None:
-    """Fail early (before anything starts) when a configured file or directory does not exist."""
+def missing_paths(cfg: Config) -> list[str]:
+    """One line per configured file or directory that does not exist."""
     wanted = [("data.train", cfg.data.train, "a JSONL or Parquet file")]
     if cfg.model.path is not None:
         wanted.append(("model.path", cfg.model.path, "a local Hugging Face model directory"))
     if cfg.model.tiny.tokenizer_dir is not None:
         wanted.append(("model.tiny.tokenizer_dir", cfg.model.tiny.tokenizer_dir, "a tokenizer directory"))
-    for key, value, allowed in wanted:
-        if not Path(value).exists():
-            raise UserError(f"{key}={value}: not found; expected {allowed}")
+    return [f"{key}={value}: not found; expected {allowed}" for key, value, allowed in wanted if not Path(value).exists()]
+
+
+def check_paths(cfg: Config) -> None:
+    """Fail early (before anything starts) when a configured file or directory does not exist."""
+    missing = missing_paths(cfg)
+    if missing:
+        raise UserError(missing[0])
 
 
 def validate(cfg: Config) -> None:

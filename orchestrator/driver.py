@@ -25,7 +25,7 @@ from actors.trajectory import RolloutOutcome, RolloutStatus
 from orchestrator import checkpoint
 from orchestrator.bookkeeping import Group, LoopState, PromptSampler, group_id
 from orchestrator.data import load_prompts
-from orchestrator.errors import RunFailed
+from orchestrator.errors import RunFailed, one_line
 from orchestrator.metrics import MetricsSink, step_metrics
 from orchestrator.redis_server import free_port
 from orchestrator.rundir import RunDir
@@ -164,8 +164,11 @@ class Driver:
         try:
             return ray.get(train)[0]
         except RayActorError as e:
-            raise RunFailed(f"a learner died during step {self.state.step + 1} ({type(e).__name__}); "
-                            f"resume with: diffurl train --resume {self.rundir.path}") from None
+            what = f"died ({type(e).__name__})"
+        except RayTaskError as e:  # e.g. the surviving rank's collective after another rank's node was lost
+            what = f"failed ({one_line(e)})"
+        raise RunFailed(f"a learner {what} during step {self.state.step + 1}; "
+                        f"resume with: diffurl train --resume {self.rundir.path}") from None
 
     def finish_step(self, stats: dict, timings: dict, step_t0: float) -> dict:
         """After a train step: new weights to every rollout worker, metrics, checkpoint when due.

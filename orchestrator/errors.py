@@ -1,4 +1,7 @@
 """Errors meant for people, not for stack traces."""
+import re
+
+_ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
 
 
 class UserError(Exception):
@@ -12,3 +15,10 @@ class UserError(Exception):
 class RunFailed(Exception):
     """A run cannot go on (a learner died, a rollout keeps failing). The message says how to resume;
     the CLI prints it on one line and exits with code 1."""
+
+
+def one_line(error: BaseException) -> str:
+    """`Type: first line of the message`, without terminal colour codes; for a Ray task error, of its cause."""
+    cause = getattr(error, "cause", None) or error
+    text = _ANSI.sub("", str(cause)).strip().splitlines()
+    return f"{type(cause).__name__}: {text[0]}" if text else type(cause).__name__

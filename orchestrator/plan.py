@@ -15,9 +15,8 @@ def actor_plan(cfg) -> list[dict]:
          "num_cpus": lc.num_cpus, "detail": f"DeepSpeed ZeRO-{lc.zero_stage}, {cfg.model.dtype}, "
                                             f"estimator={lc.estimator}, mu={lc.mu}"},
         {"role": "rollout", "names": [f"rollout-{i}" for i in range(rc.num_workers)],
-         "num_cpus": rc.num_cpus, "detail": f"G={rc.group_size}, {rc.max_new_tokens} tokens in {rc.steps} "
-                                            f"steps, alg={rc.alg}, T={rc.temperature}, "
-                                            f"max_restarts={rc.max_restarts}"},
+         "num_cpus": rc.num_cpus, "detail": f"G={rc.group_size}, {rc.max_new_tokens} tokens, {_decoder(rc)}, "
+                                            f"alg={rc.alg}, T={rc.temperature}, max_restarts={rc.max_restarts}"},
         {"role": "sandbox", "names": [f"sandbox-{i}" for i in range(sc.num_workers)],
          "num_cpus": 0, "detail": f"timeout {sc.test_timeout_s}s/test, {sc.memory_mb} MiB"},
     ]
@@ -36,3 +35,10 @@ def format_plan(cfg) -> str:
     lines.append(f"  redis: {'embedded redis-server in the run directory' if not cfg.redis.url else 'external'}")
     return "\n".join(lines)
 
+
+def _decoder(rc) -> str:
+    if rc.decoder == "reference":
+        return f"reference decoder in {rc.steps} steps"
+    rule = f"factor {rc.factor:g}" if rc.factor is not None else f"threshold {rc.threshold:g}"
+    block = f"blocks of {rc.block_length}" if rc.block_length else "one block"
+    return f"fast decoder ({rule}, {block}, cache {rc.cache})"

@@ -19,7 +19,7 @@ from actors.prompts import SYSTEM_PROMPT
 from orchestrator import checkpoint
 from orchestrator.config import check_paths, config_to_yaml, load_config, save_config
 from orchestrator.data import load_prompts
-from orchestrator.errors import UserError
+from orchestrator.errors import RunFailed, UserError, one_line
 from orchestrator.plan import ACTOR_ENV, format_plan
 from orchestrator.redis_server import EmbeddedRedis, connect, free_port
 from orchestrator.rundir import RunDir
@@ -93,7 +93,8 @@ def _run(cfg, run: RunDir, *, resume: dict | None, out=print) -> Path:
         return run.path
     except BaseException as e:
         status = "stopped" if isinstance(e, KeyboardInterrupt) else "failed"
-        run.write_info(status=status, error=str(e).splitlines()[0] if str(e) else type(e).__name__)
+        ours = isinstance(e, (UserError, RunFailed)) and str(e)  # already one line for people
+        run.write_info(status=status, error=str(e).splitlines()[0] if ours else one_line(e))
         if driver is not None:
             driver.run_state.set_status(status)
         raise

@@ -150,3 +150,20 @@ def test_dry_run_prints_the_actor_plan_and_starts_nothing(tmp_path):
     assert proc.returncode == 0, proc.stderr
     assert "rollout  x3" in proc.stdout and "learner  x2" in proc.stdout and "sandbox  x1" in proc.stdout
     assert not any(tmp_path.iterdir())
+
+
+def test_dry_run_of_the_paper_recipe_plans_with_missing_paths_as_warnings_and_a_run_refuses_them(tmp_path):
+    """configs/diffucoder_7b.yaml names a model and a dataset that are not on this machine."""
+    args = ["train", "configs/diffucoder_7b.yaml", f"run.root_dir={tmp_path}", "data.train=/nonexistent/train.jsonl"]
+    plan = subprocess.run(DIFFURL + [*args, "--dry-run"], cwd=REPO, env=_env(), capture_output=True, text=True,
+                          timeout=120)
+    assert plan.returncode == 0, plan.stderr
+    assert "learner  x8" in plan.stdout and "rollout  x8" in plan.stdout
+    warnings = plan.stderr.strip().splitlines()
+    assert [w.split(":")[:2] for w in warnings] == [["diffurl", " warning"]] * 2, plan.stderr
+    assert "data.train=/nonexistent/train.jsonl: not found" in warnings[0] and "model.path=" in warnings[1]
+    run = subprocess.run(DIFFURL + args, cwd=REPO, env=_env(), capture_output=True, text=True, timeout=120)
+    assert run.returncode == 2
+    assert run.stderr.strip().splitlines() == ["diffurl: error: data.train=/nonexistent/train.jsonl: not found; "
+                                               "expected a JSONL or Parquet file"]
+    assert not any(tmp_path.iterdir())
