@@ -29,6 +29,7 @@ REQUIRED_STEP_METRICS = (
     "stream_depth", "sandbox_jobs_per_s", "sandbox_timeouts", "tokens_per_s", "decode_forwards", "tokens_per_forward",
     "time_generate", "time_reward", "time_score", "time_train", "time_sync", "time_checkpoint",
 )
+COUNTERS = ("steps", "groups", "sandbox_jobs")  # the totals `MetricsSink.count` keeps
 PHASE_SECONDS_BOUNDARIES = [0.01, 0.05, 0.1, 0.5, 1, 2, 5, 10, 30, 60, 120, 300, 600]
 PROGRESS_FIELDS = ("reward_mean", "pass_rate")
 
@@ -108,7 +109,10 @@ class MetricsSink:
     def _gauge(self, name: str):
         if name not in self._gauges:
             from ray.util.metrics import Gauge
-            gauge = Gauge(metric_name(name), description=f"diffurl per-step {name}", tag_keys=("run",))
+            # Ray keeps the first metric registered under a name: a per-step value that is also a total
+            # (sandbox_jobs) is exported as <name>_per_step next to the counter's <name>_total
+            exported = f"{name}_per_step" if name in COUNTERS else name
+            gauge = Gauge(metric_name(exported), description=f"diffurl per-step {name}", tag_keys=("run",))
             gauge.set_default_tags({"run": self.run_name})
             self._gauges[name] = gauge
         return self._gauges[name]

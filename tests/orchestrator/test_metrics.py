@@ -79,9 +79,9 @@ from orchestrator.metrics import MetricsSink
 port, run_dir = int(sys.argv[1]), sys.argv[2]
 ray.init(num_cpus=1, include_dashboard=False, _metrics_export_port=port, log_to_driver=False)
 wanted = ("ray_diffurl_reward_mean{", "ray_diffurl_sandbox_jobs_total{", "ray_diffurl_steps_total{",
-          "ray_diffurl_phase_seconds_count{")
+          "ray_diffurl_phase_seconds_count{", "ray_diffurl_sandbox_jobs_per_step{")
 with MetricsSink(run_dir, "promtest", tensorboard=False) as sink:
-    sink.log(1, {"reward_mean": 0.5, "time_generate": 1.5})
+    sink.log(1, {"reward_mean": 0.5, "time_generate": 1.5, "sandbox_jobs": 3.0})  # the gauge comes first
     sink.count("sandbox_jobs", 3)
     deadline, text = time.monotonic() + 60, ""
     while time.monotonic() < deadline and not all(w in text for w in wanted):
@@ -104,6 +104,7 @@ def test_ray_metrics_named_by_the_run_reach_the_prometheus_endpoint(tmp_path):
     text = proc.stdout
     assert sample(text, "ray_diffurl_reward_mean", run="promtest") == 0.5, text[-2000:]
     assert sample(text, "ray_diffurl_sandbox_jobs_total", run="promtest") == 3
+    assert sample(text, "ray_diffurl_sandbox_jobs_per_step", run="promtest") == 3
     assert sample(text, "ray_diffurl_steps_total", run="promtest") == 1
     assert sample(text, "ray_diffurl_phase_seconds_count", run="promtest", phase="generate") == 1
     assert sample(text, "ray_diffurl_phase_seconds_sum", run="promtest", phase="generate") == 1.5
