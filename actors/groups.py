@@ -1,34 +1,71 @@
 """Actor groups: one object per role that owns its Ray actors, fans calls out and shards the work.
 
-- `LearnerGroup`: the DeepSpeed ranks `learner-0..N-1`, created together and called together; a step is
-  one `async_train_step` (every rank joins), weights leave as one object from rank 0.
+- `LearnerGroup`: the DeepSpeed ranks `learner-0..N-1`, one per bundle of a placement group
+  (`learner.placement`: PACK, STRICT_PACK or SPREAD); rank 0's node IP and a port free there are the
+  DeepSpeed master address. A step is one `async_train_step` (every rank joins).
 - `RolloutGroup`: the rollout workers `rollout-<n>` (numbered for life: a worker added by live scaling
-  gets a new number), each running one prompt group at a time; the group adds, retires, restarts and
-  updates workers, and hands each new worker the newest weights.
-
-Weight sync (small models): learner rank 0 returns its state dict as one object-store object; every
-rollout worker loads that same object, version-stamped. Never one call per parameter.
+  gets a new number), scheduled by `rollout.placement` (SPREAD by default), each running the groups it is
+  handed; the group adds, retires, restarts and updates workers.
+- Weight sync (`weights.sync`), behind one `push(version)`:
+  `ObjectStoreSync` (small models): learner rank 0 returns its state dict as one object-store object and
+  every worker loads that same object, version-stamped.
+  `BroadcastSync`: a torch.distributed group of learner rank 0 and the workers (`actors.weight_sync`: flat
+  buckets, a version header; nccl on GPU, gloo on CPU). A worker that starts after the first sync (live
+  scaling, a Ray restart) gets the current version once through the object store (exported when the
+  first such worker needs it, or at the next push when a train step is running) and is in the group from
+  the next push on; the group is rebuilt whenever its membership changed.
+  Never one call per parameter.
 Callers never index actors or write `[a.f.remote() for a in actors]`: they call these methods.
 """
 from __future__ import annotations
 
+import time
+
 import ray
-from ray.exceptions import GetTimeoutError, RayActorError
+from ray.exceptions import GetTimeoutError, RayActorError, RayTaskError
+from ray.util.placement_group import placement_group, remove_placement_group
+from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
+
+PLACEMENT_TIMEOUT_S = 300.0  # a placement group not placed by then (resources never free up) stops the run
+
+
+class PlacementError(RuntimeError):
+    """The cluster cannot hold the learner's placement group."""
+
+
+def _bundle(num_cpus: float, gpus: float, resources: dict) -> dict:
+    bundle = {"CPU": num_cpus, "GPU": gpus, **resources}
+    return {k: float(v) for k, v in bundle.items() if v > 0} or {"CPU": 0.001}
 
 
 class LearnerGroup:
-    def __init__(self, cfg, model_dir: str, master_port: int, open_stream, resume_from: tuple | None = None):
+    def __init__(self, cfg, model_dir: str, open_stream, resume_from: tuple | None = None, *,
+                 device: str = "cpu", gpus_per_rank: float = 0.0):
         """`resume_from`: (checkpoint root, tag, reference model file), or None for a new run."""
         from actors.learner import Learner
 
-        world = cfg.learner.num_ranks
+        lc, world = cfg.learner, cfg.learner.num_ranks
+        bundle = _bundle(lc.num_cpus, gpus_per_rank, dict(lc.resources))
+        self.placement = placement_group([dict(bundle) for _ in range(world)], strategy=lc.placement)
+        try:
+            ray.get(self.placement.ready(), timeout=PLACEMENT_TIMEOUT_S)
+        except GetTimeoutError:
+            remove_placement_group(self.placement)
+            raise PlacementError(f"the learner's placement group ({world} x {bundle}, {lc.placement}) was not placed "
+                                 f"in {PLACEMENT_TIMEOUT_S:.0f} s; the cluster has {ray.available_resources()} free") from None
         self.actors = [
-            Learner.options(name=f"learner-{rank}", num_cpus=cfg.learner.num_cpus, max_restarts=0).remote(
-                cfg, model_dir, rank, world, master_port, open_stream, resume_from)
+            Learner.options(name=f"learner-{rank}", num_cpus=lc.num_cpus, num_gpus=gpus_per_rank,
+                            resources=dict(lc.resources) or None, max_restarts=0,
+                            scheduling_strategy=PlacementGroupSchedulingStrategy(
+                                self.placement, placement_group_bundle_index=rank)).remote(cfg, rank, world, device)
             for rank in range(world)]
+        master_addr, master_port = ray.get(self.actors[0].master_address.remote())
+        self.master = f"{master_addr}:{master_port}"
+        self._setup = self._all("setup", master_addr, master_port, model_dir, open_stream, resume_from)
 
     def wait_ready(self) -> list[dict]:
-        return ray.get(self._all("info"))
+        """Every rank's info (rank, pid, node_id, device) once it has built its engine."""
+        return ray.get(self._setup)
 
     def async_train_step(self, step: int) -> list[ray.ObjectRef]:
         """Every rank trains step `step`; rank 0's ref comes first (its result is the step's statistics)."""
@@ -40,6 +77,22 @@ class LearnerGroup:
         ray.get(refs[1:])
         return refs[0]
 
+    def weight_layout(self) -> list:
+        return ray.get(self._all("weight_layout"))[0]
+
+    def join_weight_group(self, master_port: int, size: int, name: str, layout: list, bucket_mb: float,
+                          timeout_s: float) -> ray.ObjectRef:
+        """Rank 0 becomes member 0 of a weight-sync group (resolves once every member has joined)."""
+        return self.actors[0].join_weight_group.remote(master_port, size, name, layout, bucket_mb, timeout_s)
+
+    def weight_sync_address(self) -> tuple[str, int]:
+        return ray.get(self.actors[0].master_address.remote())
+
+    def broadcast_weights(self, version: int) -> list[ray.ObjectRef]:
+        """Rank 0 sends `version` to its weight-sync group (every rank joins the gather under ZeRO-3);
+        rank 0's ref comes first and resolves to its sync statistics."""
+        return self._all("broadcast_weights", version)
+
     def save_checkpoint(self, ckpt_root: str, tag: str, policy_dir: str, reference_file: str,
                         client_state: dict) -> list[str]:
         """Every rank saves; returns the stream entries the checkpoint covers (rank 0's list)."""
@@ -49,19 +102,25 @@ class LearnerGroup:
         for actor in self.actors:
             ray.kill(actor, no_restart=True)
         self.actors = []
+        remove_placement_group(self.placement)
 
     def _all(self, method: str, *args) -> list[ray.ObjectRef]:
         return [getattr(actor, method).remote(*args) for actor in self.actors]
 
 
 class RolloutGroup:
-    def __init__(self, cfg, model_dir: str, pool, open_stream, run_id: str, version: int = 0):
-        """Workers load `model_dir` (policy `version`) when they start; later weights come from `load_weights`."""
+    def __init__(self, cfg, model_dir: str, pool, open_stream, run_id: str, version: int = 0, *,
+                 device: str = "cpu", gpus_per_worker: float = 0.0):
+        """Workers load `model_dir` (policy `version`) when they start; later weights come from a sync."""
         self.cfg, self.model_dir, self.pool, self.open_stream, self.run_id = cfg, model_dir, pool, open_stream, run_id
+        self.device, self.gpus = device, gpus_per_worker
         self.workers: dict[int, ray.actor.ActorHandle] = {}  # worker number -> actor
         self.retiring: set[int] = set()  # retired once idle: a running group finishes first
+        self.waiting: set[int] = set()  # started behind the newest version: they get it at the next push
+        self._joined: list[int] = []  # were waiting, now hold the newest version (until `joined` is read)
         self.base_version = version  # the policy version in model_dir: what a (re)started worker holds
-        self.weights, self.version = None, version  # newest weights handle (None: model_dir is current)
+        self.weights, self.version = None, version  # newest weights handle (None: model_dir or a broadcast)
+        self.restarts = 0  # worker processes Ray restarted: a new process is not in the broadcast group
         self._next_number = 0
 
     def __len__(self) -> int:
@@ -70,17 +129,24 @@ class RolloutGroup:
     def numbers(self) -> list[int]:
         return list(self.workers)
 
+    def members(self) -> list[int]:
+        """Workers at the newest version (not waiting for it)."""
+        return [n for n in self.workers if n not in self.waiting]
+
     def add(self) -> int:
-        """Start one worker with the newest weights; returns its number."""
+        """Start one worker; returns its number. It is at the newest version at once when that is in
+        model_dir or in the object store, else it waits for the next push (`joined`)."""
         from actors.rollout import RolloutWorker
 
         n, self._next_number = self._next_number, self._next_number + 1
+        strategy = "SPREAD" if self.cfg.rollout.placement == "SPREAD" else "DEFAULT"
         self.workers[n] = RolloutWorker.options(
-            name=f"rollout-{n}", num_cpus=self.cfg.rollout.num_cpus, max_restarts=self.cfg.rollout.max_restarts,
-            max_task_retries=0).remote(self.cfg, self.model_dir, self.pool, self.open_stream, self.run_id,
-                                       f"rollout-{n}", self.base_version)
-        if self.weights is not None:
-            self._load([n])
+            name=f"rollout-{n}", num_cpus=self.cfg.rollout.num_cpus, num_gpus=self.gpus,
+            resources=dict(self.cfg.rollout.resources) or None, scheduling_strategy=strategy,
+            max_restarts=self.cfg.rollout.max_restarts, max_task_retries=0,
+        ).remote(self.cfg, self.model_dir, self.pool, self.open_stream, self.run_id, f"rollout-{n}",
+                 self.base_version, self.device)
+        self.update(n, restarted=False)
         return n
 
     def wait_ready(self) -> list[dict]:
@@ -91,38 +157,58 @@ class RolloutGroup:
         resolves to one RolloutOutcome per job."""
         return self.workers[worker].rollout_groups.remote(jobs, self.version)
 
-    def load_weights(self, weights: ray.ObjectRef, version: int) -> None:
-        """Every worker swaps to `weights` (version `version`) before its next group."""
+    def load_weights(self, weights: ray.ObjectRef, version: int, numbers: list[int] | None = None) -> None:
+        """Object-store sync: every worker (or `numbers`) swaps to `weights` (version `version`) before its
+        next group."""
         self.weights, self.version = weights, version
-        self._load(self.numbers())
+        numbers = self.numbers() if numbers is None else numbers
+        self._load(numbers)
+        self._joined += [n for n in numbers if n in self.waiting]
+        self.waiting.difference_update(numbers)
 
-    def update(self, worker: int) -> None:
-        """Bring one worker (restarted by Ray from its constructor arguments) to the newest weights."""
+    def update(self, worker: int, restarted: bool = True) -> bool:
+        """Bring one worker (new, or restarted by Ray from its constructor arguments) to the newest weights.
+        True when it is ready for groups; False when it waits for the next push."""
+        self.restarts += int(restarted)
+        if self.version == self.base_version:
+            return True
         if self.weights is not None:
             self._load([worker])
+            return True
+        self.waiting.add(worker)
+        return False
+
+    def joined(self) -> list[int]:
+        """Workers that were waiting and now hold the newest version (after a push): ready for groups."""
+        ready, self._joined = [n for n in self._joined if n in self.workers], []
+        return ready
 
     def recover(self, worker: int, timeout_s: float = 120.0) -> bool:
-        """After `worker` died mid-group: True once Ray has restarted it with the newest weights; False
-        (and it is removed) when it does not come back."""
+        """After `worker` died mid-group: True once Ray has restarted it with the newest weights; False when
+        it does not come back (it is removed) or waits for the next push."""
         try:
             info = ray.get(self.workers[worker].info.remote(), timeout=timeout_s)
         except (RayActorError, GetTimeoutError):
             self.retiring.discard(worker)
+            self.waiting.discard(worker)
             ray.kill(self.workers.pop(worker), no_restart=True)
             return False
-        if info["version"] != self.version:
-            self.update(worker)
-        return True
+        if info["version"] == self.version:
+            self.restarts += 1  # a new process: not in the broadcast group
+            return True
+        return self.update(worker)
 
     def scale(self, want: int, idle: list[int]) -> list[int]:
         """Move toward `want` workers: start new ones at once, retire the highest-numbered ones once idle.
-        Returns the idle workers after the change."""
+        Returns the idle workers after the change (new workers that wait for the next push are not idle)."""
         active = [n for n in self.workers if n not in self.retiring]
-        idle = idle + [self.add() for _ in range(want - len(active))]
+        idle = idle + [n for n in (self.add() for _ in range(want - len(active))) if n not in self.waiting]
         self.retiring.update(sorted(active, reverse=True)[:max(0, len(active) - want)])
-        for n in [n for n in idle if n in self.retiring]:
-            idle.remove(n)
+        for n in [n for n in self.workers if n in self.retiring and (n in idle or n in self.waiting)]:
+            if n in idle:
+                idle.remove(n)
             self.retiring.discard(n)
+            self.waiting.discard(n)
             ray.kill(self.workers.pop(n), no_restart=True)
         return idle
 
@@ -131,7 +217,72 @@ class RolloutGroup:
             ray.kill(actor, no_restart=True)
         self.workers = {}
 
+    def call(self, numbers: list[int], method: str, *args) -> list[ray.ObjectRef]:
+        return [getattr(self.workers[n], method).remote(*args) for n in numbers]
+
     def _load(self, numbers: list[int]) -> None:
         loaded = ray.get([self.workers[n].load_weights.remote(self.weights, self.version) for n in numbers])
         if any(v != self.version for v in loaded):
             raise RuntimeError(f"weight sync: workers report versions {loaded}, expected {self.version}")
+
+
+class ObjectStoreSync:
+    """`weights.sync: object_store`: one state-dict object per version, loaded by every worker."""
+
+    def __init__(self, cfg, learners: LearnerGroup, rollouts: RolloutGroup):
+        self.learners, self.rollouts = learners, rollouts
+
+    def push(self, version: int) -> dict:
+        t0 = time.perf_counter()
+        self.rollouts.load_weights(self.learners.publish_weights(), version)
+        return {"sync_s": time.perf_counter() - t0, "sync_workers": len(self.rollouts)}
+
+
+class BroadcastSync:
+    """`weights.sync: broadcast`: learner rank 0 broadcasts flat version-stamped buckets to its group."""
+
+    def __init__(self, cfg, learners: LearnerGroup, rollouts: RolloutGroup):
+        self.cfg, self.learners, self.rollouts = cfg, learners, rollouts
+        self.layout = None
+        self.group: tuple[int, tuple[int, ...]] | None = None  # (restarts, members) the group was built for
+        self.builds = 0
+
+    def push(self, version: int) -> dict:
+        """Broadcast `version` to the workers in the group (rebuilt first when membership changed), then hand
+        it to waiting workers through the object store."""
+        t0 = time.perf_counter()
+        rollouts, members = self.rollouts, self.rollouts.members()
+        if members:
+            if self.group != (rollouts.restarts, tuple(members)):
+                self._build(members)
+            try:
+                ray.get(self.learners.broadcast_weights(version)
+                        + rollouts.call(members, "receive_weights", version), timeout=self.cfg.weights.timeout_s)
+            except (RayActorError, RayTaskError, GetTimeoutError) as e:
+                print(f"weight sync: broadcast of version {version} failed ({type(e).__name__}); "
+                      f"sending it through the object store and rebuilding the group", flush=True)
+                self.group = None
+                rollouts.load_weights(self.learners.publish_weights(), version, numbers=rollouts.members())
+        rollouts.version, rollouts.weights = version, None
+        waiting = [n for n in rollouts.waiting if n in rollouts.workers]
+        if waiting:  # late joiners: this version once through the object store, the group from the next push
+            rollouts.load_weights(self.learners.publish_weights(), version, numbers=waiting)  # the handle stays: a worker added before the next push loads it at once
+        return {"sync_s": time.perf_counter() - t0, "sync_workers": len(members) + len(waiting)}
+
+    def _build(self, members: list[int]) -> None:
+        w = self.cfg.weights
+        if self.layout is None:
+            self.layout = self.learners.weight_layout()
+        addr, port = self.learners.weight_sync_address()
+        self.builds += 1
+        name = f"weights-{self.builds}"
+        size = len(members) + 1
+        ray.get([self.learners.join_weight_group(port, size, name, self.layout, w.bucket_mb, w.timeout_s)]
+                + [self.rollouts.workers[n].join_weight_group.remote(addr, port, i + 1, size, name, self.layout,
+                                                                      w.bucket_mb, w.timeout_s)
+                   for i, n in enumerate(members)], timeout=w.timeout_s)
+        self.group = (self.rollouts.restarts, tuple(members))
+
+
+def weight_sync(cfg, learners: LearnerGroup, rollouts: RolloutGroup):
+    return (BroadcastSync if cfg.weights.sync == "broadcast" else ObjectStoreSync)(cfg, learners, rollouts)

@@ -31,6 +31,7 @@ import torch.distributed as dist
 from actors.dllm import (build_model, derived_seed, grpo_advantages, grpo_loss, left_pad, lr_lambda, save_model,
                          token_scores, update_reference)
 from actors.trajectory import Trajectory
+from actors.weight_sync import BroadcastMember, Layout, free_port_here, layout_of
 
 STAT_KEYS = ("loss", "kl", "clip_fraction", "ratio_mean")
 
@@ -42,7 +43,7 @@ def _skip_shm_build() -> None:
     sys.modules["deepspeed.comm.torch"].build_shm_op = lambda: None
 
 
-def deepspeed_config(cfg, world_size: int) -> dict:
+def deepspeed_config(cfg, world_size: int, bf16: bool = False) -> dict:
     lc = cfg.learner
     n_sequences = cfg.rollout.prompts_per_step * cfg.rollout.group_size
     return {
@@ -51,37 +52,59 @@ def deepspeed_config(cfg, world_size: int) -> dict:
         "gradient_accumulation_steps": n_sequences // (lc.micro_batch_size * world_size),
         "gradient_clipping": lc.grad_clip,
         "zero_optimization": {"stage": lc.zero_stage},
-        "bf16": {"enabled": cfg.model.dtype == "bfloat16"},
+        "bf16": {"enabled": bf16 or cfg.model.dtype == "bfloat16"},
         "steps_per_print": 10**9,
         "wall_clock_breakdown": False,
     }
 
 
 class LearnerImpl:
-    def __init__(self, cfg, model_dir: str, rank: int, world_size: int, master_port: int, open_stream,
-                 resume_from: tuple[str, str, str] | None = None):
-        """`resume_from`: (checkpoint root, tag, reference model file) to continue from; `model_dir` is then
-        that checkpoint's policy."""
-        os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(master_port), RANK=str(rank),
+    def __init__(self, cfg, rank: int, world_size: int, device: str = "cpu"):
+        """A rank that holds nothing yet: `setup` builds the model and joins the DeepSpeed group once rank 0's
+        address is known (`master_address`). `device`: "cuda" (the GPU Ray assigned to this actor, bf16, nccl)
+        or "cpu" (the configured dtype, gloo)."""
+        self.cfg, self.rank, self.world_size = cfg, rank, world_size
+        self.device = torch.device("cuda", 0) if device == "cuda" else torch.device("cpu")
+        if device == "cuda" and not torch.cuda.is_available():
+            raise RuntimeError(f"learner-{rank}: asked for CUDA but torch sees no GPU "
+                               f"(CUDA_VISIBLE_DEVICES={os.environ.get('CUDA_VISIBLE_DEVICES')!r})")
+        os.environ["DS_ACCELERATOR"] = "cuda" if device == "cuda" else "cpu"  # before deepspeed is imported
+        self.weight_group = None
+
+    def master_address(self) -> tuple[str, int]:
+        """This node's IP as the other nodes see it and a port free on it (called on rank 0)."""
+        return ray.util.get_node_ip_address(), free_port_here()
+
+    def setup(self, master_addr: str, master_port: int, model_dir: str, open_stream,
+              resume_from: tuple[str, str, str] | None = None) -> dict:
+        """Join the DeepSpeed group at rank 0's `master_addr:master_port`, build the model and the engine.
+        `resume_from`: (checkpoint root, tag, reference model file) to continue from; `model_dir` is then that
+        checkpoint's policy."""
+        cfg, rank, world_size = self.cfg, self.rank, self.world_size
+        os.environ.update(MASTER_ADDR=master_addr, MASTER_PORT=str(master_port), RANK=str(rank),
                           WORLD_SIZE=str(world_size), LOCAL_RANK="0", LOCAL_SIZE="1")
         torch.set_num_threads(max(1, int(os.environ.get("OMP_NUM_THREADS", "1"))))
-        _skip_shm_build()
+        on_gpu = self.device.type == "cuda"
+        if on_gpu:
+            torch.cuda.set_device(self.device)
+        else:
+            _skip_shm_build()
         import deepspeed
 
-        deepspeed.init_distributed(dist_backend="gloo", verbose=False)
-        self.cfg, self.rank, self.world_size = cfg, rank, world_size
+        deepspeed.init_distributed(dist_backend="nccl" if on_gpu else "gloo", verbose=False)
         lc = cfg.learner
+        self.bf16 = on_gpu or cfg.model.dtype == "bfloat16"
 
         model, self.tokenizer = build_model(model_dir)
         if cfg.model.gradient_checkpointing:
             model.gradient_checkpointing_enable()
-        model.train()
+        model.to(self.device).train()
         self.mask_id = self.tokenizer.mask_token_id
         self.ref_model = None
         if lc.kl_beta > 0:
             self.ref_model, _ = build_model(model_dir)
-            self.ref_model.eval().requires_grad_(False)
-            if cfg.model.dtype == "bfloat16":
+            self.ref_model.to(self.device).eval().requires_grad_(False)
+            if self.bf16:
                 self.ref_model.to(torch.bfloat16)
 
         optimizer = torch.optim.AdamW(model.parameters(), lr=lc.lr, betas=tuple(lc.adam_betas),
@@ -91,16 +114,18 @@ class LearnerImpl:
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
         self.engine, _, _, self.scheduler = deepspeed.initialize(
             model=model, optimizer=optimizer, lr_scheduler=scheduler,
-            config=deepspeed_config(cfg, world_size))
+            config=deepspeed_config(cfg, world_size, bf16=self.bf16))
         self.stream = open_stream() if rank == 0 else None
         self.consumed_entries: list[str] = []  # consumed since the last checkpoint, acknowledged after it
         self.trained_group_ids: set[str] = set()  # every group trained on, as of the latest step
         self._first_read = True
         if resume_from is not None:
             self._load_checkpoint(*resume_from)
+        return self.info()
 
     def info(self) -> dict:
-        return {"rank": self.rank, "world_size": self.world_size, "pid": os.getpid()}
+        return {"rank": self.rank, "world_size": self.world_size, "pid": os.getpid(),
+                "node_id": ray.get_runtime_context().get_node_id(), "device": str(self.device)}
 
     # ----------------------------------------------------------------- data
     def _read_groups(self, count: int, timeout_s: float) -> list[tuple[str, Trajectory]]:
@@ -149,6 +174,7 @@ class LearnerImpl:
                 "completion_mask": torch.tensor([rows[i][2] for i in index], dtype=torch.bool),  # [b, K]
                 "advantages": adv[index],                                                       # [b]
             })
+        batches = [{k: v.to(self.device) if torch.is_tensor(v) else v for k, v in mb.items()} for mb in batches]
         return batches, rewards
 
     def _scores(self, model, mb: dict, step: int, iteration: int) -> torch.Tensor:
@@ -223,22 +249,57 @@ class LearnerImpl:
                 share = 1.0 if per_step else mb_tokens / step_tokens  # -> this micro-batch's part of the step mean
                 sums += torch.tensor([float(loss.detach()), *(stats[k] for k in STAT_KEYS[1:])]) * share
             grad_norm = float(self.engine.get_global_grad_norm() or 0.0)
-        if self.world_size > 1:
+        if self.world_size > 1:  # the step's token means: each rank holds its share of them
+            sums = sums.to(self.device)
             dist.all_reduce(sums)
+            sums = sums.cpu()
         if self.ref_model is not None and lc.ref_update_every > 0 and (step + 1) % lc.ref_update_every == 0:
             update_reference(self.ref_model, self.engine.module, mode=lc.ref_update, mix=lc.ref_mix)
         return {k: float(v) / lc.mu for k, v in zip(STAT_KEYS, sums)}, grad_norm
 
     # ----------------------------------------------------------------- weights, checkpoints
-    def export_weights(self) -> dict | None:
-        """The full state dict on rank 0 (every rank must call this under ZeRO-3)."""
+    def _full_state(self) -> dict | None:
+        """The full state dict on rank 0, None on the others (every rank must call this under ZeRO-3)."""
         if self.cfg.learner.zero_stage == 3:
             sd = self.engine._zero3_consolidated_16bit_state_dict()
         else:
             sd = self.engine.module.state_dict()
-        if self.rank != 0:
+        return sd if self.rank == 0 else None
+
+    def export_weights(self) -> dict | None:
+        """The full state dict on rank 0 as CPU tensors, for the object store (every rank joins under ZeRO-3)."""
+        sd = self._full_state()
+        return None if sd is None else {k: v.detach().to("cpu", copy=True) for k, v in sd.items()}
+
+    def weight_layout(self) -> Layout:
+        """(name, dtype, shape) of every tensor rank 0 sends (every rank joins under ZeRO-3)."""
+        sd = self._full_state()
+        return None if sd is None else layout_of(sd)
+
+    def join_weight_group(self, master_port: int, size: int, name: str, layout: Layout, bucket_mb: float,
+                          timeout_s: float) -> str:
+        """Rank 0: become member 0 of weight-sync group `name` (the rollout workers join concurrently)."""
+        self.leave_weight_group()
+        self.weight_group = BroadcastMember(
+            ray.util.get_node_ip_address(), master_port, 0, size, backend="nccl" if self.device.type == "cuda"
+            else "gloo", device=self.device, layout=layout, bucket_bytes=int(bucket_mb * 2**20),
+            timeout_s=timeout_s, name=name)
+        return name
+
+    def leave_weight_group(self) -> None:
+        if self.weight_group is not None:
+            self.weight_group.close()
+            self.weight_group = None
+
+    def broadcast_weights(self, version: int) -> dict | None:
+        """Rank 0 sends the current weights, stamped `version`, to its weight-sync group; every rank joins the
+        gather under ZeRO-3. Returns rank 0's sync statistics."""
+        sd = self._full_state()
+        if sd is None:
             return None
-        return {k: v.detach().to("cpu", copy=True) for k, v in sd.items()}
+        if self.weight_group is None:
+            raise RuntimeError("learner-0: broadcast_weights before join_weight_group")
+        return vars(self.weight_group.send(sd, version))
 
     def save_checkpoint(self, ckpt_root: str, tag: str, policy_dir: str, reference_file: str,
                         client_state: dict) -> list[str]:

@@ -24,6 +24,7 @@ from actors.dllm import DecoderSettings, ar_ness, build_model, completion_mask_f
 from actors.dllm.tokenizer import EOS, IM_END
 from actors.prompts import encode_prompt
 from actors.trajectory import (CompletionReward, DecodeStats, RolloutOutcome, RolloutStatus, Trajectory)
+from actors.weight_sync import BroadcastMember, state_digest
 
 
 @dataclass(frozen=True)
@@ -43,13 +44,20 @@ def decoder_settings(rollout_cfg) -> DecoderSettings:
 
 
 class RolloutWorkerImpl:
-    def __init__(self, cfg, model_dir: str, pool, open_stream, run_id: str, worker_id: str, version: int = 0):
+    def __init__(self, cfg, model_dir: str, pool, open_stream, run_id: str, worker_id: str, version: int = 0,
+                 device: str = "cpu"):
         """`open_stream()` returns the run's trajectory stream (a picklable factory from the driver);
-        `model_dir` holds policy version `version` (a restarted actor comes back with these arguments)."""
+        `model_dir` holds policy version `version` (a restarted actor comes back with these arguments).
+        `device`: "cuda" (the GPU, or GPU share, Ray assigned to this actor; bfloat16) or "cpu"."""
         torch.set_num_threads(max(1, int(os.environ.get("OMP_NUM_THREADS", "1"))))
         self.cfg, self.run_id, self.worker_id = cfg, run_id, worker_id
-        self.model, self.tokenizer = build_model(model_dir)
-        self.model.eval()
+        if device == "cuda" and not torch.cuda.is_available():
+            raise RuntimeError(f"{worker_id}: asked for CUDA but torch sees no GPU "
+                               f"(CUDA_VISIBLE_DEVICES={os.environ.get('CUDA_VISIBLE_DEVICES')!r})")
+        self.device = torch.device("cuda", 0) if device == "cuda" else torch.device("cpu")
+        self.model, self.tokenizer = build_model(model_dir, dtype=torch.bfloat16 if device == "cuda" else None)
+        self.model.to(self.device).eval()
+        self.weight_group = None
         self.version = version
         self.pool = pool
         self.stream = open_stream()
@@ -57,9 +65,35 @@ class RolloutWorkerImpl:
         self.settings = decoder_settings(cfg.rollout)
 
     def load_weights(self, state_dict: dict, version: int) -> int:
+        """Object-store sync: the whole state dict as one object."""
         self.model.load_state_dict(state_dict)
         self.version = int(version)
         return self.version
+
+    def join_weight_group(self, master_addr: str, master_port: int, member: int, size: int, name: str, layout,
+                          bucket_mb: float, timeout_s: float) -> str:
+        """Broadcast sync: become member `member` of weight-sync group `name` (learner rank 0 is member 0)."""
+        self.leave_weight_group()
+        self.weight_group = BroadcastMember(
+            master_addr, master_port, member, size, backend="nccl" if self.device.type == "cuda" else "gloo",
+            device=self.device, layout=layout, bucket_bytes=int(bucket_mb * 2**20), timeout_s=timeout_s, name=name)
+        return name
+
+    def leave_weight_group(self) -> None:
+        if self.weight_group is not None:
+            self.weight_group.close()
+            self.weight_group = None
+
+    def receive_weights(self, version: int) -> int:
+        """Broadcast sync: receive the weights learner rank 0 sends, which must be stamped `version`."""
+        if self.weight_group is None:
+            raise RuntimeError(f"{self.worker_id}: receive_weights before join_weight_group")
+        self.version = self.weight_group.receive(self.model, int(version)).version
+        return self.version
+
+    def weights_digest(self) -> str:
+        """SHA-256 of the model's state dict (names, dtypes and bytes), for tests and the benchmark."""
+        return state_digest(self.model.state_dict())
 
     def info(self) -> dict:
         return {"worker_id": self.worker_id, "version": self.version, "pid": os.getpid()}

@@ -42,6 +42,9 @@ class RunConfig:
     eta: int = 1  # async staleness bound: a group may start when accepted + running <= (eta + version + 1) * B
     checkpoint_every: int = 1
     keep_checkpoints: int = 3
+    # auto: CUDA when Ray reports GPUs and a role asks for them (learner.gpus_per_rank, rollout.gpus_per_worker),
+    # else CPU; cuda: fail (exit 2) when the cluster has no GPUs; cpu: never a GPU
+    device: str = _choice("auto", "cpu", "cuda")
 
 
 @dataclass
@@ -71,6 +74,7 @@ class ModelConfig:
     tiny: TinyModelConfig = field(default_factory=TinyModelConfig)
     dtype: str = _choice("float32", "bfloat16")
     gradient_checkpointing: bool = False
+    shape_config: Optional[str] = None  # a config.json to plan from when model.path is not on this machine
 
 
 @dataclass
@@ -100,6 +104,9 @@ class RolloutConfig:
     alg: str = _choice("origin", "maskgit_plus", "topk_margin", "entropy")
     alg_temp: float = 0.0
     max_restarts: int = 3
+    gpus_per_worker: float = 0.0  # fractional: 0.25 puts four rollout workers on one GPU
+    placement: str = _choice("SPREAD", "DEFAULT")  # Ray scheduling strategy of the rollout workers
+    resources: dict[str, float] = field(default_factory=dict)  # custom Ray resources per worker (pins to nodes)
 
 
 @dataclass
@@ -115,6 +122,9 @@ class SandboxConfig:
 class LearnerConfig:
     num_ranks: int = 1
     num_cpus: float = 1.0
+    gpus_per_rank: float = 0.0  # 1 on a GPU cluster (a DeepSpeed rank owns its GPU)
+    placement: str = _choice("PACK", "STRICT_PACK", "SPREAD")  # strategy of the ranks' placement group
+    resources: dict[str, float] = field(default_factory=dict)  # custom Ray resources per rank's bundle
     zero_stage: int = 2
     lr: float = 1e-6
     lr_schedule: str = _choice("cosine", "constant")
@@ -137,6 +147,16 @@ class LearnerConfig:
     ref_update_every: int = 64
     ref_update: str = _choice("hard", "soft")
     ref_mix: float = 0.6  # soft update: ref = ref_mix * theta + (1 - ref_mix) * ref
+
+
+@dataclass
+class WeightsConfig:
+    """How new weights reach the rollout workers after each step (actors/weight_sync.py)."""
+    # object_store: one state-dict object every worker loads (small models);
+    # broadcast: a torch.distributed group of learner rank 0 and the workers (nccl on GPU, gloo on CPU)
+    sync: str = _choice("object_store", "broadcast")
+    bucket_mb: float = 256.0  # broadcast: parameters travel packed in flat buckets of about this size
+    timeout_s: float = 600.0  # broadcast: a collective that does not complete in this time fails the sync
 
 
 @dataclass
@@ -177,6 +197,7 @@ class Config:
     rollout: RolloutConfig = field(default_factory=RolloutConfig)
     sandbox: SandboxConfig = field(default_factory=SandboxConfig)
     learner: LearnerConfig = field(default_factory=LearnerConfig)
+    weights: WeightsConfig = field(default_factory=WeightsConfig)
     redis: RedisConfig = field(default_factory=RedisConfig)
     ray: RayConfig = field(default_factory=RayConfig)
     metrics: MetricsConfig = field(default_factory=MetricsConfig)
@@ -194,6 +215,7 @@ def load_config(path: str | os.PathLike, overrides: list[str] = ()) -> Config:
         cfg.ray.address = os.environ.get("RAY_ADDRESS") or None
     cfg.data.train = _absolute(cfg.data.train)
     cfg.model.path = _absolute(cfg.model.path)
+    cfg.model.shape_config = _absolute(cfg.model.shape_config)
     cfg.model.tiny.tokenizer_dir = _absolute(cfg.model.tiny.tokenizer_dir)
     validate(cfg)
     return cfg
@@ -274,6 +296,9 @@ def validate(cfg: Config) -> None:
         ("rollout.block_length", ro.block_length,
          ro.block_length is None or 1 <= ro.block_length <= ro.max_new_tokens,
          f"must be null (the whole canvas) or in 1..rollout.max_new_tokens={ro.max_new_tokens}"),
+        ("rollout.gpus_per_worker", ro.gpus_per_worker, ro.gpus_per_worker >= 0
+         and (ro.gpus_per_worker <= 1 or ro.gpus_per_worker == int(ro.gpus_per_worker)),
+         "must be >= 0, a fraction of one GPU or a whole number"),
         ("rollout.max_restarts", ro.max_restarts, ro.max_restarts >= -1, "must be >= -1 (-1: unlimited)"),
         ("sandbox.num_workers", cfg.sandbox.num_workers, cfg.sandbox.num_workers >= 1, "must be >= 1"),
         ("sandbox.test_timeout_s", cfg.sandbox.test_timeout_s, cfg.sandbox.test_timeout_s > 0, "must be > 0"),
@@ -282,6 +307,8 @@ def validate(cfg: Config) -> None:
         ("sandbox.format_weight", cfg.sandbox.format_weight, cfg.sandbox.format_weight >= 0, "must be >= 0"),
         ("learner.num_ranks", le.num_ranks, le.num_ranks >= 1, "must be >= 1"),
         ("learner.num_cpus", le.num_cpus, le.num_cpus >= 0, "must be >= 0"),
+        ("learner.gpus_per_rank", le.gpus_per_rank, le.gpus_per_rank in (0, 1),
+         "must be 0 (CPU) or 1 (a DeepSpeed rank owns one GPU)"),
         ("learner.zero_stage", le.zero_stage, le.zero_stage in (0, 1, 2, 3), "must be one of 0, 1, 2, 3"),
         ("learner.lr", le.lr, le.lr > 0, "must be > 0"),
         ("learner.min_lr_ratio", le.min_lr_ratio, 0 <= le.min_lr_ratio <= 1, "must be in [0, 1]"),
@@ -304,6 +331,10 @@ def validate(cfg: Config) -> None:
         ("chaos.driver_kill_at_step", cfg.chaos.driver_kill_at_step,
          cfg.chaos.driver_kill_at_step is None or 1 <= cfg.chaos.driver_kill_at_step <= run.steps,
          f"must be null or in 1..run.steps={run.steps}"),
+        ("run.device", run.device, run.device != "cuda" or le.gpus_per_rank > 0 or ro.gpus_per_worker > 0,
+         "needs learner.gpus_per_rank or rollout.gpus_per_worker > 0"),
+        ("weights.bucket_mb", cfg.weights.bucket_mb, cfg.weights.bucket_mb > 0, "must be > 0"),
+        ("weights.timeout_s", cfg.weights.timeout_s, cfg.weights.timeout_s > 0, "must be > 0"),
         ("redis.stream_maxlen", cfg.redis.stream_maxlen, cfg.redis.stream_maxlen >= batch,
          f"must be >= rollout.prompts_per_step*rollout.group_size={batch}"),
         ("ray.num_cpus", cfg.ray.num_cpus, cfg.ray.num_cpus is None or cfg.ray.num_cpus > 0, "must be null or > 0"),

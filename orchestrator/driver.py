@@ -25,9 +25,9 @@ from actors.trajectory import RolloutOutcome, RolloutStatus
 from orchestrator import checkpoint
 from orchestrator.bookkeeping import Group, LoopState, PromptSampler, group_id
 from orchestrator.data import load_prompts
-from orchestrator.errors import RunFailed, one_line
+from orchestrator.devices import check_capacity, resolve_devices
+from orchestrator.errors import RunFailed, UserError, one_line
 from orchestrator.metrics import MetricsSink, step_metrics
-from orchestrator.redis_server import free_port
 from orchestrator.rundir import RunDir
 from orchestrator.stream import RunState, TrajectoryStream
 
@@ -51,7 +51,7 @@ class Driver:
         self.state = LoopState() if resume is None else checkpoint.restore(resume, self.stream)
         self.metrics = MetricsSink(run.path, run.run_id, tensorboard=cfg.metrics.tensorboard,
                                    progress_steps=(cfg.run.steps - self.state.step) if cfg.metrics.progress_bar else None)
-        self.pool = self.learners = self.rollouts = None
+        self.pool = self.learners = self.rollouts = self.sync = None
         self.in_flight: dict[ray.ObjectRef, list[Group]] = {}  # one rollout call -> its groups
         self.idle: list[int] = []  # rollout workers with no group
         self._scale_checked = 0.0
@@ -134,8 +134,8 @@ class Driver:
                     self.state.reissue.insert(0, g.index)
                 case RolloutStatus.SANDBOX_ERROR:
                     self.retry_or_fail(g, outcome.error)
-        if any(o.status is RolloutStatus.STALE for o in outcomes):
-            self.rollouts.update(worker)  # bring it up to date before its next call
+        if any(o.status is RolloutStatus.STALE for o in outcomes) and not self.rollouts.update(worker):
+            self.idle.remove(worker)  # it gets the newest weights at the next push
         return False
 
     def retry_or_fail(self, g: Group, error: str) -> None:
@@ -179,7 +179,8 @@ class Driver:
         st.step, st.version = st.step + 1, st.version + 1
         self.chaos_kill("trained")
         t0 = time.perf_counter()
-        self.rollouts.load_weights(self.learners.publish_weights(), st.version)
+        self.sync.push(st.version)
+        self.idle += self.rollouts.joined()
         row = {**step_metrics(batch, stats, version=st.version), **timings, "time_sync": time.perf_counter() - t0,
                "stream_depth": float(self.stream.depth()), "rollout_workers": float(len(self.rollouts)),
                "sandbox_workers": float(self.pool.num_workers)}
@@ -204,10 +205,13 @@ class Driver:
 
     # ----------------------------------------------------------------- actors
     def start_actors(self) -> None:
-        from actors.groups import LearnerGroup, RolloutGroup
+        from actors.groups import LearnerGroup, PlacementError, RolloutGroup, weight_sync
         from sandbox_workers import SandboxPool
 
         cfg, run = self.cfg, self.rundir
+        cluster = {**ray.cluster_resources(), "nodes": len([n for n in ray.nodes() if n["Alive"]])}
+        devices = resolve_devices(cfg, cluster)
+        check_capacity(cfg, devices, cluster)
         self.pool = SandboxPool(num_workers=cfg.sandbox.num_workers, redis_url=self.redis_url,
                                 pass_weight=cfg.sandbox.pass_weight, format_weight=cfg.sandbox.format_weight,
                                 test_timeout_s=cfg.sandbox.test_timeout_s, memory_mb=cfg.sandbox.memory_mb,
@@ -216,9 +220,15 @@ class Driver:
         if self.resume is not None:
             ckpt = run.checkpoint(self.resume["tag"])
             resume_from = (str(run.checkpoints), ckpt.tag, str(ckpt.reference_model))
-        self.learners = LearnerGroup(cfg, str(self.model_dir), free_port(), self.open_stream, resume_from)
+        try:
+            self.learners = LearnerGroup(cfg, str(self.model_dir), self.open_stream, resume_from,
+                                         device=devices.learner, gpus_per_rank=devices.learner_gpus)
+        except PlacementError as e:
+            raise UserError(f"learner.placement={cfg.learner.placement}: {e}") from None
         self.rollouts = RolloutGroup(cfg, str(self.model_dir), self.pool, self.open_stream, run.run_id,
-                                     version=self.state.version)
+                                     version=self.state.version, device=devices.rollout,
+                                     gpus_per_worker=devices.rollout_gpus)
+        self.sync = weight_sync(cfg, self.learners, self.rollouts)
         self.idle = [self.rollouts.add() for _ in range(cfg.rollout.num_workers)]
         self.run_state.set_desired_workers(cfg.rollout.num_workers)
         self.run_state.set_desired_workers(cfg.sandbox.num_workers, role="sandbox")

@@ -81,7 +81,7 @@ def _one_step(cfg, path, tokenizer, redis_url, B, G) -> tuple[dict, dict]:
     run_id = uuid.uuid4().hex[:8]
     open_stream = functools.partial(TrajectoryStream, redis_url, run_id)
     _publish_groups(open_stream(), tokenizer, B, G, seed=7)
-    learners = LearnerGroup(cfg, str(path), free_port(), open_stream)
+    learners = LearnerGroup(cfg, str(path), open_stream)
     try:
         stats = ray.get(learners.async_train_step(0))[0]
         return stats, ray.get(learners.publish_weights())
@@ -131,7 +131,8 @@ def test_two_zero2_learner_ranks_stay_in_sync_after_a_step(cluster, model_dir, r
     open_stream = functools.partial(TrajectoryStream, redis_url, uuid.uuid4().hex[:8])
     _publish_groups(open_stream(), tokenizer, B, G, seed=1)
     actor, port = ray.remote(InspectableLearner), free_port()
-    learners = [actor.options(num_cpus=0.5).remote(cfg, str(path), r, 2, port, open_stream) for r in range(2)]
+    learners = [actor.options(num_cpus=0.5).remote(cfg, r, 2) for r in range(2)]
+    ray.get([l.setup.remote("127.0.0.1", port, str(path), open_stream) for l in learners])
     try:
         before = ray.get(learners[0].parameter_sum.remote())
         stats = ray.get([l.train_step.remote(0, 120.0) for l in learners])
@@ -165,7 +166,7 @@ def test_weight_sync_gives_every_rollout_worker_the_learners_version_and_outputs
     run_id = uuid.uuid4().hex[:8]
     open_stream = functools.partial(TrajectoryStream, redis_url, run_id)
     _publish_groups(open_stream(), tokenizer, B, G, seed=2)
-    learners = LearnerGroup(cfg, str(path), free_port(), open_stream)
+    learners = LearnerGroup(cfg, str(path), open_stream)
     pool = SandboxPool(num_workers=1)
     rollouts = RolloutGroup(cfg, str(path), pool, open_stream, run_id)
     workers = [rollouts.add() for _ in range(2)]

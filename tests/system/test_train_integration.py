@@ -91,10 +91,12 @@ def test_sync_run_on_a_ray_cluster_completes_with_every_metric_checkpoint_and_pr
 
 
 @pytest.mark.integration
-def test_async_run_with_the_reference_decoder_completes_and_bounds_staleness(tmp_path):
+def test_async_run_with_the_reference_decoder_and_broadcast_sync_completes_and_bounds_staleness(tmp_path):
+    """Async with weights.sync=broadcast: rollout workers busy with a group join the gloo broadcast after it."""
     cmd = DIFFURL + ["train", "configs/demo.yaml", *SMALL, f"run.root_dir={tmp_path}", "run.name=it-async",
                      "run.mode=async", "run.eta=1", "rollout.num_workers=2", "rollout.num_cpus=0.5",
-                     "ray.num_cpus=3", "rollout.decoder=reference"]  # the demo preset's default is fast
+                     "ray.num_cpus=3", "rollout.decoder=reference",  # the demo preset's default is fast
+                     "weights.sync=broadcast", "weights.bucket_mb=0.05"]
     proc = subprocess.run(cmd, cwd=REPO, env=_env(), capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, (proc.stdout + proc.stderr)[-3000:]
     run_dir = _run_dir(tmp_path)
@@ -141,6 +143,19 @@ def test_bad_config_exits_2_with_one_line_and_starts_nothing(tmp_path, override,
     assert len(lines) == 1 and lines[0].startswith("diffurl: error: "), proc.stderr
     assert re.search(message, lines[0]), lines[0]
     assert not any(tmp_path.iterdir()), "a run directory was created for a bad config"
+
+
+@pytest.mark.integration
+@pytest.mark.parametrize("override, key", [("learner.gpus_per_rank=1", "learner.gpus_per_rank=1"),
+                                           ("rollout.gpus_per_worker=0.5", "rollout.gpus_per_worker=0.5")])
+def test_asking_for_gpus_on_a_cluster_without_gpus_exits_2_naming_the_key_and_the_cluster(tmp_path, override, key):
+    cmd = DIFFURL + ["train", "configs/demo.yaml", *SMALL, override, f"run.root_dir={tmp_path}", "ray.num_cpus=2"]
+    proc = subprocess.run(cmd, cwd=REPO, env=_env(), capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 2, (proc.stdout + proc.stderr)[-3000:]
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("diffurl: error: ")]
+    assert errors == [f"diffurl: error: {key}: the Ray cluster has no GPUs (1 node, 2 CPUs, 0 GPUs); set it to 0, "
+                      "or run.device=cpu to run this config on CPU"], proc.stderr[-3000:]
+    assert json.loads((_run_dir(tmp_path) / "run.json").read_text())["status"] == "failed"
 
 
 def test_dry_run_prints_the_actor_plan_and_starts_nothing(tmp_path):
