@@ -96,7 +96,8 @@ class RolloutWorkerImpl:
         return state_digest(self.model.state_dict())
 
     def info(self) -> dict:
-        return {"worker_id": self.worker_id, "version": self.version, "pid": os.getpid()}
+        return {"worker_id": self.worker_id, "version": self.version, "pid": os.getpid(),
+                "node_id": ray.get_runtime_context().get_node_id()}
 
     def rollout_groups(self, jobs: list[GroupJob], expected_version: int | None = None) -> list[RolloutOutcome]:
         """Decode, score and publish `jobs`, one outcome each. A worker whose weights are not `expected_version`

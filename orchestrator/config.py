@@ -333,6 +333,9 @@ def validate(cfg: Config) -> None:
          f"must be null or in 1..run.steps={run.steps}"),
         ("run.device", run.device, run.device != "cuda" or le.gpus_per_rank > 0 or ro.gpus_per_worker > 0,
          "needs learner.gpus_per_rank or rollout.gpus_per_worker > 0"),
+        ("weights.sync", cfg.weights.sync, cfg.weights.sync != "broadcast" or ro.gpus_per_worker in (0, 1)
+         or ro.gpus_per_worker > 1, f"needs whole GPUs per rollout worker (rollout.gpus_per_worker="
+         f"{ro.gpus_per_worker:g}): nccl cannot hold two members of one group on one GPU; use object_store"),
         ("weights.bucket_mb", cfg.weights.bucket_mb, cfg.weights.bucket_mb > 0, "must be > 0"),
         ("weights.timeout_s", cfg.weights.timeout_s, cfg.weights.timeout_s > 0, "must be > 0"),
         ("redis.stream_maxlen", cfg.redis.stream_maxlen, cfg.redis.stream_maxlen >= batch,

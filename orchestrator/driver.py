@@ -232,8 +232,11 @@ class Driver:
         self.idle = [self.rollouts.add() for _ in range(cfg.rollout.num_workers)]
         self.run_state.set_desired_workers(cfg.rollout.num_workers)
         self.run_state.set_desired_workers(cfg.sandbox.num_workers, role="sandbox")
-        self.rollouts.wait_ready()
-        self.learners.wait_ready()
+        workers = self.rollouts.wait_ready()
+        ranks = self.learners.wait_ready()
+        print(f"placement: learner ranks on nodes {[r['node_id'][:8] for r in ranks]} ({devices.learner}, "
+              f"master {self.learners.master}), rollout workers on nodes {[w['node_id'][:8] for w in workers]} "
+              f"({devices.rollout}), weight sync {cfg.weights.sync}", flush=True)
         self.run_state.set_status("running")
 
     def stop_actors(self) -> None:

@@ -1,39 +1,157 @@
-"""The actor plan of a run: how many of each actor, with what resources and environment
-(`diffurl train --dry-run` prints it)."""
+"""The plan of a run, printed by `diffurl train --dry-run`: how many of each actor, with what CPUs, GPUs and
+placement, on which device, how much GPU memory each needs (`orchestrator.memory_plan`), how weights reach the
+rollout workers, and what the whole run asks of the cluster. Also the actors' environment (`ACTOR_ENV`).
+
+Without a cluster (no `ray.address`) the plan assumes the requested GPUs exist; with one (`cluster_resources`)
+the devices are resolved against it as a run would (`orchestrator.devices`) and the needs compared with its totals.
+"""
 from __future__ import annotations
+
+import math
+
+from orchestrator.devices import Devices, check_capacity, gpus_needed, resolve_devices
+from orchestrator.errors import UserError, one_line
+from orchestrator.memory_plan import gib, learner_memory, model_shape, rollout_memory, training_dtype
 
 # quiet, deterministic actors: no per-load progress bars, no tokenizer thread pools, no accelerator probing
 ACTOR_ENV = {"HF_HUB_DISABLE_PROGRESS_BARS": "1", "TRANSFORMERS_VERBOSITY": "error",
              "TOKENIZERS_PARALLELISM": "false", "DS_ACCELERATOR": "cpu"}
 
 
-def actor_plan(cfg) -> list[dict]:
-    """How many of each actor, with what resources: printed by `diffurl train --dry-run`."""
+def actor_plan(cfg, devices: Devices | None = None) -> list[dict]:
+    """How many of each actor, with what resources: printed by `diffurl train --dry-run`. `num_gpus`: what
+    each actor asks Ray for under `devices` (default: the configured requests)."""
     lc, rc, sc = cfg.learner, cfg.rollout, cfg.sandbox
+    learner_gpus = lc.gpus_per_rank if devices is None else devices.learner_gpus
+    rollout_gpus = rc.gpus_per_worker if devices is None else devices.rollout_gpus
     return [
         {"role": "learner", "names": [f"learner-{r}" for r in range(lc.num_ranks)],
-         "num_cpus": lc.num_cpus, "detail": f"DeepSpeed ZeRO-{lc.zero_stage}, {cfg.model.dtype}, "
-                                            f"estimator={lc.estimator}, mu={lc.mu}"},
+         "num_cpus": lc.num_cpus, "num_gpus": learner_gpus, "resources": dict(lc.resources),
+         "detail": f"DeepSpeed ZeRO-{lc.zero_stage}, {cfg.model.dtype}, estimator={lc.estimator}, mu={lc.mu}"},
         {"role": "rollout", "names": [f"rollout-{i}" for i in range(rc.num_workers)],
-         "num_cpus": rc.num_cpus, "detail": f"G={rc.group_size}, {rc.max_new_tokens} tokens, {_decoder(rc)}, "
-                                            f"alg={rc.alg}, T={rc.temperature}, max_restarts={rc.max_restarts}"},
+         "num_cpus": rc.num_cpus, "num_gpus": rollout_gpus, "resources": dict(rc.resources),
+         "detail": f"G={rc.group_size}, {rc.max_new_tokens} tokens, {_decoder(rc)}, "
+                   f"alg={rc.alg}, T={rc.temperature}, max_restarts={rc.max_restarts}"},
         {"role": "sandbox", "names": [f"sandbox-{i}" for i in range(sc.num_workers)],
-         "num_cpus": 0, "detail": f"timeout {sc.test_timeout_s}s/test, {sc.memory_mb} MiB"},
+         "num_cpus": 0, "num_gpus": 0, "resources": {},
+         "detail": f"timeout {sc.test_timeout_s}s/test, {sc.memory_mb} MiB"},
     ]
 
 
-def format_plan(cfg) -> str:
+def format_plan(cfg, cluster: dict[str, float] | None = None) -> str:
+    """The dry-run plan. `cluster`: `cluster_resources(cfg.ray.address)`, or None to plan as if the requested
+    GPUs exist. Raises UserError where a run would refuse to start (GPUs requested, none in the cluster)."""
+    planned = cluster if cluster is not None else ({} if cfg.run.device == "cpu" else {"GPU": math.inf})
+    devices = resolve_devices(cfg, planned)
+    actors = actor_plan(cfg, devices)
     lines = [f"actor plan ({cfg.run.mode} mode, {cfg.run.steps} steps, "
              f"{cfg.rollout.prompts_per_step} prompts x {cfg.rollout.group_size} completions per step):"]
-    total = 0.0
-    for a in actor_plan(cfg):
+    for a in actors:
         n = len(a["names"])
-        total += n * a["num_cpus"]
-        lines.append(f"  {a['role']:<8} x{n}  num_cpus={a['num_cpus']:<4} {a['names'][0]}..{a['names'][-1]}"
-                     f"  {a['detail']}")
-    lines.append(f"  placement: Ray's default scheduler, any node with free CPUs; {total:g} CPUs reserved in total")
+        lines.append(f"  {a['role']:<8} x{n}  num_cpus={a['num_cpus']:<4g} num_gpus={a['num_gpus']:<4g} "
+                     f"{a['names'][0]}..{a['names'][-1]}  {a['detail']}")
+    lines += ["  placement:", *_placement(cfg, devices)]
+    lines += _memory(cfg, devices)
+    lines.append(f"  weight sync: {_weight_sync(cfg, devices)}")
+    need = _needs(actors)
+    lines.append(f"  needs: {_resources(need)} in total")
+    if cluster is not None:
+        lines += _against(cfg, devices, cluster, need)
     lines.append(f"  redis: {'embedded redis-server in the run directory' if not cfg.redis.url else 'external'}")
     return "\n".join(lines)
+
+
+def cluster_resources(address: str) -> dict[str, float]:
+    """The totals of the Ray cluster at `address` (`ray.cluster_resources()`) and its number of alive nodes
+    (key "nodes"); a cluster that cannot be reached is a UserError."""
+    import ray
+
+    try:
+        ray.init(address=address, logging_level="ERROR", log_to_driver=False, include_dashboard=False)
+        return {**ray.cluster_resources(), "nodes": len([n for n in ray.nodes() if n["Alive"]])}
+    except Exception as e:  # noqa: BLE001 (any failure to reach the cluster is the user's address)
+        raise UserError(f"ray.address={address}: cannot read the cluster's resources ({one_line(e)})") from None
+    finally:
+        if ray.is_initialized():
+            ray.shutdown()
+
+
+def _placement(cfg, devices: Devices) -> list[str]:
+    lc, rc = cfg.learner, cfg.rollout
+    bundle = {"CPU": lc.num_cpus, "GPU": devices.learner_gpus, **lc.resources}
+    bundle_text = ", ".join(f"{k}: {v:g}" for k, v in bundle.items() if v > 0) or "CPU: 0.001"
+    learner_device = (f"cuda, one GPU per rank, {devices.dist_backend()}" if devices.learner == "cuda"
+                      else f"cpu, {training_dtype(cfg, 'cpu')}, {devices.dist_backend()}")
+    if devices.rollout == "cuda":
+        share = 1 / devices.rollout_gpus
+        shared = f", {share:g} workers per GPU" if share > 1 and share == int(share) else ""
+        rollout_device = f"cuda, {devices.rollout_gpus:g} GPU per worker{shared}"
+    else:
+        rollout_device = f"cpu, {training_dtype(cfg, 'cpu')}"
+    strategy = {"SPREAD": "SPREAD (over the nodes)", "DEFAULT": "DEFAULT (Ray's default scheduler)"}[rc.placement]
+    bundles = f"{lc.num_ranks} bundle{'s' if lc.num_ranks != 1 else ''}"
+    return [f"    learner: a placement group of {bundles} {{{bundle_text}}}, strategy {lc.placement}; "
+            f"{learner_device}",
+            f"    rollout: scheduling strategy {strategy}; {rollout_device}"
+            + (f"; resources {dict(rc.resources)}" if rc.resources else ""),
+            "    sandbox: CPU only, num_cpus=0 (Ray's default scheduler; each runs its tests in sandboxed processes)"]
+
+
+def _memory(cfg, devices: Devices) -> list[str]:
+    shape, source = model_shape(cfg)
+    if shape is None:
+        return [f"  memory estimate: {source}"]
+    lc = cfg.learner
+    learner, rollout = learner_memory(cfg, shape, devices.learner), rollout_memory(cfg, shape, devices.rollout)
+    where = {"cuda": "GPU memory", "cpu": "host memory"}
+    checkpointing = ", gradient checkpointing" if cfg.model.gradient_checkpointing else ""
+    lines = [f"  memory estimate from {source}: {shape.parameters:,} parameters",
+             f"    per learner rank ({where[devices.learner]}, {training_dtype(cfg, devices.learner)}, "
+             f"ZeRO-{lc.zero_stage} over {lc.num_ranks} rank{'s' if lc.num_ranks != 1 else ''}{checkpointing}):",
+             f"      {learner.describe()}",
+             f"    per rollout worker ({where[devices.rollout]}, {training_dtype(cfg, devices.rollout)}):",
+             f"      {rollout.describe()}"]
+    if devices.rollout == "cuda" and devices.rollout_gpus < 1:
+        per_gpu = math.floor(1 / devices.rollout_gpus + 1e-9)
+        lines.append(f"      {per_gpu} workers per GPU: {gib(per_gpu * rollout.total)} per GPU")
+    return lines
+
+
+def _weight_sync(cfg, devices: Devices) -> str:
+    w = cfg.weights
+    if w.sync == "object_store":
+        return "object_store (learner rank 0 puts its state dict in Ray's object store once; every worker loads it)"
+    return (f"broadcast (a torch.distributed group of learner rank 0 and the {cfg.rollout.num_workers} workers, "
+            f"{devices.dist_backend()}, flat buckets of {w.bucket_mb:g} MiB)")
+
+
+def _needs(actors: list[dict]) -> dict[str, float]:
+    need: dict[str, float] = {"CPU": 0.0, "GPU": 0.0}
+    for a in actors:
+        n = len(a["names"])
+        for key, value in {"CPU": a["num_cpus"], "GPU": a["num_gpus"], **a["resources"]}.items():
+            need[key] = need.get(key, 0.0) + n * value
+    return need
+
+
+def _against(cfg, devices: Devices, cluster: dict[str, float], need: dict[str, float]) -> list[str]:
+    nodes = int(cluster.get("nodes", 0))
+    have = {k: float(cluster.get(k, 0.0)) for k in need}
+    lines = [f"  cluster: {nodes} node{'s' if nodes != 1 else ''}, {_resources(have)}"]
+    short = []
+    try:
+        check_capacity(cfg, devices, cluster)
+    except UserError as e:
+        short.append(str(e))
+    short += [f"{_resources({k: v})} needed, the cluster has {have[k]:g}" for k, v in need.items()
+              if k != "GPU" and v > have[k] + 1e-9]
+    lines += [f"  SHORT: {s}" for s in short] or [f"  fits: {gpus_needed(cfg, devices):g} of {have['GPU']:g} GPUs, "
+                                                    f"{need['CPU']:g} of {have['CPU']:g} CPUs"]
+    return lines
+
+
+def _resources(amounts: dict[str, float]) -> str:
+    return ", ".join(f"{v:g} {k}s" if k in ("CPU", "GPU") else f"{v:g} {k}" for k, v in amounts.items())
 
 
 def _decoder(rc) -> str:

@@ -67,3 +67,35 @@ def start_ray_head(*, num_cpus: int = 3, dashboard: bool = False, timeout_s: flo
         time.sleep(1)
     head.stop()
     raise RuntimeError(f"ray head at {head.address} did not come up in {timeout_s}s")
+
+
+def start_ray_worker(head: RayHead, *, num_cpus: int, resources: dict[str, float], timeout_s: float = 90) -> RayHead:
+    """A worker raylet (`ray start --address=HEAD --block`) on this machine, with custom `resources` to tell it
+    apart; stopped like the head. Returns once the cluster lists the new node alive."""
+    import json
+
+    tmp_dir = Path(tempfile.mkdtemp(prefix="rw-", dir="/tmp"))
+    cmd = [RAY, "start", f"--address={head.address}", "--block", "--node-ip-address=127.0.0.1",
+           f"--num-cpus={num_cpus}", f"--resources={json.dumps(resources)}", f"--metrics-export-port={free_port()}",
+           f"--dashboard-agent-listen-port={free_port()}", f"--dashboard-agent-grpc-port={free_port()}",
+           f"--runtime-env-agent-port={free_port()}", f"--node-manager-port={free_port()}",
+           f"--object-manager-port={free_port()}", "--disable-usage-stats"]
+    env = {**os.environ, "RAY_AUTH_MODE": "disabled"}
+    log = open(tmp_dir / "ray-worker.log", "w")
+    proc = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    worker = RayHead(proc, head.address, "", 0, tmp_dir)
+    name = next(iter(resources))
+    probe = [sys.executable, "-c", f"import ray; ray.init(address='{head.address}'); "
+             f"import sys; sys.exit(0 if ray.cluster_resources().get('{name}') else 1)"]
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"ray start (worker) exited with {proc.returncode}: see {log.name}")
+        try:
+            if subprocess.run(probe, env=env, capture_output=True, timeout=30).returncode == 0:
+                return worker
+        except subprocess.TimeoutExpired:
+            pass
+        time.sleep(1)
+    worker.stop()
+    raise RuntimeError(f"ray worker with {resources} did not join {head.address} in {timeout_s}s")

@@ -157,3 +157,10 @@ def test_relative_data_paths_become_absolute_and_resolve_from_any_directory(tmp_
     check_paths(cfg)
     (tmp_path / "mine.jsonl").write_text("")
     assert load_config(DEMO, ["data.train=mine.jsonl"]).data.train == str(tmp_path / "mine.jsonl")
+
+
+def test_broadcast_sync_refuses_rollout_workers_sharing_a_gpu():
+    with pytest.raises(UserError, match=r"^weights\.sync=broadcast: needs whole GPUs per rollout worker "
+                                        r"\(rollout\.gpus_per_worker=0\.5\)"):
+        load_config("configs/demo.yaml", ["weights.sync=broadcast", "rollout.gpus_per_worker=0.5"])
+    assert load_config("configs/demo.yaml", ["weights.sync=object_store", "rollout.gpus_per_worker=0.5"])

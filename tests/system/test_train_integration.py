@@ -173,7 +173,11 @@ def test_dry_run_of_the_paper_recipe_plans_with_missing_paths_as_warnings_and_a_
     plan = subprocess.run(DIFFURL + [*args, "--dry-run"], cwd=REPO, env=_env(), capture_output=True, text=True,
                           timeout=120)
     assert plan.returncode == 0, plan.stderr
-    assert "learner  x8" in plan.stdout and "rollout  x8" in plan.stdout
+    assert "learner  x4" in plan.stdout and "rollout  x4" in plan.stdout
+    assert "needs: 8 CPUs, 8 GPUs in total" in plan.stdout
+    assert "memory estimate from " + str(REPO / "configs" / "shapes" / "diffucoder_7b.json") in plan.stdout
+    assert re.search(r"per learner rank \(GPU memory, bfloat16, ZeRO-2 over 4 ranks.*\n\s+params [\d.]+ GiB .*"
+                     r"optimizer [\d.]+ GiB .*reference [\d.]+ GiB = [\d.]+ GiB", plan.stdout), plan.stdout
     warnings = plan.stderr.strip().splitlines()
     assert [w.split(":")[:2] for w in warnings] == [["diffurl", " warning"]] * 2, plan.stderr
     assert "data.train=/nonexistent/train.jsonl: not found" in warnings[0] and "model.path=" in warnings[1]
@@ -181,4 +185,38 @@ def test_dry_run_of_the_paper_recipe_plans_with_missing_paths_as_warnings_and_a_
     assert run.returncode == 2
     assert run.stderr.strip().splitlines() == ["diffurl: error: data.train=/nonexistent/train.jsonl: not found; "
                                                "expected a JSONL or Parquet file"]
+    assert not any(tmp_path.iterdir())
+
+
+def test_dry_run_of_the_two_node_paper_recipe_plans_16_gpus(tmp_path):
+    args = ["train", "configs/diffucoder_7b_2nodes.yaml", "--dry-run", f"run.root_dir={tmp_path}"]
+    plan = subprocess.run(DIFFURL + args, cwd=REPO, env=_env(), capture_output=True, text=True, timeout=120)
+    assert plan.returncode == 0, plan.stderr
+    assert "learner  x8" in plan.stdout and "rollout  x8" in plan.stdout
+    assert "a placement group of 8 bundles {CPU: 1, GPU: 1}, strategy PACK" in plan.stdout
+    assert "needs: 16 CPUs, 16 GPUs in total" in plan.stdout and "ZeRO-2 over 8 ranks" in plan.stdout
+    assert not any(tmp_path.iterdir())
+
+
+@pytest.mark.integration
+def test_dry_run_with_a_ray_address_plans_against_the_clusters_totals(tmp_path):
+    head = start_ray_head(num_cpus=3)
+    try:
+        env = {**_env(), "RAY_ADDRESS": head.address}
+        base = DIFFURL + ["train", "configs/demo.yaml", "--dry-run", f"run.root_dir={tmp_path}"]
+        fits = subprocess.run(base, cwd=REPO, env=env, capture_output=True, text=True, timeout=120)
+        short = subprocess.run(base + ["rollout.num_workers=8"], cwd=REPO, env=env, capture_output=True, text=True,
+                               timeout=120)
+        paper = subprocess.run(DIFFURL + ["train", "configs/diffucoder_7b.yaml", "--dry-run"], cwd=REPO, env=env,
+                               capture_output=True, text=True, timeout=120)
+    finally:
+        head.stop()
+    assert fits.returncode == 0, fits.stderr
+    assert "  cluster: 1 node, 3 CPUs, 0 GPUs" in fits.stdout and "  fits: 0 of 0 GPUs, 1.5 of 3 CPUs" in fits.stdout
+    assert short.returncode == 0, short.stderr
+    assert "  SHORT: 4.5 CPUs needed, the cluster has 3" in short.stdout
+    assert paper.returncode == 2
+    assert paper.stderr.strip().splitlines()[-1] == (
+        "diffurl: error: learner.gpus_per_rank=1: the Ray cluster has no GPUs (1 node, 3 CPUs, 0 GPUs); "
+        "set it to 0, or run.device=cpu to run this config on CPU")
     assert not any(tmp_path.iterdir())
