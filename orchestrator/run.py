@@ -4,12 +4,16 @@ directory and run.json, the embedded Redis, Ray, and the initial model.
     train(cfg)  ->  RunDir.create, config.yaml  ->  _run: Redis -> initial model -> Ray -> Driver -> loop
     resume(dir) ->  latest checkpoint, trimmed logs ->  _run with the checkpoint's driver state
 Whatever happens in the loop, actors, Ray (when started here) and Redis (when embedded) are stopped, and
-run.json ends with the status: finished, failed (with the error) or stopped.
+run.json ends with the status: finished, failed (with the error) or stopped. A Ray started here outlives a
+finished run until its last step's metrics have reached the Prometheus endpoint.
 """
 from __future__ import annotations
 
 import os
+import re
 import socket
+import time
+import urllib.request
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -20,15 +24,22 @@ from orchestrator import checkpoint
 from orchestrator.config import check_paths, config_to_yaml, load_config, save_config
 from orchestrator.data import load_prompts
 from orchestrator.errors import RunFailed, UserError, one_line
+from orchestrator.metrics import metric_name
 from orchestrator.plan import ACTOR_ENV, format_plan
-from orchestrator.redis_server import EmbeddedRedis, connect, free_port
+from orchestrator.redis_server import EVERY_INTERFACE, LOOPBACK, EmbeddedRedis, connect, free_port
 from orchestrator.rundir import RunDir
 
 
 def train(cfg, *, dry_run: bool = False, out=print) -> Path | None:
     """`diffurl train CONFIG`: a new run directory, Redis, Ray and the actors, then the loop."""
-    if dry_run:
-        out(format_plan(cfg))
+    if dry_run:  # with ray.address: planned against that cluster's resources
+        from orchestrator.plan import cluster_resources
+
+        cluster = None
+        if cfg.ray.address:
+            probe_ray_address(cfg.ray.address)
+            cluster = cluster_resources(cfg.ray.address)
+        out(format_plan(cfg, cluster))
         return None
     if cfg.ray.address:
         probe_ray_address(cfg.ray.address)
@@ -59,7 +70,7 @@ def resume(run_dir: str | Path, overrides: list[str] = (), *, out=print) -> Path
 def _run(cfg, run: RunDir, *, resume: dict | None, out=print) -> Path:
     from orchestrator.driver import Driver
 
-    redis, ray_started, driver = None, False, None
+    redis, ray_started, driver, rows = None, False, None, []
     previous_redis_url = run.read_info().get("redis_url")
     run.write_info(status="starting", driver_pid=os.getpid())
     try:
@@ -67,7 +78,7 @@ def _run(cfg, run: RunDir, *, resume: dict | None, out=print) -> Path:
             connect(cfg.redis.url)
             redis_url = cfg.redis.url
         else:
-            redis = _embedded_redis(run, previous_redis_url)
+            redis = _embedded_redis(run, previous_redis_url, cluster=bool(cfg.ray.address))
             redis.start()
             redis_url = redis.url
         run.write_info(redis_url=redis_url, redis_pid=redis.pid if redis else None)
@@ -75,7 +86,11 @@ def _run(cfg, run: RunDir, *, resume: dict | None, out=print) -> Path:
             model_dir = run.checkpoint(resume["tag"]).policy
         else:
             model_dir = prepare_model(cfg, run, load_prompts(cfg.data.train)[0])
-        ray_started, metrics_port = init_ray(cfg, run.run_id)
+        ray_started, metrics_port = init_ray(cfg, run.run_id, out=out)
+        if redis is not None and redis.bind == EVERY_INTERFACE:  # on a cluster: the URL other nodes can reach
+            redis.host = ray.util.get_node_ip_address()  # this node's IP as Ray knows it (after ray.init)
+            redis_url = redis.url
+            run.write_info(redis_url=redis_url)
         if metrics_port:
             out(f"ray metrics: http://127.0.0.1:{metrics_port}/metrics")
         run.write_info(ray_address=cfg.ray.address, metrics_port=metrics_port)
@@ -102,29 +117,40 @@ def _run(cfg, run: RunDir, *, resume: dict | None, out=print) -> Path:
         if driver is not None:
             driver.stop_actors()
         if ray_started:
-            ray.shutdown()
+            try:  # the last step's metrics reach Prometheus only if Ray outlives their next export
+                if rows and run.read_info().get("status") == "finished":
+                    wait_for_metrics_export(metrics_port, run.run_id, len(rows), out=out)
+            finally:
+                ray.shutdown()
         if redis is not None:
             redis.stop()
 
 
-def _embedded_redis(run: RunDir, previous_url: str | None) -> EmbeddedRedis:
-    """The run's own redis-server; on resume the same password (and port, when free) as before."""
+def _embedded_redis(run: RunDir, previous_url: str | None, *, cluster: bool) -> EmbeddedRedis:
+    """The run's own redis-server; on resume the same password (and port, when free) as before.
+
+    `cluster`: rollout and sandbox workers on other nodes must reach it, so it listens on every interface
+    (password-protected, like always); otherwise on 127.0.0.1 only.
+    """
+    bind = EVERY_INTERFACE if cluster else LOOPBACK
     if not previous_url:
-        return EmbeddedRedis(run.redis)
+        return EmbeddedRedis(run.redis, bind=bind)
     parts = urlsplit(previous_url)
     port = parts.port
     try:
         with socket.socket() as s:
-            s.bind(("127.0.0.1", port))
+            s.bind((bind, port))
     except OSError:
         port = None
-    return EmbeddedRedis(run.redis, port=port, password=parts.password)
+    return EmbeddedRedis(run.redis, port=port, password=parts.password, bind=bind)
 
 
-def init_ray(cfg, run_id: str) -> tuple[bool, int | None]:
+def init_ray(cfg, run_id: str, out=print) -> tuple[bool, int | None]:
     """Connect to `ray.address` (from the config or RAY_ADDRESS) or start a local cluster.
 
-    Returns (started_here, metrics_export_port).
+    A local start that times out (Ray's "node timed out during startup", on a loaded machine) is tried once
+    more after cleaning up; a second timeout is a UserError saying what to try. Returns (started_here,
+    metrics_export_port).
     """
     namespace = f"{cfg.ray.namespace}-{run_id}"
     if ray.is_initialized():
@@ -143,8 +169,53 @@ def init_ray(cfg, run_id: str) -> tuple[bool, int | None]:
         kwargs["dashboard_port"] = cfg.ray.dashboard_port
     if cfg.ray.num_cpus is not None:
         kwargs["num_cpus"] = cfg.ray.num_cpus
-    ray.init(**kwargs)
-    return True, port
+    for attempt in (1, 2):
+        try:
+            ray.init(**kwargs)
+            return True, kwargs["_metrics_export_port"]
+        except Exception as e:  # noqa: BLE001 - Ray raises a bare Exception for a node that does not start
+            if "timed out" not in str(e).lower():
+                raise
+            ray.shutdown()  # whatever the failed start left running
+            if attempt == 2:
+                cpus = f"ray.num_cpus={cfg.ray.num_cpus}" if cfg.ray.num_cpus is not None else "all cores"
+                raise UserError(f"ray.init: the local Ray node timed out during startup twice ({cpus}); free "
+                                "CPU and memory on this machine, or set a lower ray.num_cpus=N, or start a "
+                                "cluster with `ray start --head --port=6380` and set ray.address=HOST:6380"
+                                ) from None
+            out(f"ray: the local node timed out during startup ({one_line(e)}); trying once more")
+            if not cfg.ray.metrics_export_port:
+                kwargs["_metrics_export_port"] = free_port()  # the first try's port may not be free yet
+    raise AssertionError("unreachable")
+
+
+def wait_for_metrics_export(port: int, run_name: str, steps: int, out=print, poll_s: float = 0.5) -> bool:
+    """Block until the Prometheus endpoint on `port` counts the `steps` steps this process logged for the run
+    (`ray_diffurl_steps_total`, counted after each step's gauges are set), so that Ray is not shut down before
+    the last step's metrics are exported: Ray's metrics agent takes them from this process every
+    `metrics_report_interval_ms` (10 s by default). Waits at most two report intervals; True when seen."""
+    wait_s = 2 * max(ray._config.metrics_report_interval_ms(), 1000) / 1000  # Ray's own floor is 1 s
+    url = f"http://127.0.0.1:{port}/metrics"
+    series = re.compile(rf'^ray_{metric_name("steps")}_total{{[^}}]*run="{re.escape(run_name)}"[^}}]*}} (\S+)$',
+                        re.M)
+
+    def exported() -> bool:
+        try:
+            match = series.search(urllib.request.urlopen(url, timeout=2).read().decode())
+        except OSError:
+            return False
+        return match is not None and float(match.group(1)) >= steps
+
+    if exported():
+        return True
+    out(f"ray metrics: waiting up to {wait_s:.0f} s for the last step to reach {url} before Ray stops")
+    deadline = time.monotonic() + wait_s
+    while time.monotonic() < deadline:
+        time.sleep(poll_s)
+        if exported():
+            return True
+    out(f"ray metrics: the last step did not reach {url} in {wait_s:.0f} s; Prometheus may lack it")
+    return False
 
 
 def probe_ray_address(address: str, timeout_s: float = 5.0) -> None:

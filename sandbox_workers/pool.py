@@ -2,6 +2,8 @@
 
 The pool object holds only settings and actor handles, so it pickles: rollout actors call pool.score from
 their own processes. The pool is the one retry layer for sandbox failures (see SandboxPool.score).
+Given a Redis URL and the run's heartbeat hash, worker i heartbeats as `sandbox-<i>` when it starts and
+when it scores a batch (at most one write per worker every few seconds, never failing a score).
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ from ray.exceptions import RayActorError, RayTaskError
 
 from sandbox_workers.isolation import SandboxUnavailable
 from sandbox_workers.judge import compile_problem
-from sandbox_workers.worker import ScoreSettings, Scorer, unscorable_result
+from sandbox_workers.worker import Heartbeat, ScoreSettings, Scorer, unscorable_result
 
 log = logging.getLogger(__name__)
 
@@ -24,9 +26,12 @@ log = logging.getLogger(__name__)
 class SandboxWorker:
     """Ray actor around one Scorer (one sandbox slot). Jobs run one at a time; status() answers meanwhile."""
 
-    def __init__(self, worker_id: str, settings: ScoreSettings):
+    def __init__(self, worker_id: str, settings: ScoreSettings, heartbeat: tuple[str, str] | None = None):
+        """`heartbeat`: (Redis hash, id) to heartbeat under; needs settings.redis_url."""
         self.scorer = Scorer(worker_id, settings)
         self.lock = threading.Lock()
+        self.heartbeat = Heartbeat(settings.redis_url, *heartbeat) if heartbeat and settings.redis_url else None
+        self._beat()
 
     def ready(self) -> dict:
         return self.scorer.status()
@@ -34,6 +39,7 @@ class SandboxWorker:
     def score_batch(self, jobs: list[tuple[dict, str]]) -> list[dict]:
         """One result per job. A job the scorer raises on is that completion's failure alone (logged with its
         trace): the others of the batch keep their results."""
+        self._beat()
         with self.lock:
             results = []
             for problem, completion in jobs:
@@ -51,25 +57,39 @@ class SandboxWorker:
     def close(self) -> None:
         with self.lock:
             self.scorer.close()
+        if self.heartbeat is not None:
+            self.heartbeat.close()
+
+    def _beat(self) -> None:
+        if self.heartbeat is not None:
+            self.heartbeat.beat()
 
 
 class SandboxPool:
-    """A set of named SandboxWorker actors (`<name_prefix>-<i>`); needs ray.is_initialized()."""
+    """A set of named SandboxWorker actors (`<name_prefix>-<i>`); needs ray.is_initialized().
+
+    `heartbeat_key`: the run's heartbeat hash in the Redis at `redis_url` (the orchestrator's
+    `RunState.heartbeat_key`), where worker i heartbeats as `sandbox-<i>`; None: no heartbeats.
+    """
 
     def __init__(self, num_workers: int = 2, redis_url: str | None = None, pass_weight: float = 2.0,
                  format_weight: float = 0.5, test_timeout_s: float = 5.0, memory_mb: int = 512,
                  max_concurrency: int | None = None, *, require_format: bool = True, num_cpus: float = 0,
-                 name_prefix: str = "sandbox", batch_size: int = 4, recycle_every: int = 500):
+                 name_prefix: str = "sandbox", batch_size: int = 4, recycle_every: int = 500,
+                 heartbeat_key: str | None = None):
         if not ray.is_initialized():
             raise RuntimeError("SandboxPool needs a running Ray: call ray.init() first")
         if num_workers < 1:
             raise ValueError(f"num_workers must be >= 1, got {num_workers}")
+        if heartbeat_key and not redis_url:
+            raise ValueError(f"heartbeat_key={heartbeat_key!r} needs the redis_url of its Redis")
         self.settings = ScoreSettings(pass_weight=pass_weight, format_weight=format_weight,
                                       test_timeout_s=test_timeout_s, memory_mb=memory_mb,
                                       require_format=require_format, recycle_every=recycle_every,
                                       redis_url=redis_url)
         self.max_concurrency = max_concurrency
         self.num_cpus, self.name_prefix, self.batch_size = num_cpus, name_prefix, batch_size
+        self.heartbeat_key = heartbeat_key
         self.workers: list = []
         self.resize(num_workers)
 
@@ -166,7 +186,8 @@ class SandboxPool:
         name = f"{self.name_prefix}-{i}"
         actor_cls = ray.remote(SandboxWorker).options(name=name, num_cpus=self.num_cpus, max_restarts=3,
                                                       max_task_retries=0, max_concurrency=3)
-        return actor_cls.remote(name, self.settings)
+        heartbeat = (self.heartbeat_key, f"sandbox-{i}") if self.heartbeat_key else None
+        return actor_cls.remote(name, self.settings, heartbeat)
 
     def _stop(self, worker, i: int) -> None:
         try:

@@ -1,6 +1,7 @@
 """One scoring slot: compiles problems, runs programs in its warm sandbox, judges outside, caches.
 
-`Scorer` is plain Python (testable without Ray); pool.py wraps it in the `SandboxWorker` Ray actor.
+`Scorer` is plain Python (testable without Ray); pool.py wraps it in the `SandboxWorker` Ray actor, which
+also keeps a `Heartbeat` in the run's Redis for `diffurl status`.
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ import json
 import logging
 import os
 import random
+import threading
 import time
 from collections import Counter, OrderedDict
 from dataclasses import dataclass
@@ -227,6 +229,47 @@ class Scorer:
                 self.cache.set(key, json.dumps(result), ex=self.settings.cache_ttl_s)
             except RedisError as exc:
                 log.warning("%s: reward cache unavailable: %s", self.worker_id, exc)
+
+
+class Heartbeat:
+    """`worker_id -> unix time` in the Redis hash `key` (the run's heartbeat hash, which `diffurl status` reads).
+
+    `beat()` only flags a beat as due: a background thread writes it, at most once per `interval_s`, so that
+    scoring never waits on Redis. A failed write is logged once (until a write succeeds again) and never raised.
+    """
+
+    def __init__(self, redis_url: str, key: str, worker_id: str, interval_s: float = 5.0):
+        self.key, self.worker_id, self.interval_s = key, worker_id, interval_s
+        self.client = redis.Redis.from_url(redis_url, socket_timeout=2, socket_connect_timeout=2)
+        self._due, self._closed = threading.Event(), threading.Event()
+        self._thread = threading.Thread(target=self._write_when_due, name=f"heartbeat-{worker_id}", daemon=True)
+        self._thread.start()
+
+    def beat(self) -> None:
+        self._due.set()
+
+    def close(self) -> None:
+        self._closed.set()
+        self._due.set()
+        self._thread.join(timeout=5)
+        self.client.close()
+
+    def _write_when_due(self) -> None:
+        failing = False
+        while True:
+            self._due.wait()
+            if self._closed.is_set():
+                return
+            self._due.clear()
+            try:
+                self.client.hset(self.key, self.worker_id, repr(time.time()))
+                failing = False
+            except (RedisError, OSError) as exc:
+                if not failing:
+                    log.warning("%s: heartbeat to Redis failed, scoring goes on without it: %s", self.worker_id, exc)
+                failing = True
+            if self._closed.wait(self.interval_s):
+                return
 
 
 def unscorable_result(problem: dict, completion: str, settings: ScoreSettings, error: str,

@@ -6,6 +6,9 @@
 The config is validated here first (a bad one exits 2 before anything is submitted). The job's entrypoint is
 `python -m orchestrator.cli train CONFIG overrides...`, run on the cluster in a copy of this project (the Ray
 runtime env's `working_dir`, without .venv, runs/, .cache, .git), so relative config and data paths work there.
+It is preceded by a check that the node's `python` imports ray: a Ray started from an un-activated venv runs
+jobs with the system python, which would fail with a ModuleNotFoundError trace; the check says what to do in
+one line and exits 2. The dashboard's Jobs table names the job by the run (`metadata["job_name"]`).
 The job's driver connects to the cluster through the RAY_ADDRESS its job supervisor sets and inherits the
 cluster's RAY_AUTH_MODE and token from the node it runs on.
 
@@ -82,10 +85,19 @@ def job_config_path(config: str) -> str:
     return str(path.relative_to(REPO_ROOT)) if path.is_relative_to(REPO_ROOT) else str(path)
 
 
+NO_RAY = ("diffurl: the job's python ({python}) cannot import ray: start Ray from an activated venv "
+          "(source .venv/bin/activate && ray start ...) or put the venv's bin on PATH")
+
+
 def entrypoint(config: str | None, overrides: list[str], resume: str | None = None) -> str:
-    """The job's command: `train CONFIG overrides...`, or `train --resume RUN overrides...`."""
+    """The job's shell command: the ray check (NO_RAY and exit 2 when the `python` on the node's PATH cannot
+    import ray), then `python -m orchestrator.cli train CONFIG overrides...` (or `train --resume RUN ...`)."""
     train = ["--resume", resume] if resume else [config]
-    return shlex.join(["python", "-m", "orchestrator.cli", "train", *train, *overrides])
+    before, after = NO_RAY.split("{python}")
+    which = '"$(command -v python || echo none on PATH)"'
+    guard = (f"python -c 'import ray' 2>/dev/null || "
+             f"{{ echo {shlex.quote(before)}{which}{shlex.quote(after)} >&2; exit 2; }}")
+    return f"{guard}; exec " + shlex.join(["python", "-m", "orchestrator.cli", "train", *train, *overrides])
 
 
 def runtime_env() -> dict:
@@ -134,7 +146,8 @@ def submit(config: str | None, overrides: list[str], address: str | None, resume
                          "temporary copy of the project; give run.root_dir=/shared/path to keep it")
     try:
         job_id = client.submit_job(entrypoint=command, runtime_env=runtime_env(),
-                                   metadata={"diffurl_run": cfg.run.name})
+                                   metadata={"diffurl_run": cfg.run.name,
+                                             "job_name": run.path.name if resume else cfg.run.name})
     except (RuntimeError, OSError) as e:  # a refused request, a failed upload of the project
         raise UserError(f"--address={url}: the cluster did not accept the job ({_one_line(e)})") from None
     return Submitted(job_id, url, client, notes)

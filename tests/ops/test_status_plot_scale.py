@@ -1,4 +1,5 @@
-"""`diffurl status`, `plot` and `scale` on run directories built here, against a real redis-server."""
+"""`diffurl status`, `plot` and `scale` on run directories built here, against a real redis-server; sandbox
+heartbeats from a real pool on a real Ray cluster."""
 from __future__ import annotations
 
 import json
@@ -14,7 +15,9 @@ from orchestrator.redis_server import free_port
 from orchestrator.ops.status import ALIVE_WITHIN_S
 from orchestrator.stream import RunState, TrajectoryStream
 from orchestrator.cli import main
+from sandbox_workers.worker import Heartbeat
 from tests.orchestrator.test_redis_stream import sample_trajectory
+from tests.sandbox.pools import module_pool
 
 PHASES = {"time_generate": 1.5, "time_reward": 0.25, "time_score": 0.5, "time_train": 2.0, "time_sync": 0.1,
           "time_checkpoint": 0.3}
@@ -79,6 +82,71 @@ def test_status_reports_live_workers_stream_and_the_latest_step_with_phase_times
     assert "staleness  mean 0.500, max 1.000" in out
     assert "generate 1.50s" in out and "checkpoint 0.30s" in out
     assert str(run_dir) in out and "note" not in out
+
+
+ADD = {"task_id": "add", "entry_point": "add", "tests": ["assert add(1, 2) == 3"]}
+ADD_OK = "def add(a, b):\n    return a + b\n"
+
+
+def wait_for_heartbeat(state: RunState, worker: str, timeout_s: float = 15.0) -> float | None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if worker in state.heartbeats():
+            return state.heartbeats()[worker]
+        time.sleep(0.1)
+    return None
+
+
+def test_a_heartbeat_writes_at_most_once_per_interval_however_often_it_beats(server, client):
+    key = f"diffurl:hb-{uuid.uuid4().hex[:8]}:heartbeat"
+    hsets = lambda: client.info("commandstats").get("cmdstat_hset", {}).get("calls", 0)  # noqa: E731
+    before, beats = hsets(), 0
+    heartbeat = Heartbeat(server.url, key, "sandbox-0", interval_s=0.5)
+    try:
+        deadline = time.monotonic() + 1.0
+        while time.monotonic() < deadline:
+            heartbeat.beat()
+            beats += 1
+    finally:
+        heartbeat.close()
+    assert beats > 1000 and 1 <= hsets() - before <= 3  # writes at 0, 0.5 and maybe 1.0 s
+    assert set(client.hgetall(key)) == {b"sandbox-0"}
+
+
+def test_a_heartbeat_to_a_redis_that_is_down_never_raises_and_is_logged_once(gone_url, caplog):
+    heartbeat = Heartbeat(gone_url, "diffurl:gone:heartbeat", "sandbox-0", interval_s=0.05)
+    try:
+        with caplog.at_level("WARNING", logger="sandbox_workers.worker"):
+            for _ in range(10):
+                heartbeat.beat()
+                time.sleep(0.1)
+    finally:
+        heartbeat.close()
+    failures = [r for r in caplog.records if "heartbeat to Redis failed" in r.getMessage()]
+    assert len(failures) == 1, [r.getMessage() for r in caplog.records]
+
+
+@pytest.mark.integration
+def test_status_counts_a_sandbox_worker_that_scored_as_alive(ray_cluster, tmp_path, server, client, capsys):
+    run_dir = make_run(tmp_path, server.url, [metrics_row(1)])
+    state = RunState(client, run_dir.name)
+    state.set_desired_workers(1, role="sandbox")
+    with module_pool("hb-sandbox", redis_url=server.url, heartbeat_key=state.heartbeat_key) as pool:
+        assert wait_for_heartbeat(state, "sandbox-0") is not None, "a worker heartbeats when it starts"
+        client.hdel(state.heartbeat_key, "sandbox-0")
+        scored_at = time.time()
+        assert pool.score([ADD], [ADD_OK])[0]["status"] == "passed"
+        beat = wait_for_heartbeat(state, "sandbox-0")
+    assert beat is not None and beat >= scored_at, "a worker heartbeats when it scores a batch"
+    assert main(["status", str(run_dir)]) == 0
+    assert "sandbox 1 alive / 1 desired" in capsys.readouterr().out
+
+
+@pytest.mark.integration
+def test_a_sandbox_worker_whose_heartbeat_redis_is_down_still_scores(ray_cluster, gone_url):
+    with module_pool("hb-gone-sandbox", redis_url=gone_url, heartbeat_key="diffurl:gone:heartbeat") as pool:
+        results = pool.score([ADD, ADD], [ADD_OK, "def add(a, b):\n    return a - b\n"])
+    assert [r["status"] for r in results] == ["passed", "failed"]
 
 
 def test_status_of_an_ended_run_says_redis_is_gone_and_shows_the_run_directory(tmp_path, gone_url, capsys):

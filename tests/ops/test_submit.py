@@ -3,11 +3,14 @@ from __future__ import annotations
 
 import json
 import os
-import shlex
+import re
+import subprocess
 import sys
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import pytest
+import ray
 
 from orchestrator import cli
 from orchestrator.metrics import read_metrics
@@ -62,10 +65,38 @@ def test_the_job_gets_the_project_without_local_state_and_a_project_relative_con
     assert "env_vars" not in env, "the job must inherit the cluster's auth mode and token, not this machine's"
     config = submit.job_config_path(str(submit.REPO_ROOT / "configs" / "demo.yaml"))
     assert config == "configs/demo.yaml"
-    assert shlex.split(submit.entrypoint(config, ["run.name=a b"])) == [
-        "python", "-m", "orchestrator.cli", "train", "configs/demo.yaml", "run.name=a b"]
-    assert shlex.split(submit.entrypoint(None, ["run.steps=9"], resume="/shared/runs/r")) == [
-        "python", "-m", "orchestrator.cli", "train", "--resume", "/shared/runs/r", "run.steps=9"]
+
+
+def run_entrypoint(command: str, python: Path) -> subprocess.CompletedProcess:
+    """`command` as Ray's job supervisor runs it (a shell), with `python` first on PATH."""
+    return subprocess.run(["sh", "-c", command], env={"PATH": f"{python.parent}:/usr/bin:/bin"},
+                          capture_output=True, text=True, timeout=60)
+
+
+def test_the_entrypoint_runs_the_train_command_with_its_arguments_intact_through_the_shell(tmp_path):
+    python = tmp_path / "python"  # imports "ray" (exits 0 for -c), else prints the arguments it got
+    python.write_text('#!/bin/sh\n[ "$1" = "-c" ] && exit 0\n'
+                      '/usr/bin/python3 -c \'import json, sys; print(json.dumps(sys.argv[1:]))\' "$@"\n')
+    python.chmod(0o755)
+    odd = ["run.name=a b", "x='q'", 'y="$HOME"', "z=;exit 3", "w=`id`"]
+    new = run_entrypoint(submit.entrypoint("configs/demo.yaml", odd), python)
+    assert new.returncode == 0, new.stderr
+    assert json.loads(new.stdout) == ["-m", "orchestrator.cli", "train", "configs/demo.yaml", *odd]
+    resumed = run_entrypoint(submit.entrypoint(None, ["run.steps=9"], resume="/shared/runs/r 1"), python)
+    assert json.loads(resumed.stdout) == ["-m", "orchestrator.cli", "train", "--resume", "/shared/runs/r 1",
+                                          "run.steps=9"]
+
+
+def test_a_node_whose_python_lacks_ray_fails_the_job_with_one_line_and_exit_2(tmp_path):
+    if subprocess.run(["/usr/bin/python3", "-c", "import ray"], capture_output=True).returncode == 0:
+        pytest.skip("/usr/bin/python3 imports ray here: no interpreter without ray to stand for the system one")
+    python = tmp_path / "python"
+    python.symlink_to("/usr/bin/python3")
+    proc = run_entrypoint(submit.entrypoint("configs/demo.yaml", ["run.steps=1"]), python)
+    assert proc.returncode == 2 and proc.stdout == ""
+    assert proc.stderr.splitlines() == [
+        f"diffurl: the job's python ({python}) cannot import ray: start Ray from an activated venv "
+        "(source .venv/bin/activate && ray start ...) or put the venv's bin on PATH"]
 
 
 @pytest.mark.parametrize("address, expected", [
@@ -108,6 +139,12 @@ def test_unreachable_address_exits_2_with_one_line(no_token, capsys):
     assert f"--address={address}: cannot reach the Ray Jobs API" in one_error_line(capsys)
 
 
+def job_metadata(head, out: str) -> dict:
+    """The metadata of the job whose id `diffurl submit` printed in `out`, as the cluster holds it."""
+    (job_id,) = re.findall(r"^submitted job (raysubmit_\w+) to ", out, re.M)
+    return submit.job_client(head.dashboard_url).get_job_info(job_id).metadata
+
+
 @pytest.fixture(scope="module")
 def token_head():
     """A real head with a dashboard in token-auth mode; `python` on its PATH is this environment's."""
@@ -142,7 +179,13 @@ def test_submitted_two_step_job_succeeds_status_and_plot_report_it_and_a_resubmi
     assert "SUCCEEDED" in out and "ray job logs --follow raysubmit_" in out
     assert f"--address {token_head.dashboard_url}" in out
     (run_dir,) = (tmp_path / "runs").iterdir()
-    assert json.loads((run_dir / "run.json").read_text())["status"] == "finished"
+    info = json.loads((run_dir / "run.json").read_text())
+    assert info["status"] == "finished"
+    assert job_metadata(token_head, out)["job_name"] == "submitted"  # the dashboard's Jobs table shows it
+    # a job on a cluster: its Redis listens on every interface, and run.json names it by the driver node's IP
+    # as Ray knows it (`ray start` resolves the head's --node-ip-address=127.0.0.1 to this machine's IP)
+    assert "bind 0.0.0.0" in (run_dir / "redis" / "redis.conf").read_text().splitlines()
+    assert urlsplit(info["redis_url"]).hostname == ray.util.get_node_ip_address()
 
     assert cli.main(["status", str(run_dir)]) == 0
     status = capsys.readouterr().out
@@ -157,6 +200,7 @@ def test_submitted_two_step_job_succeeds_status_and_plot_report_it_and_a_resubmi
                       "--wait"])
     out = capsys.readouterr().out
     assert rc == 0, out
+    assert job_metadata(token_head, out)["job_name"] == run_dir.name
     assert [row["step"] for row in read_metrics(run_dir)] == [1, 2, 3]
     assert cli.main(["status", str(run_dir)]) == 0
     assert "step       3/3" in capsys.readouterr().out
@@ -172,6 +216,7 @@ def test_submit_wait_exits_1_when_the_job_fails_on_the_cluster(token_head, tmp_p
     captured = capsys.readouterr()
     assert rc == 1, captured.out + captured.err
     assert "FAILED" in captured.out
+    assert job_metadata(token_head, captured.out)["job_name"] == "demo"  # configs/demo.yaml's run.name
     last = captured.err.strip().splitlines()[-1]
     assert last.startswith("diffurl: job raysubmit_") and "ended FAILED" in last
     assert "no usable problems" in captured.err  # the job's own error, from its log tail

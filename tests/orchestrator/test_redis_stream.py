@@ -4,6 +4,7 @@ import struct
 import uuid
 
 import pytest
+import ray
 import redis
 from redis.backoff import NoBackoff
 from redis.retry import Retry
@@ -67,6 +68,24 @@ def test_embedded_server_requires_its_password_and_listens_on_loopback_only(serv
     anonymous = redis.Redis(host="127.0.0.1", port=server.port, retry=Retry(NoBackoff(), 0))
     with pytest.raises(redis.exceptions.AuthenticationError):
         anonymous.ping()
+
+
+def test_cluster_bound_server_answers_on_the_machines_ip_with_its_password_and_refuses_without(tmp_path, server):
+    """Bound on every interface (a run on a cluster), the server is reachable at the IP other nodes use, and its
+    password still guards it; the default server stays on loopback."""
+    ip = ray.util.get_node_ip_address()  # this machine's IP as other machines see it (no ray.init needed)
+    with EmbeddedRedis(tmp_path / "r", bind=redis_server.EVERY_INTERFACE, host=ip) as srv:
+        assert f"@{ip}:{srv.port}/0" in srv.url
+        client = connect(srv.url, retries=1)
+        assert client.config_get("bind")["bind"] == "0.0.0.0" and client.ping()
+        client.close()
+        anonymous = redis.Redis(host=ip, port=srv.port, retry=Retry(NoBackoff(), 0))
+        with pytest.raises(redis.exceptions.AuthenticationError):
+            anonymous.ping()
+    if ip != "127.0.0.1":  # a machine with only loopback cannot tell the two bindings apart
+        loopback_only = redis.Redis(host=ip, port=server.port, password=server.password, retry=Retry(NoBackoff(), 0))
+        with pytest.raises(redis.exceptions.ConnectionError):
+            loopback_only.ping()
 
 
 def test_restart_on_the_same_port_keeps_appended_data(tmp_path):
