@@ -26,6 +26,8 @@ log = logging.getLogger(__name__)
 class SandboxWorker:
     """Ray actor around one Scorer (one sandbox slot). Jobs run one at a time; status() answers meanwhile."""
 
+    heartbeat = None  # a worker without heartbeats (the default, and a worker assembled by hand in a test)
+
     def __init__(self, worker_id: str, settings: ScoreSettings, heartbeat: tuple[str, str] | None = None):
         """`heartbeat`: (Redis hash, id) to heartbeat under; needs settings.redis_url."""
         self.scorer = Scorer(worker_id, settings)
