@@ -26,6 +26,7 @@ from ray.exceptions import GetTimeoutError, RayActorError, RayTaskError
 from ray.util.placement_group import placement_group, remove_placement_group
 from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
+STUCK_GRACE_S = 10.0  # after a broadcast failed, a receiver not done by then is stuck in the collective
 PLACEMENT_TIMEOUT_S = 300.0  # a placement group not placed by then (resources never free up) stops the run
 
 
@@ -212,6 +213,12 @@ class RolloutGroup:
             ray.kill(self.workers.pop(n), no_restart=True)
         return idle
 
+    def restart(self, numbers: list[int]) -> None:
+        """Have Ray restart these workers' processes (within rollout.max_restarts; dead for good past it)."""
+        for n in numbers:
+            print(f"rollout-{n} is stuck in a failed weight sync; restarting it", flush=True)
+            ray.kill(self.workers[n], no_restart=False)
+
     def kill(self) -> None:
         for actor in self.workers.values():
             ray.kill(actor, no_restart=True)
@@ -221,9 +228,19 @@ class RolloutGroup:
         return [getattr(self.workers[n], method).remote(*args) for n in numbers]
 
     def _load(self, numbers: list[int]) -> None:
-        loaded = ray.get([self.workers[n].load_weights.remote(self.weights, self.version) for n in numbers])
-        if any(v != self.version for v in loaded):
-            raise RuntimeError(f"weight sync: workers report versions {loaded}, expected {self.version}")
+        """A worker that died (its node lost), or that Ray cannot restart within weights.timeout_s, is skipped:
+        its next group finds it dead, or restarted and stale."""
+        refs = {n: self.workers[n].load_weights.remote(self.weights, self.version) for n in numbers}
+        deadline = time.monotonic() + self.cfg.weights.timeout_s
+        for n, ref in refs.items():
+            try:
+                loaded = ray.get(ref, timeout=max(0.0, deadline - time.monotonic()))
+            except (RayActorError, GetTimeoutError) as e:
+                print(f"weight sync: rollout-{n} is gone ({type(e).__name__}); it is recovered at its next group",
+                      flush=True)
+                continue
+            if loaded != self.version:
+                raise RuntimeError(f"weight sync: rollout-{n} reports version {loaded}, expected {self.version}")
 
 
 class ObjectStoreSync:
@@ -252,21 +269,29 @@ class BroadcastSync:
         it to waiting workers through the object store."""
         t0 = time.perf_counter()
         rollouts, members = self.rollouts, self.rollouts.members()
+        handle = None  # this version in the object store, once exported
         if members:
-            if self.group != (rollouts.restarts, tuple(members)):
-                self._build(members)
+            receiving = []
             try:
-                ray.get(self.learners.broadcast_weights(version)
-                        + rollouts.call(members, "receive_weights", version), timeout=self.cfg.weights.timeout_s)
-            except (RayActorError, RayTaskError, GetTimeoutError) as e:
+                if self.group != (rollouts.restarts, tuple(members)):
+                    self._build(members)
+                receiving = rollouts.call(members, "receive_weights", version)
+                ray.get(self.learners.broadcast_weights(version) + receiving, timeout=self.cfg.weights.timeout_s)
+            except (RayActorError, RayTaskError, GetTimeoutError) as e:  # a learner's failure raises from the export
                 print(f"weight sync: broadcast of version {version} failed ({type(e).__name__}); "
                       f"sending it through the object store and rebuilding the group", flush=True)
                 self.group = None
-                rollouts.load_weights(self.learners.publish_weights(), version, numbers=rollouts.members())
-        rollouts.version, rollouts.weights = version, None
+                # a receiver still inside the failed collective would hold its actor until the collective's
+                # timeout: restart it (it gets the weights when it is back, as after any restart)
+                if receiving:
+                    _, stuck = ray.wait(receiving, num_returns=len(receiving), timeout=STUCK_GRACE_S)
+                    rollouts.restart([n for n, ref in zip(members, receiving) if ref in stuck])
+                handle = self.learners.publish_weights()
+                rollouts.load_weights(handle, version, numbers=rollouts.members())
+        rollouts.version, rollouts.weights = version, handle
         waiting = [n for n in rollouts.waiting if n in rollouts.workers]
         if waiting:  # late joiners: this version once through the object store, the group from the next push
-            rollouts.load_weights(self.learners.publish_weights(), version, numbers=waiting)  # the handle stays: a worker added before the next push loads it at once
+            rollouts.load_weights(handle or self.learners.publish_weights(), version, numbers=waiting)  # the handle stays: a worker added before the next push loads it at once
         return {"sync_s": time.perf_counter() - t0, "sync_workers": len(members) + len(waiting)}
 
     def _build(self, members: list[int]) -> None:

@@ -51,7 +51,16 @@ def gpus_needed(cfg, devices: Devices) -> float:
 
 
 def check_capacity(cfg, devices: Devices, cluster: dict[str, float]) -> None:
-    """A run that needs more GPUs than the cluster has would wait forever for its actors: exit 2 instead."""
+    """A run that needs more GPUs or custom resources than the cluster has would wait forever for its
+    actors: exit 2 instead."""
+    for role, count, resources in (("learner", cfg.learner.num_ranks, cfg.learner.resources),
+                                   ("rollout", cfg.rollout.num_workers, cfg.rollout.resources)):
+        for name, amount in resources.items():
+            have = float(cluster.get(name, 0.0))
+            if count * amount > have + 1e-9:
+                raise UserError(f"{role}.resources={{{name}: {amount:g}}}: {count} x {amount:g} {name} needed, the Ray "
+                                f"cluster has {have:g} ({_describe(cluster)}); start nodes with --resources or "
+                                f"change {role}.resources")
     need, have = gpus_needed(cfg, devices), float(cluster.get("GPU", 0.0))
     if need > have + 1e-9:
         raise UserError(f"learner.num_ranks={cfg.learner.num_ranks} x learner.gpus_per_rank={devices.learner_gpus:g} "

@@ -134,8 +134,11 @@ class Driver:
                     self.state.reissue.insert(0, g.index)
                 case RolloutStatus.SANDBOX_ERROR:
                     self.retry_or_fail(g, outcome.error)
-        if any(o.status is RolloutStatus.STALE for o in outcomes) and not self.rollouts.update(worker):
-            self.idle.remove(worker)  # it gets the newest weights at the next push
+        if any(o.status is RolloutStatus.STALE for o in outcomes):
+            print(f"rollout-{worker} was restarted by Ray (behind version {self.state.version}); "
+                  f"re-issuing {', '.join(group_id(g.index) for g in groups)}", flush=True)
+            if not self.rollouts.update(worker):
+                self.idle.remove(worker)  # it gets the newest weights at the next push
         return False
 
     def retry_or_fail(self, g: Group, error: str) -> None:
@@ -161,14 +164,18 @@ class Driver:
 
     # ----------------------------------------------------------------- one step
     def train_result(self, train: list) -> dict:
+        return self.on_learners(f"during step {self.state.step + 1}", lambda: ray.get(train)[0])
+
+    def on_learners(self, when: str, work):
+        """`work()`, with a learner's death or failure (its node lost, or the surviving rank's collective
+        after another rank's node was lost) turned into RunFailed with the resume command."""
         try:
-            return ray.get(train)[0]
+            return work()
         except RayActorError as e:
             what = f"died ({type(e).__name__})"
-        except RayTaskError as e:  # e.g. the surviving rank's collective after another rank's node was lost
+        except RayTaskError as e:
             what = f"failed ({one_line(e)})"
-        raise RunFailed(f"a learner {what} during step {self.state.step + 1}; "
-                        f"resume with: diffurl train --resume {self.rundir.path}") from None
+        raise RunFailed(f"a learner {what} {when}; resume with: diffurl train --resume {self.rundir.path}") from None
 
     def finish_step(self, stats: dict, timings: dict, step_t0: float) -> dict:
         """After a train step: new weights to every rollout worker, metrics, checkpoint when due.
@@ -179,15 +186,16 @@ class Driver:
         st.step, st.version = st.step + 1, st.version + 1
         self.chaos_kill("trained")
         t0 = time.perf_counter()
-        self.sync.push(st.version)
+        self.on_learners(f"in the weight sync after step {st.step}", lambda: self.sync.push(st.version))
         self.idle += self.rollouts.joined()
         row = {**step_metrics(batch, stats, version=st.version), **timings, "time_sync": time.perf_counter() - t0,
                "stream_depth": float(self.stream.depth()), "rollout_workers": float(len(self.rollouts)),
                "sandbox_workers": float(self.pool.num_workers)}
         t0 = time.perf_counter()
         if st.step % cfg.run.checkpoint_every == 0 or st.step == cfg.run.steps:
-            checkpoint.save(self.rundir, self.learners, self.stream, st, self.sampler, row, stats["groups"],
-                            cfg.run.keep_checkpoints)
+            self.on_learners(f"saving the checkpoint of step {st.step}", lambda: checkpoint.save(
+                self.rundir, self.learners, self.stream, st, self.sampler, row, stats["groups"],
+                cfg.run.keep_checkpoints))
             self.chaos_kill("checkpointed")
         row.update(time_checkpoint=time.perf_counter() - t0, step_wall_s=time.perf_counter() - step_t0)
         self.metrics.log(st.step, row)

@@ -144,7 +144,7 @@ def _against(cfg, devices: Devices, cluster: dict[str, float], need: dict[str, f
     except UserError as e:
         short.append(str(e))
     short += [f"{_resources({k: v})} needed, the cluster has {have[k]:g}" for k, v in need.items()
-              if k != "GPU" and v > have[k] + 1e-9]
+              if k == "CPU" and v > have[k] + 1e-9]  # GPUs and custom resources: check_capacity
     lines += [f"  SHORT: {s}" for s in short] or [f"  fits: {gpus_needed(cfg, devices):g} of {have['GPU']:g} GPUs, "
                                                     f"{need['CPU']:g} of {have['CPU']:g} CPUs"]
     return lines

@@ -14,13 +14,15 @@ import time
 from collections import deque
 
 import ray
-from ray.exceptions import RayActorError, RayTaskError
+from ray.exceptions import ActorUnavailableError, GetTimeoutError, RayActorError, RayTaskError
 
 from sandbox_workers.isolation import SandboxUnavailable
 from sandbox_workers.judge import compile_problem
 from sandbox_workers.worker import Heartbeat, ScoreSettings, Scorer, unscorable_result
 
 log = logging.getLogger(__name__)
+
+RESTART_WAIT_S = 120.0  # how long a score call waits for a restarting worker before giving its jobs up
 
 
 class SandboxWorker:
@@ -128,9 +130,10 @@ class SandboxPool:
         Each completion is run at most twice. A run that ends in sandbox_error (the sandbox broke, or the
         worker actor died) is run once more, on another worker when the pool has more than one; nothing
         below retries a job (Ray does not retry tasks; a worker restarts a broken sandbox but does not rerun
-        the job). If the second run also ends in sandbox_error, that result is returned: status
-        "sandbox_error", reward None, pass_rate None, retried True, error naming the failure; never a reward
-        of 0. Callers should not score such a completion again: it has had its two runs. Retries go one
+        the job). A worker that Ray is restarting (its node was lost) is waited for, up to RESTART_WAIT_S, and
+        the jobs it held run again once without counting as a run. If the second run also ends in
+        sandbox_error, that result is returned: status "sandbox_error", reward None, pass_rate None, retried
+        True, error naming the failure; never a reward of 0. Callers should not score such a completion again: it has had its two runs. Retries go one
         completion per batch, so that a completion that breaks its worker cannot take others down with it.
 
         What a completion's data causes on the trusted side is that completion's failure, never an
@@ -143,6 +146,7 @@ class SandboxPool:
         # (job index, attempt, worker to avoid, alone in its batch)
         queue = deque((i, 0, None, False) for i in range(len(problems)))
         in_flight: dict = {}
+        waited: set[int] = set()  # jobs already run again after their worker restarted
         limit = self.max_concurrency or 2 * self.num_workers
         batch = max(1, min(self.batch_size, len(problems) // (2 * self.num_workers) or 1))
         load = [0] * self.num_workers
@@ -162,6 +166,13 @@ class SandboxPool:
             load[w] -= 1
             try:
                 replies = ray.get(done[0])
+            except ActorUnavailableError as exc:  # restarting (e.g. its node was lost): the jobs did not finish
+                if not waited.intersection(j[0] for j in chunk) and self._back(w):
+                    waited.update(j[0] for j in chunk)  # once per job: a job cannot keep its worker restarting
+                    queue.extendleft(reversed(chunk))  # run again, not counted as their run
+                    continue
+                replies = [_infra_error(problems[j[0]], f"worker {self.name_prefix}-{w} did not come back: {exc}")
+                           for j in chunk]
             except RayActorError as exc:
                 replies = [_infra_error(problems[j[0]], f"worker {self.name_prefix}-{w} died: {exc}") for j in chunk]
             except RayTaskError as exc:
@@ -183,6 +194,14 @@ class SandboxPool:
         return results
 
     # --------------------------------------------------------------------------------------------
+
+    def _back(self, w: int) -> bool:
+        """Wait for worker `w`, which Ray is restarting, to answer again."""
+        try:
+            ray.get(self.workers[w].ready.remote(), timeout=RESTART_WAIT_S)
+            return True
+        except (RayActorError, GetTimeoutError):
+            return False
 
     def _start(self, i: int):
         name = f"{self.name_prefix}-{i}"

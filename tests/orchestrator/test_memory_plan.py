@@ -6,6 +6,7 @@ from pathlib import Path
 import pytest
 
 from orchestrator.config import load_config
+from orchestrator.devices import check_capacity, resolve_devices
 from orchestrator.errors import UserError
 from orchestrator.memory_plan import (ModelShape, learner_memory, model_shape, parameter_count, rollout_memory,
                                       rollout_rows)
@@ -145,6 +146,18 @@ def test_the_paper_recipe_fits_one_8_gpu_node_and_the_2_node_recipe_is_short_of_
 def test_a_cluster_short_of_cpus_is_a_line_of_the_plan():
     plan = format_plan(load_config(PAPER), {"CPU": 4.0, "GPU": 8.0, "nodes": 1})
     assert "  SHORT: 8 CPUs needed, the cluster has 4" in plan
+
+
+def test_a_custom_resource_the_cluster_lacks_is_a_short_line_and_stops_a_run_with_exit_2():
+    cfg = load_config(PAPER, ["learner.resources={learner_node: 1}"])
+    node = {"CPU": 64.0, "GPU": 8.0, "nodes": 1, "learner_node": 2.0}
+    with pytest.raises(UserError, match=r"^learner\.resources=\{learner_node: 1\}: 4 x 1 learner_node needed, "
+                                        r"the Ray cluster has 2 \(1 node, 64 CPUs, 8 GPUs\); start nodes with"):
+        check_capacity(cfg, resolve_devices(cfg, node), node)
+    assert "  SHORT: learner.resources={learner_node: 1}: 4 x 1 learner_node needed" in format_plan(cfg, node)
+    roomy = {**node, "learner_node": 4.0}
+    check_capacity(cfg, resolve_devices(cfg, roomy), roomy)
+    assert "SHORT" not in format_plan(cfg, roomy)
 
 
 def test_run_device_cpu_plans_no_gpus_even_on_a_gpu_recipe():

@@ -18,7 +18,7 @@ from orchestrator.errors import UserError
 from orchestrator.redis_server import EVERY_INTERFACE, LOOPBACK, free_port
 from orchestrator.rundir import RunDir
 from tests.orchestrator.test_metrics import sample
-from tests.system.test_train_integration import SMALL
+from tests.system.test_train_integration import SMALL, _check_run
 
 REPO = Path(__file__).resolve().parents[2]
 NODE_TIMEOUT = ("The current node timed out during startup. This could happen because some of the raylet failed "
@@ -89,7 +89,8 @@ def test_the_embedded_redis_listens_on_every_interface_only_for_a_cluster_and_re
 def test_a_local_runs_last_step_reaches_prometheus_before_ray_stops(tmp_path):
     """The endpoint dies with the run's Ray, so a scraper reads it while the run goes on, every 0.1 s, and
     keeps the latest answer: the last answer before Ray stopped must count every step and carry the last
-    step's gauges."""
+    step's gauges. The run itself: the resolved config printed, every metric of every step, the checkpoint,
+    every group consumed once."""
     port = free_port()
     cmd = [sys.executable, "-m", "orchestrator.cli", "train", "configs/demo.yaml", *SMALL, "run.steps=2",
            f"run.root_dir={tmp_path}", "run.name=prom-last", f"ray.metrics_export_port={port}", "ray.num_cpus=2",
@@ -116,7 +117,9 @@ def test_a_local_runs_last_step_reaches_prometheus_before_ray_stops(tmp_path):
         done.set()
         scraper.join()
     assert proc.returncode == 0, (proc.stdout + proc.stderr)[-3000:]
+    assert "--- resolved config ---" in proc.stdout
     (run_dir,) = tmp_path.iterdir()
+    _check_run(run_dir, steps=2, groups_per_step=2)
     last = json.loads((run_dir / "metrics.jsonl").read_text().splitlines()[-1])
     assert last["step"] == 2
     text = latest.get("text", "")

@@ -93,6 +93,27 @@ def test_killing_the_sandbox_mid_job_gives_a_retried_correct_result(pool):
     assert sum(s["restarts"] for s in pool.statuses()) >= 1
 
 
+@pytest.mark.parametrize("unavailable_calls, want", [(1, ("passed", 2.0, False)), (99, ("sandbox_error", None, True))])
+def test_a_restarting_worker_is_waited_for_and_its_jobs_run_again_once_uncounted(pool, monkeypatch, unavailable_calls,
+                                                                                 want):
+    """Ray answers a call to a worker it is restarting (its node was lost) with ActorUnavailableError: the
+    job runs again without it counting as a run, but only once, so a job cannot keep a worker restarting."""
+    import sandbox_workers.pool as pool_module
+
+    real_get, seen = ray.get, []
+
+    def get(ref, **kw):
+        if not isinstance(ref, list) and "timeout" not in kw and len(seen) < unavailable_calls:  # a score call
+            seen.append(ref)
+            raise ray.exceptions.ActorUnavailableError("The actor is restarting", None)
+        return real_get(ref, **kw)
+
+    monkeypatch.setattr(pool_module.ray, "get", get)
+    (result,) = pool.score([SLOW], [ADD_OK])
+    assert (result["status"], result["reward"], result["retried"]) == want, result
+    assert len(seen) == min(unavailable_calls, 3)  # run, run again uncounted, the retry: never more
+
+
 @ray.remote(num_cpus=0)
 class BrokenWorker:
     """Stands in for a SandboxWorker whose sandbox breaks on every job; records the completions it was given."""
