@@ -131,10 +131,12 @@ class SandboxPool:
         worker actor died) is run once more, on another worker when the pool has more than one; nothing
         below retries a job (Ray does not retry tasks; a worker restarts a broken sandbox but does not rerun
         the job). A worker that Ray is restarting (its node was lost) is waited for, up to RESTART_WAIT_S, and
-        the jobs it held run again once without counting as a run. If the second run also ends in
-        sandbox_error, that result is returned: status "sandbox_error", reward None, pass_rate None, retried
-        True, error naming the failure; never a reward of 0. Callers should not score such a completion again: it has had its two runs. Retries go one
-        completion per batch, so that a completion that breaks its worker cannot take others down with it.
+        the jobs it held run again once without counting as a run; they are reported retried, as Ray may
+        answer for a worker killed mid-job either way, as died or as restarting. If the second run also
+        ends in sandbox_error, that result is returned: status "sandbox_error", reward None, pass_rate None,
+        retried True, error naming the failure; never a reward of 0. Callers should not score such a
+        completion again: it has had its two runs. Retries go one completion per batch, so that a
+        completion that breaks its worker cannot take others down with it.
 
         What a completion's data causes on the trusted side is that completion's failure, never an
         infrastructure error: a batch whose call raises is scored again one completion at a time, and a
@@ -187,7 +189,7 @@ class SandboxPool:
                 if reply["status"] == "sandbox_error" and attempt == 0:
                     queue.append((i, 1, w, True))
                     continue
-                reply["retried"] = attempt > 0
+                reply["retried"] = attempt > 0 or i in waited  # its first run failed for infrastructure reasons
                 results[i] = reply
             if progress is not None:
                 progress(sum(r is not None for r in results), len(results))
