@@ -137,11 +137,11 @@ class RolloutGroup:
     def add(self) -> int:
         """Start one worker; returns its number. It is at the newest version at once when that is in
         model_dir or in the object store, else it waits for the next push (`joined`)."""
-        from actors.rollout import RolloutWorker
+        from actors.rollout import rollout_worker_class
 
         n, self._next_number = self._next_number, self._next_number + 1
         strategy = "SPREAD" if self.cfg.rollout.placement == "SPREAD" else "DEFAULT"
-        self.workers[n] = RolloutWorker.options(
+        self.workers[n] = rollout_worker_class(self.cfg).options(
             name=f"rollout-{n}", num_cpus=self.cfg.rollout.num_cpus, num_gpus=self.gpus,
             resources=dict(self.cfg.rollout.resources) or None, scheduling_strategy=strategy,
             max_restarts=self.cfg.rollout.max_restarts, max_task_retries=0,

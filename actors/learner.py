@@ -28,6 +28,7 @@ import ray
 import torch
 import torch.distributed as dist
 
+from actors.causal import build_causal_model, causal_token_logprobs
 from actors.dllm import (build_model, derived_seed, grpo_advantages, grpo_loss, left_pad, lr_lambda, save_model,
                          token_scores, update_reference)
 from actors.trajectory import Trajectory
@@ -95,14 +96,16 @@ class LearnerImpl:
         lc = cfg.learner
         self.bf16 = on_gpu or cfg.model.dtype == "bfloat16"
 
-        model, self.tokenizer = build_model(model_dir)
+        self.causal = lc.objective == "ar_grpo"
+        load = build_causal_model if self.causal else build_model
+        model, self.tokenizer = load(model_dir)
         if cfg.model.gradient_checkpointing:
             model.gradient_checkpointing_enable()
         model.to(self.device).train()
         self.mask_id = self.tokenizer.mask_token_id
         self.ref_model = None
         if lc.kl_beta > 0:
-            self.ref_model, _ = build_model(model_dir)
+            self.ref_model, _ = load(model_dir)
             self.ref_model.to(self.device).eval().requires_grad_(False)
             if self.bf16:
                 self.ref_model.to(torch.bfloat16)
@@ -174,11 +177,17 @@ class LearnerImpl:
                 "completion_mask": torch.tensor([rows[i][2] for i in index], dtype=torch.bool),  # [b, K]
                 "advantages": adv[index],                                                       # [b]
             })
+            if all(g.rollout_logprobs is not None for g in groups):  # AR-GRPO: what vLLM reported, [b, K]
+                logprobs = [lp for g in groups for lp in g.rollout_logprobs]
+                batches[-1]["rollout_logprobs"] = torch.tensor([logprobs[i] for i in index], dtype=torch.float32)
         batches = [{k: v.to(self.device) if torch.is_tensor(v) else v for k, v in mb.items()} for mb in batches]
         return batches, rewards
 
     def _scores(self, model, mb: dict, step: int, iteration: int) -> torch.Tensor:
-        """Token scores [b, K] with one mask seed per sequence: (run seed, step, iteration, row of the step)."""
+        """Token scores [b, K]. ar_grpo: the exact causal log-probs. coupled_grpo: the estimator's scores with
+        one mask seed per sequence: (run seed, step, iteration, row of the step)."""
+        if self.causal:
+            return causal_token_logprobs(model, mb["input_ids"], mb["attention_mask"], mb["completion_mask"].shape[1])
         if self.cfg.learner.mask_seed_policy == "fixed":
             iteration = 0
         seeds = [derived_seed(self.cfg.run.seed, "mask", step, iteration, row) for row in mb["rows"]]
@@ -210,12 +219,18 @@ class LearnerImpl:
                 "groups": [{"entry_id": eid, "group_id": traj.group_id, "prompt_id": traj.prompt_id,
                             "version_start": traj.version_start} for eid, traj in entries]}
 
+    @property
+    def _per_iteration(self) -> bool:
+        """Masks drawn anew each iteration, so the old scores differ per iteration (AR log-probs are exact:
+        the old policy's scores are the same in every iteration)."""
+        return self.cfg.learner.mask_seed_policy == "per_iteration" and not self.causal
+
     @torch.no_grad()
     def _fixed_scores(self, batches: list[dict], step: int) -> tuple[dict, dict]:
         """Scores that stay fixed during the step, keyed (iteration, micro-batch): the reference policy's,
         and the old policy's for iterations > 0 under `per_iteration` masks (iteration 0's old scores are the
         current scores, detached, taken in the first update)."""
-        per_iteration = self.cfg.learner.mask_seed_policy == "per_iteration"
+        per_iteration = self._per_iteration
         old: dict[tuple[int, int], torch.Tensor] = {}
         ref: dict[tuple[int, int], torch.Tensor] = {}
         for j, mb in enumerate(batches):
@@ -230,14 +245,17 @@ class LearnerImpl:
         """`mu` optimiser updates over this rank's micro-batches; statistics summed over ranks."""
         lc = self.cfg.learner
         per_step = lc.loss_norm == "step_tokens"
-        sums = torch.zeros(len(STAT_KEYS), dtype=torch.float64)
+        sums = torch.zeros(len(STAT_KEYS) + 1, dtype=torch.float64)  # + the rollout log-prob gap
         grad_norm = 0.0
         for it in range(lc.mu):
             for j, mb in enumerate(batches):
-                key = (it, j) if lc.mask_seed_policy == "per_iteration" else (0, j)
+                key = (it, j) if self._per_iteration else (0, j)
                 scores = self._scores(self.engine, mb, step, it)  # [b, K]
                 if it == 0:
                     old[key] = scores.detach()
+                    if "rollout_logprobs" in mb:  # |learner - vLLM| summed over the tokens, / the step's tokens
+                        gap = (old[key] - mb["rollout_logprobs"]).abs() * mb["completion_mask"]
+                        sums[-1] += float(gap.sum()) / step_tokens * lc.mu
                 mb_tokens = int(mb["completion_mask"].sum())
                 loss, stats = grpo_loss(scores, old[key], ref.get(key), mb["advantages"], mb["completion_mask"],
                                         eps=lc.clip_eps, beta=lc.kl_beta, tokens=step_tokens if per_step else None)
@@ -247,7 +265,7 @@ class LearnerImpl:
                     self.engine.backward(loss)
                 self.engine.step()
                 share = 1.0 if per_step else mb_tokens / step_tokens  # -> this micro-batch's part of the step mean
-                sums += torch.tensor([float(loss.detach()), *(stats[k] for k in STAT_KEYS[1:])]) * share
+                sums[:-1] += torch.tensor([float(loss.detach()), *(stats[k] for k in STAT_KEYS[1:])]) * share
             grad_norm = float(self.engine.get_global_grad_norm() or 0.0)
         if self.world_size > 1:  # the step's token means: each rank holds its share of them
             sums = sums.to(self.device)
@@ -255,7 +273,10 @@ class LearnerImpl:
             sums = sums.cpu()
         if self.ref_model is not None and lc.ref_update_every > 0 and (step + 1) % lc.ref_update_every == 0:
             update_reference(self.ref_model, self.engine.module, mode=lc.ref_update, mix=lc.ref_mix)
-        return {k: float(v) / lc.mu for k, v in zip(STAT_KEYS, sums)}, grad_norm
+        means = {k: float(v) / lc.mu for k, v in zip(STAT_KEYS, sums)}
+        if self.causal and "rollout_logprobs" in batches[0]:
+            means["rollout_logprob_gap"] = float(sums[-1]) / lc.mu
+        return means, grad_norm
 
     # ----------------------------------------------------------------- weights, checkpoints
     def _full_state(self) -> dict | None:

@@ -55,14 +55,17 @@ class RolloutWorkerImpl:
             raise RuntimeError(f"{worker_id}: asked for CUDA but torch sees no GPU "
                                f"(CUDA_VISIBLE_DEVICES={os.environ.get('CUDA_VISIBLE_DEVICES')!r})")
         self.device = torch.device("cuda", 0) if device == "cuda" else torch.device("cpu")
-        self.model, self.tokenizer = build_model(model_dir, dtype=torch.bfloat16 if device == "cuda" else None)
-        self.model.to(self.device).eval()
+        self._load_policy(model_dir)
         self.weight_group = None
         self.version = version
         self.pool = pool
         self.stream = open_stream()
         self.end_ids = [self.tokenizer.convert_tokens_to_ids(t) for t in (IM_END, EOS)]
         self.settings = decoder_settings(cfg.rollout)
+
+    def _load_policy(self, model_dir: str) -> None:
+        self.model, self.tokenizer = build_model(model_dir, dtype=torch.bfloat16 if self.device.type == "cuda" else None)
+        self.model.to(self.device).eval()
 
     def load_weights(self, state_dict: dict, version: int) -> int:
         """Object-store sync: the whole state dict as one object."""
@@ -111,11 +114,8 @@ class RolloutWorkerImpl:
         G = self.cfg.rollout.group_size
         prompts = [encode_prompt(self.tokenizer, job.problem["messages"], self.cfg.data.max_prompt_tokens)
                    for job in jobs]
-        seeds = [derived_seed(job.seed, "row", j) if self.settings.decoder == "fast" else job.seed
-                 for job in jobs for j in range(G)]
         t0 = time.perf_counter()
-        out = decode(self.model, self.tokenizer, [p for p in prompts for _ in range(G)], self.settings,
-                     temperature=self.cfg.rollout.temperature, seeds=seeds)
+        out = self._generate(prompts, jobs, G)
         t_generate = time.perf_counter() - t0
         t0 = time.perf_counter()
         results = self.pool.score([job.problem for job in jobs for _ in range(G)], list(out.texts))
@@ -124,6 +124,13 @@ class RolloutWorkerImpl:
         return [self._publish(job, prompt_ids, out, slice(i * G, (i + 1) * G), results[i * G:(i + 1) * G],
                               t_generate * share, t_reward * share)
                 for i, (job, prompt_ids) in enumerate(zip(jobs, prompts))]
+
+    def _generate(self, prompts: list[list[int]], jobs: list[GroupJob], G: int):
+        """The G completions of every job in one batched call of the configured decoder (`GenerateResult`)."""
+        seeds = [derived_seed(job.seed, "row", j) if self.settings.decoder == "fast" else job.seed
+                 for job in jobs for j in range(G)]
+        return decode(self.model, self.tokenizer, [p for p in prompts for _ in range(G)], self.settings,
+                      temperature=self.cfg.rollout.temperature, seeds=seeds)
 
     def _publish(self, job: GroupJob, prompt_ids, out, rows: slice, results, t_generate, t_reward) -> RolloutOutcome:
         failed = [x for x in results if x.get("reward") is None]  # the sandbox failed twice: infrastructure
@@ -134,6 +141,7 @@ class RolloutWorkerImpl:
         completion_ids, order = out.completion_ids[rows], out.order[rows]  # [G, K]
         row_forwards, row_tokens = out.row_forwards[rows], out.row_tokens[rows]
         local, global_ = ar_ness(order, k=1)
+        logprobs = getattr(out, "logprobs", None)  # the engine's per-token log-probs (vLLM), [N, K]
         trajectory = Trajectory(
             run_id=self.run_id, group_id=job.group_id, prompt_id=job.problem["task_id"], worker_id=self.worker_id,
             canary_bound=job.problem.get("canary_bound"),
@@ -141,7 +149,8 @@ class RolloutWorkerImpl:
             completion_mask=completion_mask_from_ids(completion_ids, self.end_ids).int().tolist(),
             texts=list(out.texts[rows]), rewards=[CompletionReward.from_result(x) for x in results],
             version_start=self.version, version_end=self.version,
-            decode=DecodeStats(decoder=r.decoder, alg=r.alg, temperature=r.temperature, steps=r.steps,
+            rollout_logprobs=None if logprobs is None else [list(row) for row in logprobs[rows]],
+            decode=DecodeStats(decoder=r.decoder if r.engine == "torch" else r.engine, alg=r.alg, temperature=r.temperature, steps=r.steps,
                                max_new_tokens=r.max_new_tokens, order=order.tolist(),
                                local_arness=local, global_arness=global_, forwards=max(row_forwards),
                                tokens_per_forward=sum(row_tokens) / max(sum(row_forwards), 1),
@@ -151,4 +160,75 @@ class RolloutWorkerImpl:
         return RolloutOutcome(RolloutStatus.PUBLISHED, job.group_id, summary=trajectory.summary(entry_id))
 
 
+@dataclass
+class EngineOutput:
+    """What `_publish` reads of a batched generation, for engines other than the dLLM decoders."""
+    texts: list[str]                 # [N] decoded up to the first end token, special tokens stripped
+    completion_ids: torch.Tensor     # [N, K] padded after the end with <|endoftext|>
+    order: torch.Tensor              # [N, K] step at which each position was decided (k: left to right)
+    row_forwards: list[int]          # [N] forwards each row took part in (its sampled tokens)
+    row_tokens: list[int]            # [N] tokens the model decided
+    logprobs: list[list[float]]      # [N, K] the engine's log-prob of each token (0 past the end)
+
+
+class VllmRolloutWorkerImpl(RolloutWorkerImpl):
+    """`rollout.engine: vllm`: the same worker for a causal (AR) policy, generating with `vllm.LLM`.
+
+    Completion j of group i is request (prompt_i, seed derived_seed(seed_i, "row", j)) with the rollout's
+    temperature, top-p and top-k, `max_new_tokens` and stop at `<|im_end|>` (or `<|endoftext|>`); its token
+    ids are padded with `<|endoftext|>` to K = max_new_tokens, so the trajectory has the shape of a dLLM one,
+    with vLLM's per-token log-probs in `rollout_logprobs`. Weights arrive through vLLM's own reload (object
+    store) or as a broadcast received into a state dict and reloaded the same way."""
+
+    def _load_policy(self, model_dir: str) -> None:
+        from actors.dllm.tokenizer import build_tokenizer
+        from actors.vllm_engine import VllmEngine
+
+        ro = self.cfg.rollout
+        self.model = None  # the weights live inside vLLM, in its own (fused) layout
+        self.tokenizer = build_tokenizer(model_dir)
+        self.engine = VllmEngine(model_dir, max_model_len=self.cfg.data.max_prompt_tokens + ro.max_new_tokens,
+                                 seed=self.cfg.run.seed, device=self.device.type, kv_cache_mb=ro.vllm_kv_cache_mb,
+                                 gpu_memory_utilization=ro.vllm_gpu_memory_utilization)
+
+    def load_weights(self, state_dict: dict, version: int) -> int:
+        self.engine.load_weights(state_dict)
+        self.version = int(version)
+        return self.version
+
+    def receive_weights(self, version: int) -> int:
+        if self.weight_group is None:
+            raise RuntimeError(f"{self.worker_id}: receive_weights before join_weight_group")
+        state, stats = self.weight_group.receive_state(int(version))
+        self.engine.load_weights(state)
+        self.version = stats.version
+        return self.version
+
+    def weights_digest(self) -> str:
+        raise RuntimeError(f"{self.worker_id}: a vLLM worker holds its weights in vLLM's fused layout, which has no "
+                           "digest comparable to the learner's; compare greedy outputs instead")
+
+    def _generate(self, prompts: list[list[int]], jobs: list[GroupJob], G: int) -> EngineOutput:
+        from actors.dllm.decoding import decode_completions
+
+        ro = self.cfg.rollout
+        K = ro.max_new_tokens
+        rows = self.engine.generate([p for p in prompts for _ in range(G)], temperature=ro.temperature,
+                                    top_p=ro.top_p, top_k=ro.top_k, max_tokens=K, stop_ids=self.end_ids,
+                                    seeds=[derived_seed(job.seed, "row", j) for job in jobs for j in range(G)])
+        fill = self.tokenizer.convert_tokens_to_ids(EOS)
+        ids = torch.tensor([r.token_ids + [fill] * (K - len(r.token_ids)) for r in rows], dtype=torch.long)
+        return EngineOutput(
+            texts=decode_completions(self.tokenizer, ids), completion_ids=ids,
+            order=torch.arange(K).expand(len(rows), K).clone(),
+            row_forwards=[len(r.token_ids) for r in rows], row_tokens=[len(r.token_ids) for r in rows],
+            logprobs=[r.logprobs + [0.0] * (K - len(r.logprobs)) for r in rows])
+
+
 RolloutWorker = ray.remote(RolloutWorkerImpl)
+VllmRolloutWorker = ray.remote(VllmRolloutWorkerImpl)
+
+
+def rollout_worker_class(cfg):
+    """The Ray actor class of `rollout.engine`."""
+    return VllmRolloutWorker if cfg.rollout.engine == "vllm" else RolloutWorker

@@ -78,11 +78,16 @@ class Trajectory:
     decode: DecodeStats
     time_generate: float          # seconds decoding the G completions (their share of a batched call)
     time_reward: float            # seconds scoring them in the sandbox (likewise)
+    # AR-GRPO: the rollout engine's (vLLM's) log-probability of each completion token, [G, K] (0 past the
+    # end); the learner recomputes them and reports the gap. None: a dLLM rollout (no exact token log-probs)
+    rollout_logprobs: list[list[float]] | None = None
 
     def __post_init__(self):
         g = len(self.completion_ids)
         sizes = {"completion_mask": len(self.completion_mask), "rewards": len(self.rewards),
                  "texts": len(self.texts), "decode.order": len(self.decode.order)}
+        if self.rollout_logprobs is not None:
+            sizes["rollout_logprobs"] = len(self.rollout_logprobs)
         wrong = {k: n for k, n in sizes.items() if n != g}
         if wrong:
             raise ValueError(f"trajectory {self.group_id}: {wrong} must match the {g} rows of completion_ids")

@@ -114,17 +114,32 @@ class BroadcastMember:
     @torch.no_grad()
     def receive(self, model: torch.nn.Module, expected_version: int) -> SyncStats:
         """Members 1..: receive one sync into `model`'s state dict; the header must carry `expected_version`."""
+        target = model.state_dict()
+        params = list(target.values())
+        return self._receive(expected_version, lambda i, tensor: params[i].copy_(tensor), len(target))
+
+    @torch.no_grad()
+    def receive_state(self, expected_version: int) -> tuple[dict[str, torch.Tensor], SyncStats]:
+        """Members 1..: receive one sync as a new state dict (name -> tensor, in the layout's order), for an
+        engine that loads weights through its own loader (vLLM) instead of holding a torch module."""
+        state: dict[str, torch.Tensor] = {}
+
+        def keep(i: int, tensor: torch.Tensor) -> None:
+            state[self.layout[i][0]] = tensor.clone()
+
+        stats = self._receive(expected_version, keep, len(self.layout))
+        return state, stats
+
+    def _receive(self, expected_version: int, put, n_target: int) -> SyncStats:
         import time
 
         t0 = time.perf_counter()
         header = torch.zeros(3, dtype=torch.long, device=self.device)
         self._broadcast(header)
         version, n_buckets, n_tensors = (int(v) for v in header.tolist())
-        target = model.state_dict()
-        if (n_buckets, n_tensors) != (len(self.buckets), len(self.layout)) or len(target) != len(self.layout):
+        if (n_buckets, n_tensors) != (len(self.buckets), len(self.layout)) or n_target != len(self.layout):
             raise RuntimeError(f"weight sync {self.name}: sender has {n_tensors} tensors in {n_buckets} buckets, "
                                f"this worker expects {len(self.layout)} in {len(self.buckets)}")
-        params = list(target.values())
         received = 0
         for bucket in self.buckets:
             dtype = getattr(torch, self.layout[bucket[0]][1])
@@ -134,7 +149,7 @@ class BroadcastMember:
             offset = 0
             for i in bucket:
                 n = _numel(self.layout[i][2])
-                params[i].copy_(flat[offset:offset + n].view(self.layout[i][2]))
+                put(i, flat[offset:offset + n].view(self.layout[i][2]))
                 offset += n
         if version != expected_version:  # after draining the buckets, so the group stays in step
             raise RuntimeError(f"weight sync {self.name}: received version {version}, expected {expected_version}")

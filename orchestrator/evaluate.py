@@ -13,7 +13,9 @@ problems (`prompt` = signature + docstring) get the EvalPlus instruct template t
 Qwen2.5-Coder evaluation uses. Rewards come from the real sandbox (SandboxPool). A completion passes when
 all its tests pass, running the first fenced code block (or the raw text), the evaluation convention; the
 format rate is the exact training rule (ALGORITHM.md section 3) on the whole completion.
-Decoding goes through `actors.dllm.decode`: the reference decoder (the paper's, one generator per batch seeded
+A causal (AR) checkpoint, what AR-GRPO trains, is decoded through vLLM (`actors.vllm_engine`), one request per
+completion seeded by its job index, so AR and dLLM policies are scored by this one harness. Otherwise
+decoding goes through `actors.dllm.decode`: the reference decoder (the paper's, one generator per batch seeded
 by the batch's start index, as it always was) or the fast one (one generator per completion, seeded by its
 index in the problem-major job list, so a completion does not depend on the batch size).
 At temperature 0 decoding is deterministic, so one sample per problem is drawn; pass@k needs N >= k samples
@@ -154,21 +156,40 @@ def mean_pass_at_k(passed: Iterable[Sequence[bool]], k: int) -> float:
 def evaluate(model_dir: str | Path, problems: list[dict], pool, *, temperatures: list[float], samples: int,
              decode: DecodeSettings, log=print) -> list[EvalResult]:
     """One EvalResult per temperature; `pool` is a SandboxPool (require_format=False for the eval rule)."""
-    from actors.dllm import build_model
+    from actors.causal import model_kind
+    from actors.dllm import build_tokenizer
     from actors.prompts import encode_prompt, eval_messages
 
-    model, tokenizer = build_model(str(model_dir))
-    model.eval()
-    room = model.config.max_position_embeddings - decode.max_new_tokens
+    causal = model_kind(model_dir) == "causal"
+    positions = int(json.loads((Path(model_dir) / "config.json").read_text())["max_position_embeddings"])
+    room = positions - decode.max_new_tokens
     if room < 1:
-        raise UserError(f"--max-new-tokens {decode.max_new_tokens}: the model only has "
-                        f"{model.config.max_position_embeddings} positions")
+        raise UserError(f"--max-new-tokens {decode.max_new_tokens}: the model only has {positions} positions")
+    tokenizer = build_tokenizer(str(model_dir))
     prompt_ids = [encode_prompt(tokenizer, eval_messages(p), min(decode.max_prompt_tokens, room)) for p in problems]
+    if causal:  # an AR checkpoint (AR-GRPO): decoded through vLLM
+        from actors.vllm_engine import VllmEngine, require_vllm
+
+        try:
+            require_vllm()
+        except ImportError as e:
+            raise UserError(f"{model_dir} holds a causal model, decoded through vLLM: {e}") from None
+        decoder_name = "vllm"
+        model = VllmEngine(str(model_dir), max_model_len=positions, seed=decode.seed)
+    else:
+        from actors.dllm import build_model
+
+        decoder_name = f"{decode.decoder} decoder"
+        model, tokenizer = build_model(str(model_dir))
+        model.eval()
     results = []
     for temperature in temperatures:
         n = 1 if temperature == 0 else samples
         t0 = time.perf_counter()
-        decoded = _decode_all(model, tokenizer, prompt_ids, n, temperature, decode)
+        if causal:
+            decoded = _decode_all_vllm(model, tokenizer, prompt_ids, n, temperature, decode)
+        else:
+            decoded = _decode_all(model, tokenizer, prompt_ids, n, temperature, decode)
         scores = pool.score([p for p in problems for _ in range(n)], decoded.texts)
         passed = np.array([s["status"] == "passed" for s in scores]).reshape(len(problems), n)
         res = EvalResult(temperature=temperature, samples=n, problems=len(problems))
@@ -184,7 +205,7 @@ def evaluate(model_dir: str | Path, problems: list[dict], pool, *, temperatures:
         res.tokens_per_forward = decoded.row_tokens / max(decoded.row_forwards, 1)
         res.wall_s = time.perf_counter() - t0
         log(f"eval: T={temperature:g}, {len(problems)} problems x {n}: pass@1 {res.pass_at[1]:.3f}, "
-            f"format {res.format_rate:.3f} ({res.wall_s:.0f} s; {decode.decoder} decoder {res.decode_s:.1f} s, "
+            f"format {res.format_rate:.3f} ({res.wall_s:.0f} s; {decoder_name} {res.decode_s:.1f} s, "
             f"{res.forwards} forwards, {res.tokens_per_s:.0f} tokens/s)")
         results.append(res)
     return results
@@ -221,6 +242,38 @@ def _decode_all(model, tokenizer, prompt_ids: list[list[int]], n: int, temperatu
             local, global_ = ar_ness(out.order, k=1)
             result.local_arness += [local] * len(batch)
             result.global_arness += [global_] * len(batch)
+    return result
+
+
+def _decode_all_vllm(engine, tokenizer, prompt_ids: list[list[int]], n: int, temperature: float,
+                     decode: DecodeSettings) -> _Decoded:
+    """_decode_all for a causal model on a `VllmEngine`: job j (problem-major) is one request seeded
+    derived_seed(seed, "eval", j); strictly left to right, so both AR-nesses are 1."""
+    import torch
+
+    from actors.causal import end_token_ids
+    from actors.dllm import derived_seed
+    from actors.dllm.decoding import decode_completions
+    from actors.dllm.tokenizer import EOS
+
+    jobs = [ids for ids in prompt_ids for _ in range(n)]
+    result = _Decoded()
+    fill, K = tokenizer.convert_tokens_to_ids(EOS), decode.max_new_tokens
+    for start in range(0, len(jobs), decode.batch_size):
+        batch = jobs[start:start + decode.batch_size]
+        t0 = time.perf_counter()
+        rows = engine.generate(batch, temperature=temperature, top_p=decode.top_p, max_tokens=K,
+                               stop_ids=end_token_ids(tokenizer),
+                               seeds=[derived_seed(decode.seed, "eval", start + r) for r in range(len(batch))])
+        result.decode_s += time.perf_counter() - t0
+        tokens = [len(r.token_ids) for r in rows]
+        result.forwards += max(tokens)
+        result.row_forwards += sum(tokens)
+        result.row_tokens += sum(tokens)
+        ids = torch.tensor([r.token_ids + [fill] * (K - len(r.token_ids)) for r in rows], dtype=torch.long)
+        result.texts += decode_completions(tokenizer, ids)
+        result.local_arness += [1.0] * len(batch)
+        result.global_arness += [1.0] * len(batch)
     return result
 
 

@@ -152,6 +152,9 @@ def step_metrics(batch: list, learner: dict, *, version: int) -> dict[str, float
     completion; staleness is the number of policy versions between a group's weights and the trained ones.
     `reward_on_canaries`: the fraction of canary completions whose pass rate beats the best honest one
     (any value above 0 is a reward hack; NaN, logged as null, in a step without canaries).
+    `rollout_logprob_gap` (AR-GRPO only): the token mean of |learner log-prob - vLLM log-prob| of the
+    trained completions, the learner's at the weights the groups were sampled with when staleness is 0;
+    well above float noise it means the rollout engine holds other weights than it should.
     """
     rewards = np.array([r for s in batch for r in s.rewards], dtype=np.float64)
     canaries = [p > s.canary_bound + 1e-9 for s in batch if s.canary_bound is not None for p in s.pass_rates]
@@ -179,4 +182,5 @@ def step_metrics(batch: list, learner: dict, *, version: int) -> dict[str, float
         "canary_completions": float(len(canaries)),
         "reward_on_canaries": float(np.mean(canaries)) if canaries else float("nan"),
         "version": float(version),
+        **({"rollout_logprob_gap": learner["rollout_logprob_gap"]} if "rollout_logprob_gap" in learner else {}),
     }

@@ -27,7 +27,9 @@ def actor_plan(cfg, devices: Devices | None = None) -> list[dict]:
     return [
         {"role": "learner", "names": [f"learner-{r}" for r in range(lc.num_ranks)],
          "num_cpus": lc.num_cpus, "num_gpus": learner_gpus, "resources": dict(lc.resources),
-         "detail": f"DeepSpeed ZeRO-{lc.zero_stage}, {cfg.model.dtype}, estimator={lc.estimator}, mu={lc.mu}"},
+         "detail": f"DeepSpeed ZeRO-{lc.zero_stage}, {cfg.model.dtype}, "
+                   + (f"estimator={lc.estimator}" if lc.objective == "coupled_grpo" else "objective=ar_grpo")
+                   + f", mu={lc.mu}"},
         {"role": "rollout", "names": [f"rollout-{i}" for i in range(rc.num_workers)],
          "num_cpus": rc.num_cpus, "num_gpus": rollout_gpus, "resources": dict(rc.resources),
          "detail": f"G={rc.group_size}, {rc.max_new_tokens} tokens, {_decoder(rc)}, "
@@ -155,6 +157,8 @@ def _resources(amounts: dict[str, float]) -> str:
 
 
 def _decoder(rc) -> str:
+    if rc.engine == "vllm":
+        return f"vLLM (causal, KV cache {rc.vllm_kv_cache_mb:g} MiB on CPU)"
     if rc.decoder == "reference":
         return f"reference decoder in {rc.steps} steps"
     rule = f"factor {rc.factor:g}" if rc.factor is not None else f"threshold {rc.threshold:g}"

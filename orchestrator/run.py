@@ -243,7 +243,8 @@ def tokenizer_corpus(problems: list[dict]) -> list[str]:
 
 
 def prepare_model(cfg, run: RunDir, problems: list[dict]) -> Path:
-    """The initial policy as an HF directory every actor loads: `model.path`, or a freshly built tiny model."""
+    """The initial policy as an HF directory every actor loads: `model.path`, or a freshly built tiny model
+    (a dLLM, or a causal Qwen2 for learner.objective=ar_grpo)."""
     from actors.dllm import build_model, save_model
 
     if cfg.model.path:
@@ -251,7 +252,14 @@ def prepare_model(cfg, run: RunDir, problems: list[dict]) -> Path:
         if not (path / "config.json").is_file():
             raise UserError(f"model.path={cfg.model.path}: not a model directory (no config.json there)")
         return path
-    model, tokenizer = build_model(cfg.model.tiny.spec(tokenizer_corpus(problems), cfg.run.seed))
+    spec = cfg.model.tiny.spec(tokenizer_corpus(problems), cfg.run.seed)
+    if cfg.learner.objective == "ar_grpo":  # AR-GRPO: a tiny causal Qwen2 with the same tokenizer
+        from actors.causal import build_causal_model, save_causal_model
+
+        model, tokenizer = build_causal_model(spec)
+        save_causal_model(model, tokenizer, run.init_model)
+        return run.init_model
+    model, tokenizer = build_model(spec)
     save_model(model, tokenizer, run.init_model)
     return run.init_model
 

@@ -5,7 +5,9 @@
     ->  eval after  ->  before/after table, reward curve PNG, wall time, and the final line
     `held-out pass@1 (T=0): BEFORE -> AFTER`.
 
-`--config configs/ablation_d1.yaml` (or `ablation_decoupled.yaml`) runs the same budget with another estimator.
+`--config configs/ablation_d1.yaml` (or `ablation_decoupled.yaml`) runs the same budget with another estimator;
+`--config configs/ar_grpo.yaml` runs the AR baseline: a causal Qwen2 warm-started with the same recipe, AR-GRPO
+with vLLM rollouts, at the same rollout budget.
 Everything the demo writes lands in the run directory: `demo_table.md`, `demo_results.json`,
 `reward_curve.png`, next to the run's own `metrics.jsonl` and checkpoints.
 """
@@ -13,7 +15,7 @@ from __future__ import annotations
 
 import json
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 from orchestrator.config import REPO_ROOT, check_paths, load_config
@@ -61,6 +63,9 @@ def run_demo(settings: DemoSettings, out=print) -> DemoResult:
     t0 = time.perf_counter()
     cache = Path(settings.cache_root)
     splits = _task_splits(cache, settings.task_seed, out)
+    causal = load_config(settings.config, list(settings.overrides)).learner.objective == "ar_grpo"
+    if causal != settings.warm.causal:  # AR-GRPO starts from a causal Qwen2 warm-started the same way
+        settings = replace(settings, warm=replace(settings.warm, causal=causal))
     model_dir = warm_start(settings.warm, cache, splits["train"], log=out)
     cfg = load_config(settings.config, [f"model.path={model_dir}", f"data.train={splits['rl']}",
                                         *settings.overrides])
@@ -77,8 +82,7 @@ def run_demo(settings: DemoSettings, out=print) -> DemoResult:
     try:
         out(f"--- eval before RL: {len(heldout)} held-out problems ---")
         before = _evaluate(cfg, model_dir, heldout, temperatures, settings.eval_samples, decode, out)
-        out("--- coupled-GRPO through the whole system "
-            f"(estimator={cfg.learner.estimator}, {cfg.run.steps} steps) ---")
+        out(f"--- {_method(cfg)} through the whole system ({cfg.run.steps} steps) ---")
         run_dir = train(cfg, out=out)
         out("--- eval after RL ---")
         after = _evaluate(cfg, resolve_checkpoint(run_dir), heldout, temperatures, settings.eval_samples, decode, out)
@@ -88,6 +92,12 @@ def run_demo(settings: DemoSettings, out=print) -> DemoResult:
     result = DemoResult(run_dir=run_dir, before=before, after=after, wall_s=time.perf_counter() - t0)
     report(result, cfg, settings, out)
     return result
+
+
+def _method(cfg) -> str:
+    if cfg.learner.objective == "ar_grpo":
+        return f"AR-GRPO (causal Qwen2, {cfg.rollout.engine} rollouts)"
+    return f"coupled-GRPO (estimator={cfg.learner.estimator}, {cfg.rollout.decoder} decoder)"
 
 
 def _task_splits(cache: Path, seed: int, out) -> dict[str, Path]:
@@ -115,11 +125,12 @@ def report(result: DemoResult, cfg, settings: DemoSettings, out=print) -> None:
     """Write demo_table.md, demo_results.json and reward_curve.png to the run dir; print the table and summary."""
     run_dir = result.run_dir
     table = format_table({"before (warm start)": result.before, f"after ({cfg.run.steps} RL steps)": result.after})
-    header = (f"# diffurl demo: {cfg.learner.estimator} estimator, {cfg.run.steps} steps of "
+    header = (f"# diffurl demo: {_method(cfg)}, {cfg.run.steps} steps of "
               f"{cfg.rollout.prompts_per_step} prompts x {cfg.rollout.group_size} completions\n\n")
     RunDir(run_dir).demo_table.write_text(header + table + "\n")
     RunDir(run_dir).demo_results.write_text(json.dumps({
-        "estimator": cfg.learner.estimator, "steps": cfg.run.steps, "wall_s": result.wall_s,
+        "estimator": cfg.learner.estimator, "objective": cfg.learner.objective, "engine": cfg.rollout.engine,
+        "steps": cfg.run.steps, "wall_s": result.wall_s,
         "before": results_to_json(result.before), "after": results_to_json(result.after),
         "warm_start": asdict(settings.warm), "heldout_limit": settings.heldout_limit}, indent=2))
     png = plot_reward_curve(run_dir)

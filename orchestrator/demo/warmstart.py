@@ -11,6 +11,9 @@ model learns to end where a rollout's decoder cuts. The policy ends partly right
 buggy answer of every template, and only execution rewards tell them apart. Training stops after a fixed
 number of steps (chosen on the RL split, before any RL, when the demonstrations were all correct).
 
+`causal=True` trains the AR-GRPO baseline's causal Qwen2 the same way (same tokenizer recipe, prompts and
+demonstrations, buggy half included) with next-token cross entropy.
+
 The result is cached in `<cache_root>/warmstart-<hash>/`, the hash covering the settings, the task family
 version and the training file, so a second demo skips it.
 """
@@ -28,7 +31,9 @@ from pathlib import Path
 
 import torch
 
-from actors.dllm import build_model, derived_seed, left_pad, lr_lambda, save_model, sft_loss
+from actors.causal import build_causal_model, causal_sft_loss, end_token_ids, save_causal_model
+from actors.dllm import (build_model, completion_mask_from_ids, derived_seed, left_pad, lr_lambda, save_model,
+                         sft_loss)
 from actors.dllm.tokenizer import EOS, IM_END
 from actors.prompts import build_chat_prompt, encode_prompt
 from orchestrator.config import TinyModelConfig
@@ -59,6 +64,9 @@ class WarmStartSettings:
     # this fraction of the demonstrations carries one plausible bug (`orchestrator.demo.tasks.buggy_reference`), so the
     # policy holds the right and the buggy answer of every template and execution rewards have something to fix
     buggy_fraction: float = 0.5
+    # a causal Qwen2 (the AR-GRPO baseline) trained with next-token cross entropy on the same demonstrations,
+    # tokenizer and prompts, up to and including <|im_end|> (where vLLM stops); False: the dLLM, diffusion SFT
+    causal: bool = False
 
     def key(self, train_path: Path) -> str:
         payload = json.dumps({"settings": dataclasses.asdict(self), "family": FAMILY_VERSION, "recipe": RECIPE_VERSION,
@@ -88,7 +96,7 @@ def warm_start(settings: WarmStartSettings, cache_root: str | Path, train_path: 
     model, tokenizer, report = train_warm_start(settings, problems, log=log)
     tmp = out.with_name(out.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
-    save_model(model, tokenizer, tmp)
+    (save_causal_model if settings.causal else save_model)(model, tokenizer, tmp)
     report.update(settings=dataclasses.asdict(settings), train_path=str(train_path),
                   wall_s=round(time.perf_counter() - t0, 1))
     (tmp / DONE_FILE).write_text(json.dumps(report, indent=2))
@@ -115,12 +123,14 @@ def train_warm_start(settings: WarmStartSettings, problems: list[dict], log=prin
     for p in problems:
         messages, completion = sft_texts(p, s.buggy_fraction, s.seed)
         corpus += [m["content"] for m in messages] + [completion]
-    model, tokenizer = build_model(s.model.spec(corpus, s.seed))
+    build, save = (build_causal_model, save_causal_model) if s.causal else (build_model, save_model)
+    model, tokenizer = build(s.model.spec(corpus, s.seed))
     with tempfile.TemporaryDirectory() as saved:
         # Train on the tokenizer exactly as rollout workers and `diffurl eval` will load it from the model dir
         # (a reloaded dir may tokenize differently from the in-memory tokenizer, e.g. digits one by one).
-        save_model(model, tokenizer, saved)
-        model, tokenizer = build_model(saved)
+        save(model, tokenizer, saved)
+        model, tokenizer = build(saved)
+    end_ids = end_token_ids(tokenizer)
     prompts, completions = encode_examples(tokenizer, problems, s.max_prompt_tokens, s.completion_tokens,
                                            s.buggy_fraction, s.seed)
     log(f"warm start: {len(problems)} problems, vocab {len(tokenizer)}, "
@@ -137,8 +147,12 @@ def train_warm_start(settings: WarmStartSettings, problems: list[dict], log=prin
         completion_ids = completions[rows]  # [B, K]
         input_ids = torch.cat([prompt_ids, completion_ids], dim=1)  # [B, P+K]
         attention_mask = torch.cat([prompt_mask, torch.ones_like(completion_ids)], dim=1)  # [B, P+K]
-        loss = sft_loss(model, input_ids, attention_mask, torch.ones_like(completion_ids, dtype=torch.bool),
-                        seed=derived_seed(s.seed, "sft", step))
+        if s.causal:
+            loss = causal_sft_loss(model, input_ids, attention_mask,
+                                   completion_mask_from_ids(completion_ids, end_ids))
+        else:
+            loss = sft_loss(model, input_ids, attention_mask, torch.ones_like(completion_ids, dtype=torch.bool),
+                            seed=derived_seed(s.seed, "sft", step))
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)

@@ -37,3 +37,29 @@ def test_shrunk_demo_runs_end_to_end_and_writes_its_before_after_table(tmp_path)
     assert len((run_dir / "metrics.jsonl").read_text().splitlines()) == 2
     assert lines[-1] == result.final_line and lines[-1].startswith("held-out pass@1 (T=0): ")
     assert any(line.startswith("total wall time: ") for line in lines)
+
+
+def test_shrunk_ar_demo_warm_starts_a_causal_qwen2_and_runs_ar_grpo_with_vllm_rollouts(tmp_path):
+    from dataclasses import replace
+
+    from actors.causal import model_kind
+    from orchestrator.config import REPO_ROOT
+
+    os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+    lines: list[str] = []
+    warm = replace(TINY_WARM, model=replace(TINY_WARM.model, hidden_size=64))  # head size 32 for vLLM's CPU kernels
+    settings = DemoSettings(config=str(REPO_ROOT / "configs" / "ar_grpo.yaml"),
+                            overrides=[*SHRUNK_RL, f"run.root_dir={tmp_path / 'runs'}", "rollout.vllm_kv_cache_mb=32"],
+                            cache_root=str(tmp_path / "cache"), warm=warm, eval_samples=1, heldout_limit=4)
+    result = run_demo(settings, out=lambda line="": lines.append(str(line)))
+
+    (warm_dir,) = (tmp_path / "cache").glob("warmstart-*")
+    assert model_kind(warm_dir) == "causal"
+    assert json.loads((warm_dir / "warmstart.json").read_text())["settings"]["causal"] is True
+    saved = json.loads((result.run_dir / "demo_results.json").read_text())
+    assert saved["objective"] == "ar_grpo" and saved["engine"] == "vllm"
+    assert all(r["local_arness"] == 1.0 for r in saved["before"] + saved["after"])
+    rows = [json.loads(line) for line in (result.run_dir / "metrics.jsonl").read_text().splitlines()]
+    assert len(rows) == 2 and all(r["rollout_logprob_gap"] < 1e-4 for r in rows)
+    assert "AR-GRPO" in (result.run_dir / "demo_table.md").read_text()
+    assert any("vllm" in line for line in lines if line.startswith("eval: "))

@@ -1,0 +1,122 @@
+"""The autoregressive side (AR-GRPO, the paper's Qwen2.5-Coder baseline), pure torch like `actors.dllm`.
+
+    model_kind(path)                  "causal" (Qwen2ForCausalLM) or "diffusion" (Dream, DiffuCoder, ours)
+    build_causal_model(spec)          a local HF Qwen2 directory, or a tiny one from a `build_model`-style spec
+    causal_token_logprobs(...)        [b, K] exact log p(token_k | prompt, tokens_<k) under the causal model
+    causal_sft_loss(...)              next-token cross entropy over the trained completion tokens (warm start)
+    greedy_generate(...)              HF `generate` at T=0, cut at the first end token (tests, benchmark)
+
+The tokenizer, chat template and prompt are the dLLM's (`actors.dllm.tokenizer`, `actors.prompts`), so the two
+policies read the same prompts and write in the same format. Positions come from the attention mask
+(cumsum - 1), so a left-padded row scores exactly as the same row unpadded, which is how vLLM sees it.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from transformers import PreTrainedTokenizerFast, Qwen2Config, Qwen2ForCausalLM
+
+from actors.dllm.tokenizer import EOS, IM_END, build_tokenizer
+
+KINDS = ("diffusion", "causal")
+_DIFFUSION_MARKS = ("dream", "diffusion", "llada")
+
+
+def model_kind(path: str | Path) -> str:
+    """What a model directory holds, from its config.json alone: "causal" for a plain Qwen2ForCausalLM,
+    "diffusion" for Dream / DiffuCoder / this project's DiffusionQwen2ForCausalLM (which carries a mask token)."""
+    config_file = Path(path) / "config.json"
+    if not config_file.is_file():
+        raise FileNotFoundError(f"model: {str(path)!r} has no config.json")
+    raw = json.loads(config_file.read_text())
+    names = [str(raw.get("model_type", ""))] + [str(a) for a in raw.get("architectures") or []]
+    if any(mark in name.lower() for name in names for mark in _DIFFUSION_MARKS):
+        return "diffusion"
+    if "Qwen2ForCausalLM" in (raw.get("architectures") or []):
+        return "causal"
+    if raw.get("mask_token_id") is not None:
+        return "diffusion"
+    return "causal" if str(raw.get("model_type", "")).lower() == "qwen2" else "diffusion"
+
+
+def build_causal_model(spec: str | Path | dict, *, dtype: torch.dtype | None = None
+                       ) -> tuple[Qwen2ForCausalLM, PreTrainedTokenizerFast]:
+    """spec: a local HF Qwen2ForCausalLM directory, or {"config", "tokenizer", "seed"} (as `build_model` takes)."""
+    if isinstance(spec, (str, Path)):
+        path = Path(spec)
+        if not path.is_dir():
+            raise FileNotFoundError(f"model: {str(spec)!r} is not a directory")
+        if model_kind(path) != "causal":
+            raise ValueError(f"model: {str(path)!r} holds a diffusion model, not a causal Qwen2")
+        model = Qwen2ForCausalLM.from_pretrained(str(path), dtype=dtype or "auto", attn_implementation="sdpa")
+        return model, build_tokenizer(path)
+    if not isinstance(spec, dict) or "config" not in spec or "tokenizer" not in spec:
+        raise ValueError("model spec: a dict spec needs both 'config' (Qwen2Config kwargs) and 'tokenizer'")
+    tokenizer = build_tokenizer(spec["tokenizer"])
+    config = Qwen2Config(**{**spec["config"], "vocab_size": len(tokenizer), "pad_token_id": tokenizer.pad_token_id,
+                            "eos_token_id": [tokenizer.convert_tokens_to_ids(IM_END), tokenizer.eos_token_id],
+                            "bos_token_id": tokenizer.eos_token_id, "tie_word_embeddings": False})
+    config._attn_implementation = "sdpa"
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(int(spec.get("seed", 0)))
+        model = Qwen2ForCausalLM(config)
+    if dtype is not None:
+        model.to(dtype)
+    return model, tokenizer
+
+
+def save_causal_model(model: Qwen2ForCausalLM, tokenizer: PreTrainedTokenizerFast, path: str | Path) -> None:
+    """An HF directory that `build_causal_model(path)` and vLLM both load."""
+    model.save_pretrained(str(path))
+    tokenizer.save_pretrained(str(path))
+
+
+def _positions(attention_mask: torch.Tensor) -> torch.Tensor:
+    return (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
+
+
+def completion_token_logits(model, input_ids: torch.Tensor, attention_mask: torch.Tensor,
+                            completion_len: int) -> torch.Tensor:
+    """input_ids [b, P+K] ending in K completion tokens -> logits [b, K, V]: logits[:, k] predicts token P+k."""
+    out = model(input_ids=input_ids, attention_mask=attention_mask, position_ids=_positions(attention_mask),
+                use_cache=False, logits_to_keep=completion_len + 1)
+    return out.logits[:, :-1]
+
+
+def causal_token_logprobs(model, input_ids: torch.Tensor, attention_mask: torch.Tensor,
+                          completion_len: int) -> torch.Tensor:
+    """[b, K] log-probability of each completion token given everything before it (float32)."""
+    logits = completion_token_logits(model, input_ids, attention_mask, completion_len).float()
+    targets = input_ids[:, -completion_len:]
+    return torch.log_softmax(logits, dim=-1).gather(-1, targets[..., None]).squeeze(-1)
+
+
+def causal_sft_loss(model, input_ids: torch.Tensor, attention_mask: torch.Tensor,
+                    completion_mask: torch.Tensor) -> torch.Tensor:
+    """Mean next-token cross entropy over the trained completion tokens (completion_mask [b, K])."""
+    completion_len = completion_mask.shape[1]
+    logits = completion_token_logits(model, input_ids, attention_mask, completion_len).float()
+    targets = input_ids[:, -completion_len:]
+    token_loss = F.cross_entropy(logits.transpose(1, 2), targets, reduction="none")  # [b, K]
+    trained = completion_mask.bool().to(token_loss.device)
+    return (token_loss * trained).sum() / trained.sum().clamp(min=1)
+
+
+def end_token_ids(tokenizer) -> list[int]:
+    return [tokenizer.convert_tokens_to_ids(t) for t in (IM_END, EOS)]
+
+
+@torch.no_grad()
+def greedy_generate(model, tokenizer, prompts: list[list[int]], max_new_tokens: int) -> list[list[int]]:
+    """HF greedy decoding of each prompt (unpadded, one at a time), up to and including the first end token."""
+    ends = end_token_ids(tokenizer)
+    out = []
+    for prompt in prompts:
+        ids = torch.tensor([prompt], dtype=torch.long, device=model.device)
+        seq = model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=max_new_tokens,
+                             do_sample=False, eos_token_id=ends, pad_token_id=tokenizer.pad_token_id)
+        out.append(seq[0, len(prompt):].tolist())
+    return out
