@@ -20,6 +20,22 @@ os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
 os.environ.setdefault("VLLM_LOGGING_LEVEL", "ERROR")
 os.environ.setdefault("VLLM_CONFIGURE_LOGGING", "1")
 
+CHILD_LOADER_ENV = ("LD_PRELOAD", "LD_LIBRARY_PATH")
+# what these were before vLLM was imported: vLLM's CPU platform points LD_PRELOAD at torch's libgomp and
+# LD_LIBRARY_PATH into the venv (cv2) for the processes it would spawn. Left set, every process this one starts
+# later would load them too: Ray workers, and the sandbox's bwrap as its slot uid, which cannot enter a 0700
+# checkout (every sandbox job would fail). In this process they are loaded already.
+_LOADER_ENV = {key: os.environ.get(key) for key in CHILD_LOADER_ENV}
+
+
+def _restore_loader_env() -> None:
+    for key, value in _LOADER_ENV.items():
+        if value is None:
+            os.environ.pop(key, None)
+        else:
+            os.environ[key] = value
+
+
 INSTALL_HINT = "vLLM is not installed in this environment: run `make install-vllm` (make test installs it too)"
 
 
@@ -62,6 +78,7 @@ class VllmEngine:
         else:
             kwargs["kv_cache_memory_bytes"] = int(kv_cache_mb * 2**20)
         self.llm = LLM(**kwargs)
+        _restore_loader_env()
         self.model_dir, self.device = str(model_dir), device
 
     def generate(self, prompts: list[list[int]], *, temperature: float, top_p: float, max_tokens: int,
@@ -78,6 +95,7 @@ class VllmEngine:
                                  max_tokens=int(max_tokens), logprobs=0, stop_token_ids=list(stop_ids),
                                  seed=int(seed), detokenize=False) for seed in seeds]
         outs = self.llm.generate([TokensPrompt(prompt_token_ids=list(p)) for p in prompts], params, use_tqdm=False)
+        _restore_loader_env()
         rows = []
         for out in outs:
             sample = out.outputs[0]

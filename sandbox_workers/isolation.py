@@ -126,7 +126,10 @@ def find_interpreter() -> Interpreter:
                  "print(json.dumps([sysconfig.get_paths()['stdlib'], sysconfig.get_paths()['platstdlib'],"
                  " sys.version_info[:2], open('/proc/self/maps').read()]))")
         try:
-            out = subprocess.run([real, "-I", "-S", "-c", probe], capture_output=True, timeout=20, check=True).stdout
+            # without the loader variables of this process (a library preloaded here is not the interpreter's)
+            env = {k: v for k, v in os.environ.items() if k not in ("LD_PRELOAD", "LD_LIBRARY_PATH")}
+            out = subprocess.run([real, "-I", "-S", "-c", probe], capture_output=True, timeout=20, check=True,
+                                 env=env).stdout
             stdlib, platstdlib, version, maps = json.loads(out)
         except (subprocess.SubprocessError, OSError, ValueError) as exc:
             tried.append(f"{candidate} ({exc})")

@@ -2,6 +2,8 @@
 weight sync through vLLM's own reload; its per-token log-probs are the learner's."""
 from __future__ import annotations
 
+import os
+
 import pytest
 import torch
 
@@ -16,7 +18,11 @@ QUESTIONS = ["Write a function add(a, b) that returns a + b.", "Print hi.", "Ret
 
 @pytest.fixture(scope="module")
 def engine(causal_dir):
-    return VllmEngine(str(causal_dir), max_model_len=256, kv_cache_mb=32)
+    before = {k: os.environ.get(k) for k in ("LD_PRELOAD", "LD_LIBRARY_PATH")}
+    engine = VllmEngine(str(causal_dir), max_model_len=256, kv_cache_mb=32)
+    yield engine
+    # vLLM sets these for its own children; processes started later (the sandbox's bwrap) must not inherit them
+    assert {k: os.environ.get(k) for k in before} == before
 
 
 def _prompts(tokenizer):
