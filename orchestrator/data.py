@@ -23,6 +23,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from orchestrator.errors import UserError
+from sandbox_workers.judge import compile_problem
 
 REQUIRED_FIELDS = {"task_id": str, "question": str, "entry_point": str, "tests": list}
 JSON_LINES = (".jsonl", ".json", ".jsonl.gz", ".json.gz")  # one JSON object per line
@@ -203,7 +204,12 @@ def _as_problem(row: dict) -> tuple[dict | None, str | None]:
     reference = row.get("reference")
     if reference is not None and not isinstance(reference, str):
         return None, f"field 'reference' must be a string or null, got {type(reference).__name__}"
-    return {**row, "reference": reference}, None
+    problem = {**row, "reference": reference}
+    try:
+        compile_problem(problem)  # what the sandbox will judge: tests that parse and call the entry point
+    except ValueError as exc:
+        return None, str(exc)
+    return problem, None
 
 
 def _read_jsonl(path: Path) -> Iterator[tuple[RowPlace, dict | str]]:

@@ -12,6 +12,7 @@ The run's lifecycle (Redis, Ray, run.json) is in `run.py`, checkpoints in `check
 from __future__ import annotations
 
 import functools
+import json
 import os
 import signal
 import time
@@ -42,6 +43,7 @@ class Driver:
 
         self.cfg, self.rundir, self.model_dir, self.redis_url, self.resume = cfg, run, model_dir, redis_url, resume
         problems, self.skipped_rows = load_prompts(cfg.data.train)
+        problems = self.judgeable(problems)
         for p in problems:
             p["messages"] = build_chat_prompt(p)  # a canary keeps its problem's prompt
         self.sampler = PromptSampler(problems, cfg.run.seed, cfg.data.shuffle, cfg.data.canary_fraction)
@@ -55,6 +57,24 @@ class Driver:
         self.in_flight: dict[ray.ObjectRef, list[Group]] = {}  # one rollout call -> its groups
         self.idle: list[int] = []  # rollout workers with no group
         self._scale_checked = 0.0
+
+    def judgeable(self, problems: list[dict]) -> list[dict]:
+        """The training problems a reward can be computed for: checked against their references when the run
+        starts (`orchestrator.judgeable`) and recorded in the run directory, so that a resume leaves out the
+        same ones (and the prompt sampler sees the same list) without checking again."""
+        from orchestrator.judgeable import keep_judgeable, summary
+
+        path = self.rundir.unjudgeable
+        if self.resume is not None and path.is_file():
+            self.unjudgeable = json.loads(path.read_text())
+            print(summary(len(problems), self.unjudgeable, 0, "training problems"), flush=True)
+            return [p for p in problems if p["task_id"] not in self.unjudgeable]
+        sb = self.cfg.sandbox
+        kept, self.unjudgeable = keep_judgeable(problems, workers=sb.num_workers, timeout_s=sb.test_timeout_s,
+                                                memory_mb=sb.memory_mb, what="training problems",
+                                                out=lambda line: print(line, flush=True))
+        path.write_text(json.dumps(self.unjudgeable, indent=1))
+        return kept
 
     # ----------------------------------------------------------------- the loops
     def run(self) -> list[dict]:
@@ -190,7 +210,7 @@ class Driver:
         self.idle += self.rollouts.joined()
         row = {**step_metrics(batch, stats, version=st.version), **timings, "time_sync": time.perf_counter() - t0,
                "stream_depth": float(self.stream.depth()), "rollout_workers": float(len(self.rollouts)),
-               "sandbox_workers": float(self.pool.num_workers)}
+               "sandbox_workers": float(self.pool.num_workers), "unjudgeable_problems": float(len(self.unjudgeable))}
         t0 = time.perf_counter()
         if st.step % cfg.run.checkpoint_every == 0 or st.step == cfg.run.steps:
             self.on_learners(f"saving the checkpoint of step {st.step}", lambda: checkpoint.save(

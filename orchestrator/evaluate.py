@@ -77,6 +77,7 @@ class EvalResult:
     forwards: int = 0  # model forwards (NFE), summed over the batches
     tokens_per_s: float = 0.0  # completion positions decoded (rows x max_new_tokens) per decode second
     tokens_per_forward: float = 0.0  # positions the model decided per row-forward (reference: max_new_tokens / steps)
+    unjudgeable: list = field(default_factory=list)  # task ids left out: their reference fails their tests
 
 
 @dataclass
@@ -155,10 +156,15 @@ def mean_pass_at_k(passed: Iterable[Sequence[bool]], k: int) -> float:
 
 def evaluate(model_dir: str | Path, problems: list[dict], pool, *, temperatures: list[float], samples: int,
              decode: DecodeSettings, log=print) -> list[EvalResult]:
-    """One EvalResult per temperature; `pool` is a SandboxPool (require_format=False for the eval rule)."""
+    """One EvalResult per temperature; `pool` is a SandboxPool (require_format=False for the eval rule). Problems
+    whose reference solution fails their own tests are left out first (`orchestrator.judgeable`)."""
     from actors.causal import model_kind
     from actors.dllm import build_tokenizer
     from actors.prompts import encode_prompt, eval_messages
+    from orchestrator.judgeable import keep_judgeable
+
+    problems, unjudgeable = keep_judgeable(problems, workers=pool.num_workers, timeout_s=pool.settings.test_timeout_s,
+                                           memory_mb=pool.settings.memory_mb, what="eval problems", out=log)
 
     causal = model_kind(model_dir) == "causal"
     positions = int(json.loads((Path(model_dir) / "config.json").read_text())["max_position_embeddings"])
@@ -192,7 +198,7 @@ def evaluate(model_dir: str | Path, problems: list[dict], pool, *, temperatures:
             decoded = _decode_all(model, tokenizer, prompt_ids, n, temperature, decode)
         scores = pool.score([p for p in problems for _ in range(n)], decoded.texts)
         passed = np.array([s["status"] == "passed" for s in scores]).reshape(len(problems), n)
-        res = EvalResult(temperature=temperature, samples=n, problems=len(problems))
+        res = EvalResult(temperature=temperature, samples=n, problems=len(problems), unjudgeable=sorted(unjudgeable))
         for k in sorted({1, *(k for k in (2, 4, 8, 10, 16) if k <= n), n}):
             res.pass_at[k] = mean_pass_at_k(passed, k)
         res.format_rate = float(np.mean([s.get("format") == 1.0 for s in scores]))
@@ -249,29 +255,26 @@ def _decode_all_vllm(engine, tokenizer, prompt_ids: list[list[int]], n: int, tem
                      decode: DecodeSettings) -> _Decoded:
     """_decode_all for a causal model on a `VllmEngine`: job j (problem-major) is one request seeded
     derived_seed(seed, "eval", j); strictly left to right, so both AR-nesses are 1."""
-    import torch
-
-    from actors.causal import end_token_ids
     from actors.dllm import derived_seed
     from actors.dllm.decoding import decode_completions
-    from actors.dllm.tokenizer import EOS
+    from actors.dllm.tokenizer import EOS, end_token_ids
+    from actors.vllm_engine import padded_ids
 
     jobs = [ids for ids in prompt_ids for _ in range(n)]
     result = _Decoded()
-    fill, K = tokenizer.convert_tokens_to_ids(EOS), decode.max_new_tokens
+    fill, K, stop_ids = tokenizer.convert_tokens_to_ids(EOS), decode.max_new_tokens, end_token_ids(tokenizer)
     for start in range(0, len(jobs), decode.batch_size):
         batch = jobs[start:start + decode.batch_size]
         t0 = time.perf_counter()
         rows = engine.generate(batch, temperature=temperature, top_p=decode.top_p, max_tokens=K,
-                               stop_ids=end_token_ids(tokenizer),
+                               stop_ids=stop_ids,
                                seeds=[derived_seed(decode.seed, "eval", start + r) for r in range(len(batch))])
         result.decode_s += time.perf_counter() - t0
         tokens = [len(r.token_ids) for r in rows]
         result.forwards += max(tokens)
         result.row_forwards += sum(tokens)
         result.row_tokens += sum(tokens)
-        ids = torch.tensor([r.token_ids + [fill] * (K - len(r.token_ids)) for r in rows], dtype=torch.long)
-        result.texts += decode_completions(tokenizer, ids)
+        result.texts += decode_completions(tokenizer, padded_ids(rows, K, fill))
         result.local_arness += [1.0] * len(batch)
         result.global_arness += [1.0] * len(batch)
     return result

@@ -5,6 +5,7 @@
       run.json               how to reach the run (Redis, Ray, driver pid) and its status
       metrics.jsonl          one row per step
       trained_groups.jsonl   per step: the groups trained on (entry id, group id, prompt id, version)
+      unjudgeable.json       {task_id: why} of the training problems left out at the start (a resume reuses it)
       tensorboard/           TensorBoard event files
       redis/                 the embedded redis-server's data (AOF)
       init_model/            the initial policy when the config builds a tiny model
@@ -96,6 +97,10 @@ class RunDir:
     @property
     def trained_groups(self) -> Path:
         return self.path / "trained_groups.jsonl"
+
+    @property
+    def unjudgeable(self) -> Path:
+        return self.path / "unjudgeable.json"
 
     @property
     def tensorboard(self) -> Path:

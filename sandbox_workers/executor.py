@@ -1,22 +1,19 @@
-"""The trusted side of one sandbox slot: start bubblewrap with the warm executor inside, send jobs, read
-bounded replies under a watchdog, recycle.
+"""The trusted side of one sandbox slot: start bubblewrap with the supervisor inside, send jobs, read bounded
+replies under a watchdog, recycle.
 
-A job sent here holds only code to run and probe sources; expected values stay with the caller. What each
-test process wrote (its value record) comes back unparsed inside the executor's reply and is parsed here,
-bounded and totally (`record_outcome`): a malformed record fails its test, it never raises.
+A job holds the program, the problem's tests and the entry point; the supervisor (inside/supervisor.py) runs
+the tests in a test box against the program in candidate boxes and replies with one verdict per test. No
+value the program computes leaves the sandbox: the reply is statuses, short details, call counts, resource
+figures measured by the supervisor's template (outside the boxes) and the heads of stdout and stderr.
 """
 
 from __future__ import annotations
 
 import base64
 import ctypes
-import itertools
 import json
-import math
 import os
-import re
 import select
-import signal
 import struct
 import subprocess
 import tempfile
@@ -28,11 +25,12 @@ from sandbox_workers.isolation import (Interpreter, Limits, SelfTest, Slot, Sand
                                        bwrap_binary, data_fd, find_interpreter, kill_process_tree,
                                        probe_host_layers, seccomp_filters)
 
-EXECUTOR_SOURCE = (Path(__file__).parent / "inside_executor.py").read_bytes()
-MAX_REPLY_BYTES = 64 << 20
-MAX_RECORD_CHARS = 4 << 20   # the executor's MAX_RECORD_BYTES
-MAX_RECORD_DEPTH = 256       # JSON nesting of one record; the values in it stop at depth 32
-RECORD_KINDS = ("value", "trace", "error", "unserialisable")
+INSIDE = Path(__file__).parent / "inside"
+INSIDE_FILES = {f"/sandbox/inside/{name}": (INSIDE / name).read_bytes()
+                for name in ("__init__.py", "codec.py", "boxes.py", "supervisor.py")}
+MAX_REPLY_BYTES = 16 << 20
+MAX_DETAIL = 300
+TEST_STATUSES = ("passed", "failed", "runtime_error", "timeout", "memory_limit", "output_limit")
 START_TIMEOUT_S = 20.0
 WATCHDOG_MARGIN_S = 10.0
 MEMORY_SLACK_BYTES = 32 << 20  # the slot's resident memory may exceed its baseline by this after a job
@@ -75,10 +73,10 @@ class WarmSandbox:
     # -------------------------------------------------------------------------------- lifecycle
 
     def start(self) -> None:
-        executor_fd = data_fd(EXECUTOR_SOURCE)
+        files = [(data_fd(content), path) for path, content in INSIDE_FILES.items()]
         seccomp_fd = data_fd(self.seccomp[0]) if self.layers.seccomp else None
-        fds = [fd for fd in (executor_fd, seccomp_fd) if fd is not None]
-        argv = bwrap_argv(self.bwrap, self.interpreter, self.limits.tmpfs_mb, executor_fd, seccomp_fd)
+        fds = [fd for fd, _ in files] + ([seccomp_fd] if seccomp_fd is not None else [])
+        argv = bwrap_argv(self.bwrap, self.interpreter, self.limits.tmpfs_mb, files, seccomp_fd)
         try:
             self.proc = subprocess.Popen(self.slot.launcher_argv(argv), stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                                          stderr=self.log, pass_fds=fds, close_fds=True, start_new_session=True,
@@ -135,14 +133,14 @@ class WarmSandbox:
             self.start()
         elif self.jobs_run >= self.recycle_every:
             self.restart()
-        n = max(1, len(job["probes"]))
+        n = max(1, len(job["tests"]))
         watchdog = (n + 1) * (job["timeout"] + 1.0) + WATCHDOG_MARGIN_S
         try:
             self._send(job)
             reply = self._receive(watchdog)
             if "error" in reply:
-                raise SandboxFault(f"executor error: {str(reply['error'])[:300]}")
-            reply["tests"] = _test_results(reply, len(job["probes"]))
+                raise SandboxFault(f"supervisor error: {str(reply['error'])[:300]}")
+            reply["tests"] = _test_results(reply, len(job["tests"]))
         except SandboxFault as fault:
             self.restart()
             raise SandboxFault(f"{fault}; sandbox restarted") from None
@@ -204,10 +202,10 @@ class WarmSandbox:
         if size > MAX_REPLY_BYTES:
             raise SandboxFault(f"reply of {size} bytes is over the cap")
         try:
-            reply = strict_json(self._read_exact(size, deadline))
+            reply = json.loads(self._read_exact(size, deadline))
         except SandboxFault:
             raise
-        except Exception as exc:  # the executor wrote it: whatever is wrong with it, the sandbox is broken
+        except Exception as exc:  # the supervisor wrote it: whatever is wrong with it, the sandbox is broken
             raise SandboxFault(f"malformed reply: {type(exc).__name__}: {str(exc)[:200]}") from None
         if not isinstance(reply, dict):
             raise SandboxFault("malformed reply: not an object")
@@ -228,101 +226,19 @@ class WarmSandbox:
         return b"".join(chunks)
 
 
-def strict_json(text: str | bytes) -> object:
-    """json.loads that refuses NaN, Infinity and numbers that overflow to them (what comes out is strict JSON
-    again); errors propagate."""
-    return _STRICT_DECODER.decode(text.decode() if isinstance(text, bytes) else text)
-
-
-def _refuse_constant(name: str):
-    raise ValueError(f"{name} is not JSON")
-
-
-def _finite_float(text: str) -> float:
-    value = float(text)
-    if not math.isfinite(value):
-        raise ValueError(f"{text[:20]} overflows a float")
-    return value
-
-
-_STRICT_DECODER = json.JSONDecoder(parse_constant=_refuse_constant, parse_float=_finite_float)
-
-
 def _test_results(reply: dict, n: int) -> list[dict]:
-    """The reply's per-test entries as the judge reads them. The entries' shape is the executor's (a wrong
-    one is a SandboxFault); the records inside them are the test processes' (never a fault)."""
+    """The reply's per-test verdicts, checked against the supervisor's schema (anything else is a SandboxFault:
+    the supervisor writes them, and nothing a box sends reaches them unchecked)."""
     tests = reply.get("tests")
     numbers = [reply.get(k) for k in ("cpu_s", "peak_rss_kb", "executor_cpu_s")]
     if not isinstance(tests, list) or len(tests) != n or not all(type(x) in (int, float) for x in numbers):
         raise SandboxFault("malformed reply: tests or resource figures missing")
-    results = []
     for index, entry in enumerate(tests):
-        if isinstance(entry, dict) and type(entry.get("exit")) is int and isinstance(entry.get("record"), str):
-            results.append(record_outcome(entry["exit"], entry["record"], index))
-        elif isinstance(entry, dict) and isinstance(entry.get("status"), str) and isinstance(entry.get("detail"), str):
-            results.append({"status": entry["status"], "detail": entry["detail"]})
-        else:
+        if not (isinstance(entry, dict) and entry.get("status") in TEST_STATUSES and isinstance(entry.get("detail"), str)
+                and type(entry.get("calls")) is int):
             raise SandboxFault(f"malformed reply: test entry {index}")
-    return results
-
-
-def record_outcome(exit_code: int, record: str, index: int) -> dict:
-    """One test's outcome from its exit code and the record its process wrote. Total: a record that is not
-    exactly one well-formed value record for test `index` makes the test a runtime_error."""
-    if not record:
-        if exit_code == -signal.SIGXCPU:
-            return {"status": "timeout", "detail": "cpu time limit"}
-        if exit_code == -signal.SIGKILL:  # the trusted side tells the OOM killer from the program itself
-            return {"status": "runtime_error", "detail": "killed by SIGKILL", "sigkill": True}
-        return {"status": "runtime_error", "detail": f"no result (exit {exit_code})"}
-    parsed = parse_record(record, index)
-    if parsed is None:
-        return {"status": "runtime_error", "detail": "corrupt result record"}
-    kind, payload = parsed
-    if kind in ("value", "trace"):
-        return {"status": "ok", kind: payload}
-    if kind == "unserialisable":
-        return {"status": "runtime_error", "detail": "unserialisable result: " + payload}
-    return {"status": "memory_limit" if payload == "MemoryError" else "runtime_error", "detail": "raised " + payload}
-
-
-def parse_record(record: str, index: int) -> tuple[str, object] | None:
-    """(kind, payload) of a value record {"t": index, kind: payload} written as one JSON line, or None for
-    anything else: more or less than one line, over MAX_RECORD_CHARS, nested deeper than MAX_RECORD_DEPTH,
-    not strict JSON, another schema. Never raises."""
-    if len(record) > MAX_RECORD_CHARS or record.count("\n") != 1 or not record.endswith("\n"):
-        return None
-    if json_depth(record) > MAX_RECORD_DEPTH:
-        return None
-    try:
-        parsed = strict_json(record)
-    except Exception:  # ValueError, RecursionError, MemoryError: any failure is the record's
-        return None
-    if not isinstance(parsed, dict) or len(parsed) != 2 or type(parsed.get("t")) is not int or parsed["t"] != index:
-        return None
-    kind = next((k for k in RECORD_KINDS if k in parsed), None)
-    payload = parsed.get(kind)
-    if kind in ("value", "trace") and isinstance(payload, list):
-        return kind, payload
-    if kind in ("error", "unserialisable") and isinstance(payload, str):
-        return kind, payload[:64]
-    return None
-
-
-_ESCAPE = re.compile(r"\\.", re.DOTALL)
-_STRING = re.compile(r'"[^"]*"')
-_NOT_BRACKET = re.compile(r"[^\[\]{}]+")
-_BRACKET_STEP = {"[": 1, "{": 1, "]": -1, "}": -1}
-
-
-def json_depth(text: str) -> int:
-    """An upper bound on the nesting json.loads would recurse into, in linear time: the deepest bracket
-    outside strings (escapes dropped first, so every string is a plain "...")."""
-    opening = text.count("[") + text.count("{")
-    if opening <= MAX_RECORD_DEPTH:
-        return opening
-    brackets = _NOT_BRACKET.sub("", _STRING.sub("", _ESCAPE.sub("", text)))
-    return max(itertools.accumulate(map(_BRACKET_STEP.__getitem__, brackets)), default=0)
+        entry["detail"] = entry["detail"][:MAX_DETAIL]
+    return tests
 
 
 def become_subreaper() -> None:
@@ -340,6 +256,19 @@ def reap_orphans(pids: list[int]) -> None:
             pass
 
 
+SELF_TEST_PROGRAM = """def probe():
+    import os, socket
+    try:
+        socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        net = 'socket allowed'
+    except OSError:
+        net = 'no inet sockets'
+    lines = open('/proc/net/dev').read().split()
+    return [41 + 1, os.getpid(), os.getuid(), net, [w for w in lines if w.endswith(':')]]
+"""
+SELF_TEST_EXPECTED = [42, 2, 1000, "no inet sockets", ["lo:"]]
+
+
 def self_test() -> SelfTest:
     """Check every layer on this machine, ending with a real job through a full sandbox."""
     layers = probe_host_layers()
@@ -348,26 +277,19 @@ def self_test() -> SelfTest:
         return SelfTest(layers)
     chosen = Layers(seccomp=layers["seccomp"][0], slot_uid=layers["slot_uid"][0],
                     cgroups=any(layers[k][0] for k in ("cgroup_memory", "cgroup_pids", "cgroup_kill")))
+    expected = SELF_TEST_EXPECTED if chosen.seccomp else [*SELF_TEST_EXPECTED[:3], "socket allowed", ["lo:"]]
     sandbox = None
     try:
         sandbox = WarmSandbox("selftest", Limits(), chosen)
         sandbox.start()
-        probe = ("def __diffurl_probe__(f):\n    import os, socket\n"
-                 "    try:\n        socket.socket(socket.AF_INET, socket.SOCK_STREAM); net = 'socket allowed'\n"
-                 "    except OSError:\n        net = 'no inet sockets'\n"
-                 "    lines = open('/proc/net/dev').read().split()\n"
-                 "    return [f(), os.getpid(), os.getuid(), net, [w for w in lines if w.endswith(':')]]")
-        reply = sandbox.run({"program": "def f():\n    return 41 + 1\n", "preamble": "", "entry_point": "f",
-                             "probes": [{"source": probe, "trace": False}], "timeout": 5.0})
-        test = reply["tests"][0]
-        if test.get("status") != "ok":
-            raise SandboxFault(f"probe job failed: {test}")
-        from sandbox_workers.judge import decode_value
-        value, pid, uid, net, interfaces = decode_value(test["value"])
-        ok = value == 42 and pid == 2 and interfaces == ["lo:"]
-        layers["job_namespaces"] = (ok, f"job pid {pid}, uid {uid}, interfaces {interfaces}, {net}")
-        if chosen.seccomp and net != "no inet sockets":
-            layers["seccomp"] = (False, "filter did not block an AF_INET socket")
+        test = f"seen = probe()\nassert seen == {expected!r}, seen\n"
+        reply = sandbox.run({"program": SELF_TEST_PROGRAM, "preamble": "", "entry_point": "probe",
+                             "tests": [{"source": test, "check": False}], "timeout": 5.0})
+        verdict = reply["tests"][0]
+        ok = verdict["status"] == "passed"
+        layers["job_namespaces"] = (ok, "candidate pid 2, uid 1000, interfaces ['lo:'], "
+                                        + ("no inet sockets" if chosen.seccomp else "(no seccomp)") if ok
+                                    else f"probe job {verdict['status']}: {verdict['detail']}")
     except (SandboxFault, SandboxUnavailable, OSError, KeyError, ValueError) as exc:
         layers["job_namespaces"] = (False, f"{type(exc).__name__}: {exc}")
     finally:

@@ -7,7 +7,7 @@ and the executor source and seccomp filters reach bwrap as memfds.
 
 Mode "full" means every layer below works. Without root (no slot uid, no cgroups) or without libseccomp
 the sandbox still runs, in a mode named "degraded:<missing layers>", and that name is in every result.
-Without bubblewrap, a usable interpreter or per-job namespaces there is no sandbox at all:
+Without bubblewrap, a usable interpreter or per-box namespaces there is no sandbox at all:
 SandboxUnavailable is raised.
 """
 
@@ -134,8 +134,8 @@ def find_interpreter() -> Interpreter:
         except (subprocess.SubprocessError, OSError, ValueError) as exc:
             tried.append(f"{candidate} ({exc})")
             continue
-        if tuple(version) < (3, 8):
-            tried.append(f"{candidate} (python {version} is older than 3.8)")
+        if tuple(version) < (3, 9):
+            tried.append(f"{candidate} (python {version} is older than 3.9)")
             continue
         dirs = {os.path.realpath(stdlib), os.path.realpath(platstdlib)}
         for line in maps.splitlines():
@@ -204,7 +204,10 @@ def _bwrap_files(bwrap: str) -> dict[str, tuple[bytes, int]]:
     return {os.path.relpath(p, root): (Path(p).read_bytes(), 0o755 if p == bwrap else 0o644) for p in paths}
 
 
-def bwrap_argv(bwrap: str, interp: Interpreter, tmpfs_mb: int, executor_fd: int, seccomp_fd: int | None) -> list[str]:
+def bwrap_argv(bwrap: str, interp: Interpreter, tmpfs_mb: int, files: list[tuple[int, str]],
+               seccomp_fd: int | None) -> list[str]:
+    """bwrap's command line: the interpreter's files read-only, `files` ((fd, path): the supervisor's package)
+    read-only from their fds, the supervisor as the command."""
     argv = [bwrap, "--unshare-all", "--die-with-parent", "--new-session", "--clearenv",
             "--setenv", "PATH", "/usr/bin:/bin", "--setenv", "LANG", "C.UTF-8", "--setenv", "PYTHONHASHSEED", "0",
             "--hostname", "sandbox", "--uid", str(SANDBOX_INNER_ID), "--gid", str(SANDBOX_INNER_ID)]
@@ -214,13 +217,17 @@ def bwrap_argv(bwrap: str, interp: Interpreter, tmpfs_mb: int, executor_fd: int,
     for target, link in interp.symlinks:
         argv += ["--symlink", target, link]
     argv += ["--proc", "/proc", "--dev", "/dev", "--size", str(tmpfs_mb << 20), "--tmpfs", "/tmp",
-             "--dir", "/sandbox", "--ro-bind-data", str(executor_fd), "/sandbox/executor.py", "--chdir", "/tmp"]
+             "--dir", "/sandbox", "--dir", "/sandbox/inside"]
+    for fd, path in files:
+        argv += ["--ro-bind-data", str(fd), path]
+    argv += ["--chdir", "/tmp"]
     # The root and /dev are tmpfs that every job of this sandbox would share (a covert channel between
     # samples, and memory left charged to the slot): read-only once set up. Jobs get their own /tmp, /dev/shm.
     argv += ["--remount-ro", "/", "--remount-ro", "/dev"]
     if seccomp_fd is not None:
         argv += ["--seccomp", str(seccomp_fd)]
-    return argv + ["--", interp.path, "-I", "-S", "-B", "/sandbox/executor.py"]
+    return argv + ["--", interp.path, "-I", "-S", "-B", "-c",
+                   "import sys; sys.path.insert(0, '/sandbox'); from inside import supervisor; supervisor.main()"]
 
 
 # ------------------------------------------------------------------------------------------- cgroups

@@ -58,6 +58,10 @@ class SandboxWorker:
     def status(self) -> dict:
         return self.scorer.status()
 
+    def healthy(self) -> bool:
+        with self.lock:
+            return self.scorer.healthy()
+
     def close(self) -> None:
         with self.lock:
             self.scorer.close()
@@ -127,16 +131,22 @@ class SandboxPool:
     def score(self, problems: list[dict], completions: list[str], progress=None) -> list[dict]:
         """One result per (problem, completion) pair, in order; progress(done, total) after each batch.
 
+        A completion None stands for the problem's reference solution (`validate_problems`).
+
         Each completion is run at most twice. A run that ends in sandbox_error (the sandbox broke, or the
         worker actor died) is run once more, on another worker when the pool has more than one; nothing
         below retries a job (Ray does not retry tasks; a worker restarts a broken sandbox but does not rerun
         the job). A worker that Ray is restarting (its node was lost) is waited for, up to RESTART_WAIT_S, and
         the jobs it held run again once without counting as a run; they are reported retried, as Ray may
         answer for a worker killed mid-job either way, as died or as restarting. If the second run also
-        ends in sandbox_error, that result is returned: status "sandbox_error", reward None, pass_rate None,
-        retried True, error naming the failure; never a reward of 0. Callers should not score such a
-        completion again: it has had its two runs. Retries go one completion per batch, so that a
-        completion that breaks its worker cannot take others down with it.
+        ends in sandbox_error reported by the worker's sandbox (not a worker death), that worker runs the
+        self-test's probe job: if its sandbox answers it correctly, the completion is what broke the sandbox
+        twice and it is scored as failed (every test
+        failed, the reward of its format alone), so that no completion can stop a run; if not, the result
+        is returned as it is: status "sandbox_error", reward None, pass_rate None, retried True, error
+        naming the failure; never a reward of 0. Callers should not score such a completion again: it has
+        had its two runs. Retries go one completion per batch, so that a completion that breaks its worker
+        cannot take others down with it.
 
         What a completion's data causes on the trusted side is that completion's failure, never an
         infrastructure error: a batch whose call raises is scored again one completion at a time, and a
@@ -166,6 +176,7 @@ class SandboxPool:
             done, _ = ray.wait(list(in_flight), num_returns=1)
             w, chunk = in_flight.pop(done[0])
             load[w] -= 1
+            from_worker = True  # the worker's own results (not a death or a restart seen here)
             try:
                 replies = ray.get(done[0])
             except ActorUnavailableError as exc:  # restarting (e.g. its node was lost): the jobs did not finish
@@ -175,8 +186,10 @@ class SandboxPool:
                     continue
                 replies = [_infra_error(problems[j[0]], f"worker {self.name_prefix}-{w} did not come back: {exc}")
                            for j in chunk]
+                from_worker = False
             except RayActorError as exc:
                 replies = [_infra_error(problems[j[0]], f"worker {self.name_prefix}-{w} died: {exc}") for j in chunk]
+                from_worker = False
             except RayTaskError as exc:
                 if len(chunk) > 1:
                     queue.extend((i, attempt, avoid, True) for i, attempt, avoid, _ in chunk)
@@ -189,6 +202,10 @@ class SandboxPool:
                 if reply["status"] == "sandbox_error" and attempt == 0:
                     queue.append((i, 1, w, True))
                     continue
+                if reply["status"] == "sandbox_error" and from_worker and self._healthy(w):
+                    reply = unscorable_result(problems[i], completions[i], self.settings,
+                                              f"the completion broke the sandbox twice: {reply['error']}",
+                                              f"{self.name_prefix}-{w}")
                 reply["retried"] = attempt > 0 or i in waited  # its first run failed for infrastructure reasons
                 results[i] = reply
             if progress is not None:
@@ -196,6 +213,13 @@ class SandboxPool:
         return results
 
     # --------------------------------------------------------------------------------------------
+
+    def _healthy(self, w: int) -> bool:
+        """Whether worker `w`'s sandbox runs the self-test's probe job correctly."""
+        try:
+            return bool(ray.get(self.workers[w].healthy.remote(), timeout=RESTART_WAIT_S))
+        except (RayActorError, RayTaskError, GetTimeoutError):
+            return False
 
     def _back(self, w: int) -> bool:
         """Wait for worker `w`, which Ray is restarting, to answer again."""
@@ -234,7 +258,7 @@ def _validate(problems: list[dict], completions: list[str]) -> None:
         raise ValueError(f"{len(problems)} problems but {len(completions)} completions")
     seen = set()
     for problem, completion in zip(problems, completions):
-        if not isinstance(completion, str):
+        if completion is not None and not isinstance(completion, str):
             raise TypeError(f"completion for {problem.get('task_id')!r} must be a str, got {type(completion).__name__}")
         if id(problem) not in seen:
             seen.add(id(problem))
@@ -242,6 +266,43 @@ def _validate(problems: list[dict], completions: list[str]) -> None:
                 compile_problem(problem)
             except ValueError as exc:
                 raise ValueError(f"problem {problem.get('task_id')!r}: {exc}") from None
+
+
+def validate_problems(problems: list[dict], *, num_workers: int = 2, test_timeout_s: float = 5.0,
+                      memory_mb: int = 512, progress=None) -> dict[str, str]:
+    """The unjudgeable problems among `problems`, task_id -> why: those whose reference solution does not pass
+    every test through the same path a candidate takes (a callback or an object the tests pass to the entry
+    point, an identity check, a module the sandbox lacks, a test that never calls the entry point and would
+    pass any program). Problems without a reference are not checked. Needs ray.is_initialized().
+
+    The references run on a pool of their own (`validate-sandbox-<i>`), shut down before this returns, so no
+    slot that ran a problem's reference ever serves that problem's candidates."""
+    checked = [p for p in problems if compile_problem(p).reference is not None]
+    if not checked:
+        return {}
+    pool = SandboxPool(num_workers=max(1, min(num_workers, len(checked))), test_timeout_s=test_timeout_s,
+                       memory_mb=memory_mb, require_format=False, name_prefix="validate-sandbox")
+    try:
+        results = pool.score(checked, [None] * len(checked), progress=progress)
+    finally:
+        pool.shutdown()
+    reasons = {p["task_id"]: unjudgeable_reason(p, r) for p, r in zip(checked, results)}
+    return {task_id: why for task_id, why in reasons.items() if why is not None}
+
+
+def unjudgeable_reason(problem: dict, result: dict) -> str | None:
+    """Why a problem cannot be judged, from its reference solution's result (None: it can)."""
+    spec = compile_problem(problem)
+    if result["status"] == "sandbox_error":
+        return f"the sandbox failed on the reference solution: {result['error']}"
+    for i, (case, status, detail, calls) in enumerate(zip(spec.cases, result["tests"], result["test_details"],
+                                                           result["calls"])):
+        where = f"test {i + 1} ({case.text[:60]!r})"
+        if status != "passed":
+            return f"the reference solution fails {where}: {detail or status}"
+        if calls == 0:
+            return f"{where} never calls {spec.entry_point}: it would pass any program"
+    return None
 
 
 def _judge_error(exc: BaseException) -> str:

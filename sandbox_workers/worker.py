@@ -21,12 +21,10 @@ from redis.exceptions import RedisError
 
 from sandbox_workers.executor import Layers, SandboxFault, WarmSandbox, self_test
 from sandbox_workers.isolation import Limits, SandboxUnavailable, SelfTest
-from sandbox_workers.judge import (JudgeSpec, Program, TraceCheck, build_program, compile_problem,
-                                   compute_reward, format_score, plan_trace, verdict)
+from sandbox_workers.judge import JudgeSpec, Program, build_program, compile_problem, compute_reward, format_score
 
 log = logging.getLogger(__name__)
 CACHEABLE = {"passed", "failed", "runtime_error"}
-NO_REFERENCE = "the reference solution gives no result for this test"
 _SELF_TEST: SelfTest | None = None
 _SHUFFLE = random.SystemRandom()
 
@@ -68,7 +66,6 @@ class Scorer:
             recycle_every=settings.recycle_every)
         self.sandbox.start()
         self.specs: OrderedDict[str, JudgeSpec] = OrderedDict()
-        self.references: dict[str, dict[int, TraceCheck | None]] = {}
         self.cache = _redis(settings.redis_url)
         log.warning("%s: sandbox isolation mode %s", worker_id, self.mode)
 
@@ -77,71 +74,89 @@ class Scorer:
 
     # ------------------------------------------------------------------------------------------------
 
-    def score(self, problem: dict, completion: str) -> dict:
+    def score(self, problem: dict, completion: str | None) -> dict:
+        """The result for one completion; `completion` None: for the problem's reference solution itself."""
         started = time.monotonic()
         spec = self._spec(problem)
-        program = build_program(spec, completion, require_format=self.settings.require_format)
+        program = (Program(spec.reference, 1.0, "reference") if completion is None
+                   else build_program(spec, completion, require_format=self.settings.require_format))
         result = {"task_id": spec.task_id, "format": program.format, "format_how": program.how,
                   "mode": self.mode, "worker": self.worker_id, "retried": False, "cached": False, "error": None}
         if program.code is None:
-            return self._finish(result, [], [], spec, started, error="not run: format is not 1")
+            return self._finish(result, [], spec, started, error="not run: format is not 1")
         cache_key = self._cache_key(spec, program)
         cached = self._cache_get(cache_key)
         if cached is not None:
             cached.update(worker=self.worker_id, cached=True, wall_s=round(time.monotonic() - started, 4))
             return cached
         try:
-            checks = self._trace_checks(spec)
-            # Tests run in an order drawn here, so that a test cannot tell which one it is by its pid or by
-            # what the tests before it left behind; results are put back in the problem's order below.
-            order = [i for i, p in enumerate(spec.probes) if p.kind != "trace" or checks.get(i) is not None]
-            _SHUFFLE.shuffle(order)
-            oom_kills = self.sandbox.slot.oom_kills()
-            reply = self.sandbox.run(self._job(spec, program.code, order, checks))
-            if self.sandbox.slot.oom_kills() > oom_kills:
-                for test in reply["tests"]:
-                    if test and test.get("sigkill"):
-                        test.update(status="memory_limit", detail="killed by the out-of-memory killer")
+            reply = self._run(spec, program.code)
         except SandboxFault as fault:
-            result.update(status="sandbox_error", tests=[], test_details=[], passed=0, total=len(spec.probes),
-                          pass_rate=None, reward=None, error=str(fault), wall_s=round(time.monotonic() - started, 4),
-                          cpu_s=0.0)
+            result.update(status="sandbox_error", tests=[], test_details=[], calls=[], passed=0,
+                          total=len(spec.cases), pass_rate=None, reward=None, error=str(fault),
+                          wall_s=round(time.monotonic() - started, 4), cpu_s=0.0)
             return result
-        except Exception:
-            self.sandbox.restart()  # the reply stream may be out of step; whatever raised is reported above us
-            raise
-        tests: list[dict | None] = [None] * len(spec.probes)
-        for position, index in enumerate(order):
-            tests[index] = reply["tests"][position] if position < len(reply["tests"]) else None
-        statuses, details = [], []
-        for index, probe in enumerate(spec.probes):
-            if probe.kind == "trace" and checks.get(index) is None:
-                status, detail = "failed", NO_REFERENCE
-            else:
-                status, detail = verdict(probe, tests[index] or {}, checks.get(index))
-            statuses.append(status)
-            details.append(detail)
         result.update(cpu_s=reply["cpu_s"], peak_rss_kb=reply["peak_rss_kb"], stdout_head=reply["stdout"][:1000],
                       stderr_tail=reply["stderr"][-1000:], stdout_truncated=reply["stdout_truncated"],
                       stderr_truncated=reply["stderr_truncated"])
         if "recycled" in reply:
             result["recycled"] = reply["recycled"]
-        result = self._finish(result, statuses, details, spec, started)
-        if set(statuses) <= CACHEABLE:
+        result = self._finish(result, reply["tests"], spec, started)
+        if set(result["tests"]) <= CACHEABLE:
             self._cache_put(cache_key, result)
         return result
 
-    def _finish(self, result: dict, statuses: list[str], details: list, spec: JudgeSpec, started: float,
+    def healthy(self) -> bool:
+        """Whether this slot's sandbox runs the self-test's probe job correctly now (after a sandbox_error, this
+        tells a broken sandbox from a completion that broke it)."""
+        from sandbox_workers.executor import SELF_TEST_EXPECTED, SELF_TEST_PROGRAM
+
+        test = f"assert probe()[:3] == {SELF_TEST_EXPECTED[:3]!r}\n"
+        try:
+            reply = self.sandbox.run({"program": SELF_TEST_PROGRAM, "preamble": "", "entry_point": "probe",
+                                      "tests": [{"source": test, "check": False}], "timeout": 5.0})
+        except SandboxFault:
+            return False
+        return reply["tests"][0]["status"] == "passed"
+
+    def _run(self, spec: JudgeSpec, code: str) -> dict:
+        """The sandbox's reply for `code` against the problem's tests, in the problem's order; SandboxFault if
+        the sandbox broke. The tests run in an order drawn here, so that a candidate cannot tell which test it
+        is in by anything that counts up from job to test (its pid, a namespace's inode number, the time):
+        contradicting tests (a canary's) stay contradicting. A candidate killed by SIGKILL while the slot's
+        OOM counter rose is the memory limit."""
+        order = list(range(len(spec.cases)))
+        _SHUFFLE.shuffle(order)
+        oom_kills = self.sandbox.slot.oom_kills()
+        try:
+            reply = self.sandbox.run(spec.job(code, self.settings.test_timeout_s, order))
+        except SandboxFault:
+            raise
+        except Exception:
+            self.sandbox.restart()  # the reply stream may be out of step; whatever raised is reported above us
+            raise
+        if self.sandbox.slot.oom_kills() > oom_kills:
+            for test in reply["tests"]:
+                if test.get("sigkill"):
+                    test.update(status="memory_limit", detail="killed by the out-of-memory killer")
+        verdicts = [None] * len(order)
+        for position, index in enumerate(order):
+            verdicts[index] = reply["tests"][position]
+        reply["tests"] = verdicts
+        return reply
+
+    def _finish(self, result: dict, verdicts: list[dict], spec: JudgeSpec, started: float,
                 error: str | None = None) -> dict:
-        total = len(spec.probes)
+        total = len(spec.cases)
+        statuses = [v["status"] for v in verdicts]
         passed = statuses.count("passed")
         pass_rate = passed / total if statuses else 0.0
         status = "passed" if statuses and passed == total else next((s for s in statuses if s != "passed"), "failed")
         s = self.settings
-        result.update(status=status, tests=statuses, test_details=details, passed=passed, total=total,
-                      pass_rate=pass_rate, reward=compute_reward(pass_rate, result["format"], pass_weight=s.pass_weight,
-                                                                 format_weight=s.format_weight,
-                                                                 require_format=s.require_format),
+        result.update(status=status, tests=statuses, test_details=[v["detail"] or None for v in verdicts],
+                      calls=[v["calls"] for v in verdicts], passed=passed, total=total, pass_rate=pass_rate,
+                      reward=compute_reward(pass_rate, result["format"], pass_weight=s.pass_weight,
+                                            format_weight=s.format_weight, require_format=s.require_format),
                       wall_s=round(time.monotonic() - started, 4))
         result.setdefault("cpu_s", 0.0)
         if error:
@@ -168,42 +183,6 @@ class Scorer:
             if len(self.specs) > 4096:
                 self.specs.popitem(last=False)
         return spec
-
-    def _job(self, spec: JudgeSpec, code: str, indices, checks: dict[int, TraceCheck | None] | None = None) -> dict:
-        """A job for the sandbox: the program and, per test in `indices` order, what the test process runs:
-        a probe function, or (a trace test the reference's run allows) the recorded calls to replay."""
-        probes = []
-        for i in indices:
-            probe, check = spec.probes[i], (checks or {}).get(i)
-            if check is not None and check.replay is not None:
-                probes.append({"source": "", "trace": False, "calls": list(check.replay)})
-            else:
-                probes.append({"source": probe.source, "trace": probe.kind == "trace"})
-        return {"program": code, "preamble": spec.preamble, "entry_point": spec.entry_point,
-                "timeout": self.settings.test_timeout_s, "probes": probes}
-
-    def _trace_checks(self, spec: JudgeSpec) -> dict[int, TraceCheck | None]:
-        """How each trace test is judged, from the reference solution's run (once per problem, kept here)."""
-        if not spec.needs_reference:
-            return {}
-        if spec.key in self.references:
-            return self.references[spec.key]
-        indices = [i for i, p in enumerate(spec.probes) if p.kind == "trace"]
-        reply = self.sandbox.run(self._job(spec, spec.reference, indices))
-        checks: dict[int, TraceCheck | None] = {}
-        for index, test in zip(indices, reply["tests"]):
-            try:
-                checks[index] = plan_trace(spec.probes[index], test["trace"]) if test.get("status") == "ok" else None
-            except (ValueError, TypeError):  # DecodeError included: a malformed reference trace
-                checks[index] = None
-            if checks[index] is None:
-                log.warning("%s: reference solution gives no result for a test: %s", spec.task_id, test)
-            elif checks[index].replay is None:
-                log.info("%s: test %d runs as a statement: %s", spec.task_id, index, checks[index].how)
-        if len(self.references) > 4096:
-            self.references.pop(next(iter(self.references)))
-        self.references[spec.key] = checks
-        return checks
 
     def _cache_key(self, spec: JudgeSpec, program: Program) -> str:
         """Everything the result depends on: the code decides the tests, the whole text's format the reward."""
@@ -272,17 +251,17 @@ class Heartbeat:
                 return
 
 
-def unscorable_result(problem: dict, completion: str, settings: ScoreSettings, error: str,
+def unscorable_result(problem: dict, completion: str | None, settings: ScoreSettings, error: str,
                       worker: str | None = None) -> dict:
     """The result for a completion whose data the judge could not handle (it raised while scoring it): every
     test failed, the format part of the reward kept. Never sandbox_error: the candidate caused it."""
     try:
-        total = len(compile_problem(problem).probes)
+        total = len(compile_problem(problem).cases)
     except ValueError:
         total = 0
-    fmt = format_score(completion)
+    fmt = format_score(completion) if completion is not None else 1.0  # None: the reference solution
     return {"task_id": problem.get("task_id"), "status": "failed", "tests": ["failed"] * total,
-            "test_details": [error] * total, "passed": 0, "total": total, "pass_rate": 0.0, "format": fmt,
+            "test_details": [error] * total, "calls": [0] * total, "passed": 0, "total": total, "pass_rate": 0.0, "format": fmt,
             "format_how": None, "reward": compute_reward(0.0, fmt, pass_weight=settings.pass_weight,
                                                          format_weight=settings.format_weight,
                                                          require_format=settings.require_format),

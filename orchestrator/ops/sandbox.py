@@ -84,38 +84,54 @@ def score_command(problems_path: Path, samples_path: Path, *, out: Path | None, 
     from sandbox_workers.pool import SandboxPool
     from sandbox_workers.worker import status_histogram
 
+    from orchestrator.judgeable import keep_judgeable
+
     started_ray = not ray.is_initialized()
     if started_ray:
         ray.init(include_dashboard=False, log_to_driver=False, configure_logging=False)
     try:
+        used = [p for p in problems if p["task_id"] in {s["task_id"] for s in samples}]
+        _, unjudgeable = keep_judgeable(used, workers=workers, timeout_s=timeout_s, memory_mb=memory_mb)
         pool = SandboxPool(num_workers=workers, test_timeout_s=timeout_s, memory_mb=memory_mb,
                            require_format=require_format)
-    except SandboxUnavailable as exc:
-        print(f"diffurl: error: {str(exc).splitlines()[0]} (run `diffurl sandbox check`)", file=sys.stderr)
+    except (SandboxUnavailable, UserError) as exc:
+        print(f"diffurl: error: {str(exc).splitlines()[0]}" + (" (run `diffurl sandbox check`)"
+              if isinstance(exc, SandboxUnavailable) else ""), file=sys.stderr)
         if started_ray:
             ray.shutdown()
-        return 1
+        return 1 if isinstance(exc, SandboxUnavailable) else 2
+    judged = [s for s in samples if s["task_id"] not in unjudgeable]
     try:
         started = time.monotonic()
-        results = pool.score([by_id[s["task_id"]] for s in samples], [s["completion"] for s in samples],
-                             progress=_print_progress)
+        scored = iter(pool.score([by_id[s["task_id"]] for s in judged], [s["completion"] for s in judged],
+                                 progress=_print_progress))
         elapsed = time.monotonic() - started
         print(file=sys.stderr)
     finally:
         pool.shutdown()
         if started_ray:
             ray.shutdown()
+    results = [_left_out(s, unjudgeable[s["task_id"]]) if s["task_id"] in unjudgeable else next(scored)
+               for s in samples]
     with out.open("w") as handle:
         for sample, result in zip(samples, results):
             handle.write(json.dumps({**sample, **result, "passed_all": result["status"] == "passed"}) + "\n")
     per_task: dict[str, list[bool]] = {}
     for sample, result in zip(samples, results):
-        per_task.setdefault(sample["task_id"], []).append(result["status"] == "passed")
-    print(f"pass@1: {mean_pass_at_k(per_task.values(), 1):.4f}  ({len(results)} samples, {len(per_task)} problems, "
-          f"{elapsed:.1f} s, mode {results[0]['mode'] if results else '?'})")
+        if result["status"] != "unjudgeable":
+            per_task.setdefault(sample["task_id"], []).append(result["status"] == "passed")
+    left_out = f", {len(unjudgeable)} unjudgeable problems left out" if unjudgeable else ""
+    print(f"pass@1: {mean_pass_at_k(per_task.values(), 1):.4f}  ({len(judged)} samples, {len(per_task)} problems"
+          f"{left_out}, {elapsed:.1f} s, mode {next((r['mode'] for r in results if r.get('mode')), '?')})")
     print("status: " + "  ".join(f"{k}={v}" for k, v in status_histogram(results).items()))
     print(f"results: {out}")
     return 0
+
+
+def _left_out(sample: dict, why: str) -> dict:
+    """The result line of a sample whose problem is unjudgeable: not scored, no reward."""
+    return {"task_id": sample["task_id"], "status": "unjudgeable", "reward": None, "pass_rate": None,
+            "tests": [], "test_details": [], "error": f"unjudgeable problem: {why}"}
 
 
 def _print_progress(done: int, total: int) -> None:

@@ -175,7 +175,7 @@ FAKE_SUCCESS = {
     "always_equal_object": "class E:\n    def __eq__(self, other):\n        return True\n    __hash__ = None\n"
                            "def add(a, b):\n    return E()\n",
     "always_equal_int_subclass": "class I(int):\n    def __eq__(self, other):\n        return True\n"
-                                 "def add(a, b):\n    return I(0)\n",
+                                 "def add(a, b):\n    return I(7)\n",  # crosses as the int 7
     "always_equal_str_subclass": "class S(str):\n    def __eq__(self, other):\n        return True\n"
                                  "def add(a, b):\n    return S('x')\n",
     "printed_markers": "def add(a, b):\n    print('PASSED', 'ok', 'All tests passed', '{\"t\": 0, \"value\": [\"int\", \"3\"]}')\n"

@@ -51,16 +51,16 @@ def _parent(pid: int) -> int:
         return int(f.read().rsplit(")", 1)[1].split()[1])
 
 
-def _executor_pid(slot_pids: list[int]) -> int:
-    """The warm executor: the python process whose parent is bubblewrap."""
+def _supervisor_pid(slot_pids: list[int]) -> int:
+    """The sandbox's supervisor: the python process whose parent is bubblewrap."""
     def cmdline(pid):
         with open(f"/proc/{pid}/cmdline", "rb") as f:
             return f.read()
 
     for pid in slot_pids:
-        if b"executor.py" in cmdline(pid) and b"bwrap" in cmdline(_parent(pid)):
+        if b"supervisor" in cmdline(pid) and b"bwrap" in cmdline(_parent(pid)):
             return pid
-    raise AssertionError(f"no executor among {slot_pids}")
+    raise AssertionError(f"no supervisor among {slot_pids}")
 
 
 def _worker_pid(slot_pids: list[int]) -> int:
@@ -89,7 +89,7 @@ def test_killing_a_worker_mid_job_gives_a_retried_correct_result(pool):
 
 
 def test_killing_the_sandbox_mid_job_gives_a_retried_correct_result(pool):
-    _kill_mid_job(pool, _executor_pid)
+    _kill_mid_job(pool, _supervisor_pid)
     assert sum(s["restarts"] for s in pool.statuses()) >= 1
 
 
@@ -116,22 +116,30 @@ def test_a_restarting_worker_is_waited_for_and_its_jobs_run_again_once_uncounted
 
 @ray.remote(num_cpus=0)
 class BrokenWorker:
-    """Stands in for a SandboxWorker whose sandbox breaks on every job; records the completions it was given."""
+    """Stands in for a SandboxWorker whose sandbox breaks on every job (and then answers the self-test's probe
+    job correctly or not, as `healthy` says); records the completions it was given."""
 
-    def __init__(self):
-        self.completions = []
+    def __init__(self, healthy: bool):
+        self.completions, self.is_healthy = [], healthy
 
     def score_batch(self, jobs):
         self.completions += [completion for _, completion in jobs]
         return [{"task_id": problem["task_id"], "status": "sandbox_error", "reward": None, "pass_rate": None,
                  "error": "sandbox broke"} for problem, _ in jobs]
 
+    def healthy(self):
+        return self.is_healthy
+
     def seen(self):
         return self.completions
 
 
-def test_a_completion_that_always_breaks_the_sandbox_is_run_twice_once_on_each_worker(pool):
-    broken = [BrokenWorker.remote() for _ in range(2)]
+@pytest.mark.parametrize("healthy, want", [(False, ("sandbox_error", None, True)), (True, ("failed", 0.0, True))])
+def test_a_completion_that_always_breaks_the_sandbox_is_run_twice_once_on_each_worker(pool, healthy, want):
+    """Twice sandbox_error: an infrastructure failure (reward None) while the sandbox also fails the self-test's
+    probe job; the completion's own failure (every test failed, its format's reward) when the sandbox is
+    healthy, so that no completion can stop a run."""
+    broken = [BrokenWorker.remote(healthy) for _ in range(2)]
     completions = [f"# {i}\n{ADD_OK}" for i in range(18)]
     real, pool.workers = pool.workers, broken
     try:
@@ -140,7 +148,9 @@ def test_a_completion_that_always_breaks_the_sandbox_is_run_twice_once_on_each_w
         pool.workers = real
     seen = ray.get([w.seen.remote() for w in broken])
     assert [(seen[0].count(c), seen[1].count(c)) for c in completions] == [(1, 1)] * 18
-    assert [(r["status"], r["reward"], r["retried"]) for r in results] == [("sandbox_error", None, True)] * 18
+    assert [(r["status"], r["reward"], r["retried"]) for r in results] == [want] * 18
+    if healthy:
+        assert all(r["error"].startswith("the completion broke the sandbox twice") for r in results)
 
 
 def test_reward_cache_in_redis_answers_repeated_code(ray_cluster, tmp_path):

