@@ -22,12 +22,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from sandbox_workers.isolation import (Interpreter, Limits, SelfTest, Slot, SandboxUnavailable, bwrap_argv,
-                                       bwrap_binary, data_fd, find_interpreter, kill_process_tree,
+                                       bwrap_binary, data_fd, find_interpreter, interpreter_root, kill_process_tree,
                                        probe_host_layers, seccomp_filters)
 
 INSIDE = Path(__file__).parent / "inside"
 INSIDE_FILES = {f"/sandbox/inside/{name}": (INSIDE / name).read_bytes()
-                for name in ("__init__.py", "codec.py", "boxes.py", "supervisor.py")}
+                for name in ("__init__.py", "codec.py", "boxes.py", "template.py", "supervisor.py")}
 MAX_REPLY_BYTES = 16 << 20
 MAX_DETAIL = 300
 TEST_STATUSES = ("passed", "failed", "runtime_error", "timeout", "memory_limit", "output_limit")
@@ -48,6 +48,7 @@ class Layers:
     seccomp: bool
     slot_uid: bool
     cgroups: bool
+    tmpfs_interpreter: bool = True
 
 
 class WarmSandbox:
@@ -60,6 +61,7 @@ class WarmSandbox:
         become_subreaper()
         self.name, self.limits, self.layers, self.recycle_every = name, limits, layers, recycle_every
         self.interpreter: Interpreter = find_interpreter()
+        self.root = interpreter_root() if layers.tmpfs_interpreter else None
         self.bwrap = bwrap_binary(layers.slot_uid)
         self.seccomp = seccomp_filters() if layers.seccomp else (b"", b"")
         self.slot = Slot(name, limits, use_uid=layers.slot_uid, use_cgroups=layers.cgroups)
@@ -76,7 +78,7 @@ class WarmSandbox:
         files = [(data_fd(content), path) for path, content in INSIDE_FILES.items()]
         seccomp_fd = data_fd(self.seccomp[0]) if self.layers.seccomp else None
         fds = [fd for fd, _ in files] + ([seccomp_fd] if seccomp_fd is not None else [])
-        argv = bwrap_argv(self.bwrap, self.interpreter, self.limits.tmpfs_mb, files, seccomp_fd)
+        argv = bwrap_argv(self.bwrap, self.interpreter, self.root, self.limits.tmpfs_mb, files, seccomp_fd)
         try:
             self.proc = subprocess.Popen(self.slot.launcher_argv(argv), stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                                          stderr=self.log, pass_fds=fds, close_fds=True, start_new_session=True,
@@ -89,7 +91,7 @@ class WarmSandbox:
         self._send(config)
         hello = self._receive(START_TIMEOUT_S)
         if not hello.get("ready"):
-            raise SandboxFault(f"executor did not start: {hello}")
+            raise SandboxFault(f"supervisor did not start: {hello}")
         self.jobs_run = 0
         self.baseline_pids, self.baseline_memory = len(self.slot.pids()), self.slot.resident_bytes()
 
@@ -136,8 +138,10 @@ class WarmSandbox:
         n = max(1, len(job["tests"]))
         watchdog = (n + 1) * (job["timeout"] + 1.0) + WATCHDOG_MARGIN_S
         try:
+            peak = self.slot.start_peak()
             self._send(job)
             reply = self._receive(watchdog)
+            reply["peak_memory_kb"] = max(reply.pop("peak_rss_kb", 0), self.slot.peak_growth(peak) >> 10)
             if "error" in reply:
                 raise SandboxFault(f"supervisor error: {str(reply['error'])[:300]}")
             reply["tests"] = _test_results(reply, len(job["tests"]))
@@ -230,7 +234,7 @@ def _test_results(reply: dict, n: int) -> list[dict]:
     """The reply's per-test verdicts, checked against the supervisor's schema (anything else is a SandboxFault:
     the supervisor writes them, and nothing a box sends reaches them unchecked)."""
     tests = reply.get("tests")
-    numbers = [reply.get(k) for k in ("cpu_s", "peak_rss_kb", "executor_cpu_s")]
+    numbers = [reply.get(k) for k in ("cpu_s", "peak_memory_kb", "executor_cpu_s")]
     if not isinstance(tests, list) or len(tests) != n or not all(type(x) in (int, float) for x in numbers):
         raise SandboxFault("malformed reply: tests or resource figures missing")
     for index, entry in enumerate(tests):
@@ -276,7 +280,8 @@ def self_test() -> SelfTest:
         layers["job_namespaces"] = (False, "needs the interpreter and bwrap")
         return SelfTest(layers)
     chosen = Layers(seccomp=layers["seccomp"][0], slot_uid=layers["slot_uid"][0],
-                    cgroups=any(layers[k][0] for k in ("cgroup_memory", "cgroup_pids", "cgroup_kill")))
+                    cgroups=any(layers[k][0] for k in ("cgroup_memory", "cgroup_pids", "cgroup_kill")),
+                    tmpfs_interpreter=layers["tmpfs_interpreter"][0])
     expected = SELF_TEST_EXPECTED if chosen.seccomp else [*SELF_TEST_EXPECTED[:3], "socket allowed", ["lo:"]]
     sandbox = None
     try:

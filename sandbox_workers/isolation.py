@@ -26,10 +26,11 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from sandbox_workers import runtime_dir
+from sandbox_workers import interpreter_copy, runtime_dir
 
 REQUIRED_LAYERS = ("interpreter", "bwrap", "job_namespaces")
-OPTIONAL_LAYERS = ("seccomp", "slot_uid", "cgroup_memory", "cgroup_pids", "cgroup_cpu", "cgroup_kill")
+OPTIONAL_LAYERS = ("seccomp", "slot_uid", "cgroup_memory", "cgroup_pids", "cgroup_cpu", "cgroup_kill",
+                   "tmpfs_interpreter")
 INTERPRETER_CANDIDATES = ("/usr/bin/python3", "/usr/local/bin/python3", "/bin/python3")
 SLOT_UID_BASE = 2_000_000  # + actor pid: one uid per live slot, far from any real account
 SANDBOX_INNER_ID = 1000
@@ -49,7 +50,8 @@ class Limits:
     nofile: int = 64
     nproc: int = 32           # RLIMIT_NPROC of the slot uid inside the job
     pids_max: int = 64        # the slot's pids cgroup: bwrap + executor + job
-    output_cap: int = 1 << 20  # bytes per stream per test before the job is killed
+    output_cap: int = 256 << 20  # bytes per stream per test, past which the test ends as output_limit (the
+    # supervisor keeps only a head and a tail: honest debug prints in a loop pass, as they do officially)
     cpu_quota: float = 1.0    # cores per slot (cgroup cpu)
 
     def executor_config(self) -> dict:
@@ -64,7 +66,8 @@ _DENY_ALWAYS = ("ptrace", "process_vm_readv", "process_vm_writev", "bpf", "keyct
                 "init_module", "finit_module", "delete_module", "perf_event_open", "userfaultfd",
                 "open_by_handle_at", "name_to_handle_at", "acct", "swapon", "swapoff", "reboot", "syslog",
                 "settimeofday", "clock_settime", "clock_adjtime", "adjtimex", "iopl", "ioperm", "quotactl",
-                "lookup_dcookie", "vhangup", "fanotify_init", "memfd_secret", "pidfd_getfd")
+                "lookup_dcookie", "vhangup", "fanotify_init", "memfd_secret", "pidfd_getfd",
+                "fadvise64", "readahead", "mincore")  # page-cache control and probes (moot on the tmpfs copy)
 _DENY_IN_JOB = ("unshare", "setns", "mount", "umount2", "pivot_root", "chroot", "open_tree", "move_mount",
                 "fsopen", "fsconfig", "fsmount", "fspick", "mount_setattr", "sethostname", "setdomainname")
 _NAMESPACE_FLAGS = (0x20000, 0x2000000, 0x4000000, 0x8000000, 0x10000000, 0x20000000, 0x40000000, 0x80)
@@ -109,8 +112,11 @@ def data_fd(data: bytes) -> int:
 @dataclass(frozen=True)
 class Interpreter:
     path: str                         # real path, world-executable
-    bind_dirs: tuple[str, ...]        # read-only binds: stdlib and shared-library directories
+    bind_dirs: tuple[str, ...]        # stdlib and shared-library directories (bound as they are without a copy)
     symlinks: tuple[tuple[str, str], ...]  # (target, link) such as ("usr/lib64", "/lib64")
+    loader: str | None = None         # its ELF interpreter (PT_INTERP)
+    libraries: tuple[str, ...] = ()   # the shared libraries it maps at start-up
+    stdlib_dirs: tuple[str, ...] = ()
 
 
 @functools.lru_cache(maxsize=1)
@@ -137,19 +143,26 @@ def find_interpreter() -> Interpreter:
         if tuple(version) < (3, 9):
             tried.append(f"{candidate} (python {version} is older than 3.9)")
             continue
-        dirs = {os.path.realpath(stdlib), os.path.realpath(platstdlib)}
-        for line in maps.splitlines():
-            parts = line.split()
-            if len(parts) >= 6 and parts[5].startswith("/") and ".so" in parts[5]:
-                dirs.add(os.path.dirname(os.path.realpath(parts[5])))
+        stdlib_dirs = sorted({os.path.realpath(stdlib), os.path.realpath(platstdlib)})
+        libraries = sorted({parts[5] for parts in map(str.split, maps.splitlines())
+                            if len(parts) >= 6 and parts[5].startswith("/") and ".so" in parts[5]})
+        dirs = set(stdlib_dirs) | {os.path.dirname(os.path.realpath(lib)) for lib in libraries}
         symlinks = tuple((os.readlink(f"/{n}"), f"/{n}") for n in ("lib", "lib64", "lib32", "libx32", "bin")
                          if os.path.islink(f"/{n}"))
         loader = _elf_loader(real)
         if loader:
             dirs.add(os.path.realpath(os.path.dirname(loader)))
         dirs = {d for d in dirs if not any(d != o and d.startswith(o + "/") for o in dirs)}
-        return Interpreter(real, tuple(sorted(dirs)), symlinks)
+        return Interpreter(real, tuple(sorted(dirs)), symlinks, loader, tuple(libraries), tuple(stdlib_dirs))
     raise SandboxUnavailable("no usable python3 for the sandbox: " + "; ".join(tried))
+
+
+@functools.lru_cache(maxsize=1)
+def interpreter_root() -> Path:
+    """The root of the interpreter's tmpfs copy (interpreter_copy.py), made once per machine; CopyError when
+    none can be made here (the sandbox then binds the disk's directories, in a degraded mode)."""
+    interp = find_interpreter()
+    return interpreter_copy.install(interp.path, interp.loader, list(interp.libraries), list(interp.stdlib_dirs))
 
 
 def _elf_loader(binary: str) -> str | None:
@@ -204,16 +217,22 @@ def _bwrap_files(bwrap: str) -> dict[str, tuple[bytes, int]]:
     return {os.path.relpath(p, root): (Path(p).read_bytes(), 0o755 if p == bwrap else 0o644) for p in paths}
 
 
-def bwrap_argv(bwrap: str, interp: Interpreter, tmpfs_mb: int, files: list[tuple[int, str]],
+def bwrap_argv(bwrap: str, interp: Interpreter, root: Path | None, tmpfs_mb: int, files: list[tuple[int, str]],
                seccomp_fd: int | None) -> list[str]:
-    """bwrap's command line: the interpreter's files read-only, `files` ((fd, path): the supervisor's package)
-    read-only from their fds, the supervisor as the command."""
+    """bwrap's command line: the interpreter's files read-only (from `root`, its tmpfs copy, else the disk's
+    directories), `files` ((fd, path): the supervisor's package) read-only from their fds, the supervisor as
+    the command."""
     argv = [bwrap, "--unshare-all", "--die-with-parent", "--new-session", "--clearenv",
             "--setenv", "PATH", "/usr/bin:/bin", "--setenv", "LANG", "C.UTF-8", "--setenv", "PYTHONHASHSEED", "0",
             "--hostname", "sandbox", "--uid", str(SANDBOX_INNER_ID), "--gid", str(SANDBOX_INNER_ID)]
-    for directory in interp.bind_dirs:
-        argv += ["--ro-bind", directory, directory]
-    argv += ["--ro-bind", interp.path, interp.path]
+    if root is not None:
+        for top in sorted(os.listdir(root)):
+            if (root / top).is_dir() and not (root / top).is_symlink():
+                argv += ["--ro-bind", str(root / top), f"/{top}"]
+    else:
+        for directory in interp.bind_dirs:
+            argv += ["--ro-bind", directory, directory]
+        argv += ["--ro-bind", interp.path, interp.path]
     for target, link in interp.symlinks:
         argv += ["--symlink", target, link]
     argv += ["--proc", "/proc", "--dev", "/dev", "--size", str(tmpfs_mb << 20), "--tmpfs", "/tmp",
@@ -295,10 +314,13 @@ class Slot:
         return controller in self.cgroups and (self.cgroups[controller] / key).exists()
 
     def launcher_argv(self, argv: list[str]) -> list[str]:
-        """Join the slot's cgroups, drop to the slot uid, then exec argv (a fresh python, no threads)."""
+        """Join the slot's cgroups, put the out-of-memory score back to 0 (a Ray worker's is 1000; candidate
+        processes raise theirs to 1000, so that the killer takes them, never the supervisor), drop to the slot
+        uid, then exec argv (a fresh python, no threads)."""
         procs = [str(p / "cgroup.procs") for p in self.cgroups.values()]
         code = ("import os,sys,json\nprocs,uid=json.loads(sys.argv[1]),int(sys.argv[2])\n"
                 "for p in procs:\n  open(p,'w').write(str(os.getpid()))\n"
+                "try:\n  open('/proc/self/oom_score_adj','w').write('0')\nexcept OSError:\n  pass\n"
                 "if uid!=os.getuid():\n  os.setgroups([]);os.setresgid(uid,uid,uid);os.setresuid(uid,uid,uid)\n"
                 "os.execv(sys.argv[3],sys.argv[3:])")
         return [sys.executable, "-I", "-S", "-c", code, json.dumps(procs), str(self.uid), *argv]
@@ -319,6 +341,36 @@ class Slot:
                 stat = dict(line.split(" ", 1) for line in text.splitlines())
                 return sum(int(stat.get(name, 0)) for name in fields)
         return None
+
+    def start_peak(self) -> tuple | None:
+        """Begin measuring the slot's peak memory (memory a process holds outside its RSS, in memfds or
+        tmpfs, included): (usage now, a handle for `peak_growth`); None without a memory cgroup."""
+        if self.has("memory", "memory.max_usage_in_bytes"):
+            (self.cgroups["memory"] / "memory.max_usage_in_bytes").write_text("0")  # reset to the usage now
+            return int((self.cgroups["memory"] / "memory.usage_in_bytes").read_text()), None
+        if self.has("unified", "memory.peak"):
+            handle = open(self.cgroups["unified"] / "memory.peak", "r+")
+            try:
+                handle.write("reset")  # per open file: this handle reads the peak from now on (Linux >= 6.12)
+                handle.flush()
+            except OSError:
+                handle.close()
+                return None
+            return int((self.cgroups["unified"] / "memory.current").read_text()), handle
+        return None
+
+    def peak_growth(self, started: tuple | None) -> int:
+        """Bytes the slot's memory rose above its usage at `start_peak`, at its highest since then (0 without)."""
+        if started is None:
+            return 0
+        usage, handle = started
+        if handle is None:
+            peak = int((self.cgroups["memory"] / "memory.max_usage_in_bytes").read_text())
+        else:
+            with handle:
+                handle.seek(0)
+                peak = int(handle.read())
+        return max(0, peak - usage)
 
     def oom_kills(self) -> int:
         for controller, key in (("memory", "memory.oom_control"), ("unified", "memory.events")):
@@ -405,6 +457,11 @@ def probe_host_layers() -> dict[str, tuple[bool, str]]:
         layers["interpreter"] = (True, interp.path)
     except SandboxUnavailable as exc:
         layers["interpreter"] = (False, str(exc))
+    try:
+        layers["tmpfs_interpreter"] = (True, f"{interpreter_root()} (no page of a disk file is shared)")
+    except (SandboxUnavailable, OSError) as exc:
+        layers["tmpfs_interpreter"] = (False, f"{exc}: the disk's files are bound (page-cache residency is "
+                                              "a channel between sandboxes)")
     root = os.geteuid() == 0
     try:
         layers["bwrap"] = (True, bwrap_binary(slot_uid=root))

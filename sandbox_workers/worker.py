@@ -25,6 +25,7 @@ from sandbox_workers.judge import JudgeSpec, Program, build_program, compile_pro
 
 log = logging.getLogger(__name__)
 CACHEABLE = {"passed", "failed", "runtime_error"}
+MAX_PROGRAM_CHARS = 1 << 20  # a program, with its prompt; its job frame stays far below the supervisor's cap
 _SELF_TEST: SelfTest | None = None
 _SHUFFLE = random.SystemRandom()
 
@@ -62,8 +63,8 @@ class Scorer:
         layers = test.layers
         self.sandbox = WarmSandbox(worker_id, settings.limits(), Layers(
             seccomp=layers["seccomp"][0], slot_uid=layers["slot_uid"][0],
-            cgroups=any(layers[k][0] for k in ("cgroup_memory", "cgroup_pids", "cgroup_kill"))),
-            recycle_every=settings.recycle_every)
+            cgroups=any(layers[k][0] for k in ("cgroup_memory", "cgroup_pids", "cgroup_kill")),
+            tmpfs_interpreter=layers["tmpfs_interpreter"][0]), recycle_every=settings.recycle_every)
         self.sandbox.start()
         self.specs: OrderedDict[str, JudgeSpec] = OrderedDict()
         self.cache = _redis(settings.redis_url)
@@ -84,6 +85,9 @@ class Scorer:
                   "mode": self.mode, "worker": self.worker_id, "retried": False, "cached": False, "error": None}
         if program.code is None:
             return self._finish(result, [], spec, started, error="not run: format is not 1")
+        if len(program.code) > MAX_PROGRAM_CHARS:
+            return self._finish(result, [], spec, started,
+                                error=f"not run: a program of {len(program.code)} characters (the cap is {MAX_PROGRAM_CHARS})")
         cache_key = self._cache_key(spec, program)
         cached = self._cache_get(cache_key)
         if cached is not None:
@@ -96,7 +100,7 @@ class Scorer:
                           total=len(spec.cases), pass_rate=None, reward=None, error=str(fault),
                           wall_s=round(time.monotonic() - started, 4), cpu_s=0.0)
             return result
-        result.update(cpu_s=reply["cpu_s"], peak_rss_kb=reply["peak_rss_kb"], stdout_head=reply["stdout"][:1000],
+        result.update(cpu_s=reply["cpu_s"], peak_memory_kb=reply["peak_memory_kb"], stdout_head=reply["stdout"][:1000],
                       stderr_tail=reply["stderr"][-1000:], stdout_truncated=reply["stdout_truncated"],
                       stderr_truncated=reply["stderr_truncated"])
         if "recycled" in reply:

@@ -198,6 +198,8 @@ class Proxy:
         name = reply[1]
         if name in ENDING:
             self._fail("runtime_error", "the candidate raised %s" % name)
+        if name in ("StopIteration", "StopAsyncIteration"):  # it would end the test's own iteration (map, zip)
+            return "raise", RuntimeError("the candidate raised %s" % name)  # as PEP 479 does in a generator
         cls = BUILTIN_EXCEPTIONS.get(name, Exception)
         exc_args = codec.decode(reply[2]) if reply[2] is not None else None
         return "raise", _exception(cls, exc_args, reply[3][:MAX_MESSAGE])

@@ -37,7 +37,7 @@ def test_self_test_names_every_layer_and_a_mode():
     report = self_test()
     names = set(report.layers)
     assert {"interpreter", "bwrap", "job_namespaces", "seccomp", "slot_uid", "cgroup_memory", "cgroup_pids",
-            "cgroup_cpu", "cgroup_kill"} <= names
+            "cgroup_cpu", "cgroup_kill", "tmpfs_interpreter"} <= names
     assert report.usable
     assert report.mode in report.report()
 
@@ -49,12 +49,13 @@ def test_diffurl_sandbox_check_prints_each_layer_and_the_mode():
     lines = run.stdout.splitlines()
     assert lines[0] == "sandbox isolation layers:"
     assert lines[-1] == "mode: full" or lines[-1].startswith("mode: degraded:")
-    assert sum(line.startswith(("  ok ", "  NO ")) for line in lines) == 9
+    assert sum(line.startswith(("  ok ", "  NO ")) for line in lines) == 10
 
 
 def test_missing_layers_name_a_degraded_or_unavailable_mode():
     ok = {name: (True, "") for name in ("interpreter", "bwrap", "job_namespaces", "seccomp", "slot_uid",
-                                        "cgroup_memory", "cgroup_pids", "cgroup_cpu", "cgroup_kill")}
+                                        "cgroup_memory", "cgroup_pids", "cgroup_cpu", "cgroup_kill",
+                                        "tmpfs_interpreter")}
     assert SelfTest(ok).mode == "full"
     no_root = {**ok, "slot_uid": (False, ""), "cgroup_memory": (False, ""), "cgroup_pids": (False, ""),
                "cgroup_cpu": (False, ""), "cgroup_kill": (False, "")}
@@ -67,6 +68,26 @@ def test_job_sees_its_own_pid_namespace_uid_and_loopback_only(full_sandbox):
                                        "return [os.getpid(), os.getuid(), [w for w in lines if w.endswith(':')], "
                                        "sorted(int(p) for p in os.listdir('/proc') if p.isdigit())]")
     assert (pid, uid, interfaces, procs) == (2, 1000, ["lo:"], [1, 2])  # pid 1 is the candidate host
+
+
+def test_a_candidate_cannot_read_its_hosts_memory_and_is_the_oom_killers_first_choice(full_sandbox):
+    """pid 1 of its namespace is the candidate host: its memory (the job's program only, but still) and fds are
+    closed to the candidate, which the out-of-memory killer takes before any process of the sandbox."""
+    seen = _run(full_sandbox, "import errno\nout = []\nfor path in ('/proc/1/mem', '/proc/1/environ', '/proc/1/fd'):\n"
+                              "    try:\n        open(path, 'rb').read(1) if 'fd' not in path else __import__('os').listdir(path)\n"
+                              "        out.append('read')\n    except OSError as exc:\n"
+                              "        out.append(errno.errorcode[exc.errno])\n"
+                              "return out + [open('/proc/self/oom_score_adj').read().strip()]")
+    assert seen == ["EACCES", "EACCES", "EACCES", "1000"]
+
+
+def test_no_file_a_job_can_read_is_on_disk(full_sandbox):
+    """Every mount a candidate sees is memory-backed: the interpreter and its libraries come from a tmpfs copy,
+    so the host page cache (shared by every sandbox) holds no page a candidate could evict or probe."""
+    mounts = _run(full_sandbox, "return sorted({(m.split(' - ')[1].split()[0], m.split()[4]) for m in "
+                                "open('/proc/self/mountinfo').read().splitlines()})")
+    assert {fstype for fstype, _ in mounts} <= {"tmpfs", "proc", "devpts", "devtmpfs"}, mounts  # devices: /dev/null...
+    assert ("tmpfs", "/usr") in mounts
 
 
 def test_job_sees_no_host_files(full_sandbox):
