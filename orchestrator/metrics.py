@@ -28,6 +28,7 @@ REQUIRED_STEP_METRICS = (
     "kl", "clip_frac", "loss", "grad_norm", "lr", "local_arness", "global_arness", "staleness",
     "stream_depth", "sandbox_jobs_per_s", "sandbox_timeouts", "tokens_per_s", "decode_forwards", "tokens_per_forward",
     "time_generate", "time_reward", "time_score", "time_train", "time_sync", "time_checkpoint",
+    "unjudgeable_problems",
 )
 COUNTERS = ("steps", "groups", "sandbox_jobs")  # the totals `MetricsSink.count` keeps
 PHASE_SECONDS_BOUNDARIES = [0.01, 0.05, 0.1, 0.5, 1, 2, 5, 10, 30, 60, 120, 300, 600]

@@ -23,8 +23,6 @@ import json
 import re
 from dataclasses import dataclass, field
 
-STATUSES = ("passed", "failed", "runtime_error", "timeout", "memory_limit", "output_limit", "sandbox_error")
-
 # The exact format rule (README, "Reward"): optional prose without triple backticks, exactly one
 # ```python block, the closing fence followed by a newline that ends the text.
 _FORMAT_RE = re.compile(r"(?:(?!```)[\s\S])*```python\n((?:(?!```)[\s\S])*)```\n")

@@ -77,16 +77,30 @@ def test_async_run_with_the_reference_decoder_and_broadcast_sync_completes_and_b
     assert all(0 <= r["staleness_max"] <= 1 for r in rows), [r["staleness_max"] for r in rows]
 
 
+BROKEN = {"task_id": "broken/0", "question": "Write a Python function `add(a, b)` that returns a + b.",
+          "entry_point": "add", "tests": ["assert add(1, 2) == 3"], "reference": "def add(a, b):\n    return a - b\n"}
+
+
 @pytest.mark.integration
 def test_fast_decoder_run_batches_a_workers_groups_and_logs_forwards(tmp_path):
-    """One rollout worker, two groups per step: each call decodes both groups (4 rows) with the fast decoder."""
-    cmd = DIFFURL + ["train", "configs/demo.yaml", *SMALL, f"run.root_dir={tmp_path}", "run.name=it-fast",
-                     "rollout.decoder=fast", "rollout.cache=prefix", "rollout.block_length=8",
+    """One rollout worker, two groups per step: each call decodes both groups (4 rows) with the fast decoder.
+    The data holds one problem whose reference fails its own test: reported when the run starts, recorded,
+    counted in every step's metrics and never trained on."""
+    data = tmp_path / "data.jsonl"
+    data.write_text((REPO / "configs/data/toy_train.jsonl").read_text() + json.dumps(BROKEN) + "\n")
+    runs = tmp_path / "runs"
+    cmd = DIFFURL + ["train", "configs/demo.yaml", *SMALL, f"run.root_dir={runs}", "run.name=it-fast",
+                     f"data.train={data}", "rollout.decoder=fast", "rollout.cache=prefix", "rollout.block_length=8",
                      "rollout.threshold=0.9", "rollout.num_cpus=0.5", "learner.num_cpus=0.5"]
     proc = subprocess.run(cmd, cwd=REPO, env=_env(), capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, (proc.stdout + proc.stderr)[-3000:]
-    run_dir = _run_dir(tmp_path)
+    assert ("training problems: 41 of 41 checked against their reference solutions, 1 unjudgeable, left out: "
+            "broken/0 (the reference solution fails test 1 ('assert add(1, 2) == 3'): AssertionError)") in proc.stdout
+    run_dir = _run_dir(runs)
     _check_run(run_dir, steps=3, groups_per_step=2)
+    assert list(json.loads((run_dir / "unjudgeable.json").read_text())) == ["broken/0"]
+    trained = [json.loads(line) for line in (run_dir / "trained_groups.jsonl").read_text().splitlines()]
+    assert not any(g["prompt_id"].startswith("broken/") for step in trained for g in step["groups"])
     server = EmbeddedRedis(run_dir / "redis")
     server.start()
     try:
@@ -100,6 +114,7 @@ def test_fast_decoder_run_batches_a_workers_groups_and_logs_forwards(tmp_path):
         assert all(min(row) >= 0 for row in t.decode.order), "every position was revealed"
     rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
     assert all(1 <= r["decode_forwards"] <= 16 and r["tokens_per_forward"] >= 1.0 for r in rows)
+    assert [r["unjudgeable_problems"] for r in rows] == [1.0] * 3
 
 
 @pytest.mark.parametrize("override, message", [
