@@ -4,8 +4,9 @@
     build_causal_model(spec)          a local HF Qwen2 directory, or a tiny one from a `build_model`-style spec
     causal_token_logprobs(...)        [b, K] exact log p(token_k | prompt, tokens_<k) under the causal model
     causal_sft_loss(...)              next-token cross entropy over the trained completion tokens (warm start)
-    greedy_generate(...)              HF `generate` at T=0, cut at the first end token (tests, benchmark)
+    greedy_generate(...)              HF `generate` at T=0, cut at the first end token (tests)
 
+`actors.dllm.save_model` writes either kind of model (an HF directory that vLLM loads too).
 The tokenizer, chat template and prompt are the dLLM's (`actors.dllm.tokenizer`, `actors.prompts`), so the two
 policies read the same prompts and write in the same format. Positions come from the attention mask
 (cumsum - 1), so a left-padded row scores exactly as the same row unpadded, which is how vLLM sees it.
@@ -16,12 +17,11 @@ import json
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 from transformers import PreTrainedTokenizerFast, Qwen2Config, Qwen2ForCausalLM
 
-from actors.dllm.tokenizer import EOS, IM_END, build_tokenizer
+from actors.dllm.padding import position_ids_from_mask
+from actors.dllm.tokenizer import IM_END, build_tokenizer, end_token_ids
 
-KINDS = ("diffusion", "causal")
 _DIFFUSION_MARKS = ("dream", "diffusion", "llada")
 
 
@@ -68,20 +68,10 @@ def build_causal_model(spec: str | Path | dict, *, dtype: torch.dtype | None = N
     return model, tokenizer
 
 
-def save_causal_model(model: Qwen2ForCausalLM, tokenizer: PreTrainedTokenizerFast, path: str | Path) -> None:
-    """An HF directory that `build_causal_model(path)` and vLLM both load."""
-    model.save_pretrained(str(path))
-    tokenizer.save_pretrained(str(path))
-
-
-def _positions(attention_mask: torch.Tensor) -> torch.Tensor:
-    return (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
-
-
 def completion_token_logits(model, input_ids: torch.Tensor, attention_mask: torch.Tensor,
                             completion_len: int) -> torch.Tensor:
     """input_ids [b, P+K] ending in K completion tokens -> logits [b, K, V]: logits[:, k] predicts token P+k."""
-    out = model(input_ids=input_ids, attention_mask=attention_mask, position_ids=_positions(attention_mask),
+    out = model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids_from_mask(attention_mask),
                 use_cache=False, logits_to_keep=completion_len + 1)
     return out.logits[:, :-1]
 
@@ -97,16 +87,9 @@ def causal_token_logprobs(model, input_ids: torch.Tensor, attention_mask: torch.
 def causal_sft_loss(model, input_ids: torch.Tensor, attention_mask: torch.Tensor,
                     completion_mask: torch.Tensor) -> torch.Tensor:
     """Mean next-token cross entropy over the trained completion tokens (completion_mask [b, K])."""
-    completion_len = completion_mask.shape[1]
-    logits = completion_token_logits(model, input_ids, attention_mask, completion_len).float()
-    targets = input_ids[:, -completion_len:]
-    token_loss = F.cross_entropy(logits.transpose(1, 2), targets, reduction="none")  # [b, K]
-    trained = completion_mask.bool().to(token_loss.device)
-    return (token_loss * trained).sum() / trained.sum().clamp(min=1)
-
-
-def end_token_ids(tokenizer) -> list[int]:
-    return [tokenizer.convert_tokens_to_ids(t) for t in (IM_END, EOS)]
+    logprobs = causal_token_logprobs(model, input_ids, attention_mask, completion_mask.shape[1])  # [b, K]
+    trained = completion_mask.bool().to(logprobs.device)
+    return -(logprobs * trained).sum() / trained.sum().clamp(min=1)
 
 
 @torch.no_grad()

@@ -255,7 +255,7 @@ class LearnerImpl:
                     old[key] = scores.detach()
                     if "rollout_logprobs" in mb:  # |learner - vLLM| summed over the tokens, / the step's tokens
                         gap = (old[key] - mb["rollout_logprobs"]).abs() * mb["completion_mask"]
-                        sums[-1] += float(gap.sum()) / step_tokens * lc.mu
+                        sums[-1] += float(gap.sum()) / step_tokens
                 mb_tokens = int(mb["completion_mask"].sum())
                 loss, stats = grpo_loss(scores, old[key], ref.get(key), mb["advantages"], mb["completion_mask"],
                                         eps=lc.clip_eps, beta=lc.kl_beta, tokens=step_tokens if per_step else None)
@@ -273,9 +273,9 @@ class LearnerImpl:
             sums = sums.cpu()
         if self.ref_model is not None and lc.ref_update_every > 0 and (step + 1) % lc.ref_update_every == 0:
             update_reference(self.ref_model, self.engine.module, mode=lc.ref_update, mix=lc.ref_mix)
-        means = {k: float(v) / lc.mu for k, v in zip(STAT_KEYS, sums)}
-        if self.causal and "rollout_logprobs" in batches[0]:
-            means["rollout_logprob_gap"] = float(sums[-1]) / lc.mu
+        means = {k: float(v) / lc.mu for k, v in zip(STAT_KEYS, sums)}  # each update's, averaged over the mu
+        if "rollout_logprobs" in batches[0]:  # taken once, in the first update
+            means["rollout_logprob_gap"] = float(sums[-1])
         return means, grad_norm
 
     # ----------------------------------------------------------------- weights, checkpoints

@@ -21,7 +21,7 @@ import ray
 import torch
 
 from actors.dllm import DecoderSettings, ar_ness, build_model, completion_mask_from_ids, decode, derived_seed
-from actors.dllm.tokenizer import EOS, IM_END
+from actors.dllm.tokenizer import EOS, end_token_ids
 from actors.prompts import encode_prompt
 from actors.trajectory import (CompletionReward, DecodeStats, RolloutOutcome, RolloutStatus, Trajectory)
 from actors.weight_sync import BroadcastMember, state_digest
@@ -60,7 +60,7 @@ class RolloutWorkerImpl:
         self.version = version
         self.pool = pool
         self.stream = open_stream()
-        self.end_ids = [self.tokenizer.convert_tokens_to_ids(t) for t in (IM_END, EOS)]
+        self.end_ids = end_token_ids(self.tokenizer)
         self.settings = decoder_settings(cfg.rollout)
 
     def _load_policy(self, model_dir: str) -> None:
@@ -210,14 +210,14 @@ class VllmRolloutWorkerImpl(RolloutWorkerImpl):
 
     def _generate(self, prompts: list[list[int]], jobs: list[GroupJob], G: int) -> EngineOutput:
         from actors.dllm.decoding import decode_completions
+        from actors.vllm_engine import padded_ids
 
         ro = self.cfg.rollout
         K = ro.max_new_tokens
         rows = self.engine.generate([p for p in prompts for _ in range(G)], temperature=ro.temperature,
                                     top_p=ro.top_p, top_k=ro.top_k, max_tokens=K, stop_ids=self.end_ids,
                                     seeds=[derived_seed(job.seed, "row", j) for job in jobs for j in range(G)])
-        fill = self.tokenizer.convert_tokens_to_ids(EOS)
-        ids = torch.tensor([r.token_ids + [fill] * (K - len(r.token_ids)) for r in rows], dtype=torch.long)
+        ids = padded_ids(rows, K, self.tokenizer.convert_tokens_to_ids(EOS))
         return EngineOutput(
             texts=decode_completions(self.tokenizer, ids), completion_ids=ids,
             order=torch.arange(K).expand(len(rows), K).clone(),

@@ -46,6 +46,13 @@ class Completion:
     finish_reason: str       # stop | length
 
 
+def padded_ids(rows: list[Completion], width: int, fill: int):
+    """The rows' token ids as a long tensor [N, width], each padded with `fill` after its last token."""
+    import torch
+
+    return torch.tensor([r.token_ids + [fill] * (width - len(r.token_ids)) for r in rows], dtype=torch.long)
+
+
 def vllm_available() -> bool:
     """Whether vLLM is installed (without importing it, which takes seconds)."""
     import importlib.util

@@ -122,10 +122,10 @@ class BroadcastMember:
     def receive_state(self, expected_version: int) -> tuple[dict[str, torch.Tensor], SyncStats]:
         """Members 1..: receive one sync as a new state dict (name -> tensor, in the layout's order), for an
         engine that loads weights through its own loader (vLLM) instead of holding a torch module."""
-        state: dict[str, torch.Tensor] = {}
+        state: dict[str, torch.Tensor] = {}  # views into the received buckets, which they keep alive
 
         def keep(i: int, tensor: torch.Tensor) -> None:
-            state[self.layout[i][0]] = tensor.clone()
+            state[self.layout[i][0]] = tensor
 
         stats = self._receive(expected_version, keep, len(self.layout))
         return state, stats

@@ -33,7 +33,9 @@ def main() -> None:
 
     import torch
 
-    from actors.causal import build_causal_model, end_token_ids, save_causal_model
+    from actors.causal import build_causal_model
+    from actors.dllm import save_model
+    from actors.dllm.tokenizer import end_token_ids
     from actors.prompts import build_chat_prompt, encode_prompt
     from actors.vllm_engine import VllmEngine
     from orchestrator.config import TinyModelConfig
@@ -50,7 +52,7 @@ def main() -> None:
                                 num_key_value_heads=2, max_position_embeddings=256, vocab_size=4096)
         model, tokenizer = build_causal_model(shape.spec(tokenizer_corpus(load_prompts(splits["train"])[0]), 0))
         model_dir = tmp / "model"
-        save_causal_model(model, tokenizer, model_dir)
+        save_model(model, tokenizer, model_dir)
     model, tokenizer = build_causal_model(model_dir)
     model.eval()
     prompts = [encode_prompt(tokenizer, build_chat_prompt(p), 128) for p in problems]

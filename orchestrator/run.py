@@ -252,14 +252,12 @@ def prepare_model(cfg, run: RunDir, problems: list[dict]) -> Path:
         if not (path / "config.json").is_file():
             raise UserError(f"model.path={cfg.model.path}: not a model directory (no config.json there)")
         return path
-    spec = cfg.model.tiny.spec(tokenizer_corpus(problems), cfg.run.seed)
-    if cfg.learner.objective == "ar_grpo":  # AR-GRPO: a tiny causal Qwen2 with the same tokenizer
-        from actors.causal import build_causal_model, save_causal_model
+    from actors.causal import build_causal_model
 
-        model, tokenizer = build_causal_model(spec)
-        save_causal_model(model, tokenizer, run.init_model)
-        return run.init_model
-    model, tokenizer = build_model(spec)
+    spec = cfg.model.tiny.spec(tokenizer_corpus(problems), cfg.run.seed)
+    # AR-GRPO: a tiny causal Qwen2 with the same tokenizer
+    build = build_causal_model if cfg.learner.objective == "ar_grpo" else build_model
+    model, tokenizer = build(spec)
     save_model(model, tokenizer, run.init_model)
     return run.init_model
 

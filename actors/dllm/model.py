@@ -168,7 +168,8 @@ def build_model(
     return model, tokenizer
 
 
-def save_model(model: DiffusionQwen2ForCausalLM, tokenizer: PreTrainedTokenizerFast, path: str | Path) -> None:
-    """Write an HF directory (config.json, safetensors, tokenizer) that `build_model(path)` reloads identically."""
+def save_model(model: Qwen2ForCausalLM, tokenizer: PreTrainedTokenizerFast, path: str | Path) -> None:
+    """Write an HF directory (config.json, safetensors, tokenizer) that `build_model(path)` reloads identically
+    (or, for a causal Qwen2, `actors.causal.build_causal_model(path)` and vLLM)."""
     model.save_pretrained(str(path))
     tokenizer.save_pretrained(str(path))

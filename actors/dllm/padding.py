@@ -20,6 +20,11 @@ def left_pad(sequences: list[list[int]], pad_id: int) -> tuple[torch.Tensor, tor
     return input_ids, attention_mask
 
 
+def position_ids_from_mask(attention_mask: torch.Tensor) -> torch.Tensor:
+    """attention_mask [B, L] (1 = real token) -> position_ids [B, L] = clamp(cumsum(mask) - 1, min=0)."""
+    return (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
+
+
 def attention_inputs(attention_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """attention_mask [B, L] (1 = real token) -> (position_ids [B, L], mask4d bool [B, 1, L, L]).
 
@@ -29,7 +34,7 @@ def attention_inputs(attention_mask: torch.Tensor) -> tuple[torch.Tensor, torch.
     keeps every attention row non-empty (no NaN from an all-masked softmax row, in any kernel).
     """
     real = attention_mask.bool()  # [B, L]
-    position_ids = (real.long().cumsum(-1) - 1).clamp(min=0)  # [B, L]
+    position_ids = position_ids_from_mask(real)  # [B, L]
     length = real.shape[1]
     diagonal = torch.eye(length, dtype=torch.bool, device=real.device)  # [L, L]
     mask4d = (real[:, None, :, None] & real[:, None, None, :]) | diagonal  # [B, 1, L, L]

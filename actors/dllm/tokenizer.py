@@ -34,6 +34,11 @@ CHAT_TEMPLATE = (
 )
 
 
+def end_token_ids(tokenizer) -> list[int]:
+    """The ids a completion ends at: <|im_end|>, then <|endoftext|>."""
+    return [tokenizer.convert_tokens_to_ids(t) for t in (IM_END, EOS)]
+
+
 def train_tokenizer(texts: list[str], vocab_size: int = 4096) -> PreTrainedTokenizerFast:
     """Train a byte-level BPE on `texts` (list of str) with the DiffuCoder special tokens."""
     if not texts:

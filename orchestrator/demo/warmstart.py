@@ -31,10 +31,10 @@ from pathlib import Path
 
 import torch
 
-from actors.causal import build_causal_model, causal_sft_loss, end_token_ids, save_causal_model
+from actors.causal import build_causal_model, causal_sft_loss
 from actors.dllm import (build_model, completion_mask_from_ids, derived_seed, left_pad, lr_lambda, save_model,
                          sft_loss)
-from actors.dllm.tokenizer import EOS, IM_END
+from actors.dllm.tokenizer import EOS, IM_END, end_token_ids
 from actors.prompts import build_chat_prompt, encode_prompt
 from orchestrator.config import TinyModelConfig
 from orchestrator.data import load_prompts
@@ -96,7 +96,7 @@ def warm_start(settings: WarmStartSettings, cache_root: str | Path, train_path: 
     model, tokenizer, report = train_warm_start(settings, problems, log=log)
     tmp = out.with_name(out.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
-    (save_causal_model if settings.causal else save_model)(model, tokenizer, tmp)
+    save_model(model, tokenizer, tmp)
     report.update(settings=dataclasses.asdict(settings), train_path=str(train_path),
                   wall_s=round(time.perf_counter() - t0, 1))
     (tmp / DONE_FILE).write_text(json.dumps(report, indent=2))
@@ -123,12 +123,12 @@ def train_warm_start(settings: WarmStartSettings, problems: list[dict], log=prin
     for p in problems:
         messages, completion = sft_texts(p, s.buggy_fraction, s.seed)
         corpus += [m["content"] for m in messages] + [completion]
-    build, save = (build_causal_model, save_causal_model) if s.causal else (build_model, save_model)
+    build = build_causal_model if s.causal else build_model
     model, tokenizer = build(s.model.spec(corpus, s.seed))
     with tempfile.TemporaryDirectory() as saved:
         # Train on the tokenizer exactly as rollout workers and `diffurl eval` will load it from the model dir
         # (a reloaded dir may tokenize differently from the in-memory tokenizer, e.g. digits one by one).
-        save(model, tokenizer, saved)
+        save_model(model, tokenizer, saved)
         model, tokenizer = build(saved)
     end_ids = end_token_ids(tokenizer)
     prompts, completions = encode_examples(tokenizer, problems, s.max_prompt_tokens, s.completion_tokens,

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from actors.causal import build_causal_model, save_causal_model
+from actors.causal import build_causal_model
+from actors.dllm import save_model
 
 TEXTS = ["def add(a, b):\n    return a + b\n", "```python\nprint('hi')\n```\n", "Write a function that adds."] * 20
 CONFIG = dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=2,
@@ -20,5 +21,5 @@ def tiny_causal(seed: int = 0):
 def causal_dir(tmp_path_factory):
     model, tokenizer = tiny_causal()
     path = tmp_path_factory.mktemp("causal") / "model"
-    save_causal_model(model, tokenizer, path)
+    save_model(model, tokenizer, path)
     return path

@@ -7,7 +7,8 @@ import os
 import pytest
 import torch
 
-from actors.causal import build_causal_model, causal_sft_loss, causal_token_logprobs, end_token_ids, greedy_generate
+from actors.causal import build_causal_model, causal_sft_loss, causal_token_logprobs, greedy_generate
+from actors.dllm.tokenizer import end_token_ids
 from actors.prompts import build_chat_prompt, encode_prompt
 from actors.vllm_engine import VllmEngine
 
