@@ -67,7 +67,10 @@ _DENY_ALWAYS = ("ptrace", "process_vm_readv", "process_vm_writev", "bpf", "keyct
                 "open_by_handle_at", "name_to_handle_at", "acct", "swapon", "swapoff", "reboot", "syslog",
                 "settimeofday", "clock_settime", "clock_adjtime", "adjtimex", "iopl", "ioperm", "quotactl",
                 "lookup_dcookie", "vhangup", "fanotify_init", "memfd_secret", "pidfd_getfd",
-                "fadvise64", "readahead", "mincore")  # page-cache control and probes (moot on the tmpfs copy)
+                "fadvise64", "readahead", "mincore",  # page-cache control and probes (moot on the tmpfs copy)
+                "memfd_create", "shmget")  # kernel shm objects: their inode numbers are one counter for the
+# whole machine, which a sandbox could move and another read (shared anonymous mappings too, below)
+MAP_SHARED_ANONYMOUS = 0x21  # MAP_SHARED | MAP_ANONYMOUS
 _DENY_IN_JOB = ("unshare", "setns", "mount", "umount2", "pivot_root", "chroot", "open_tree", "move_mount",
                 "fsopen", "fsconfig", "fsmount", "fspick", "mount_setattr", "sethostname", "setdomainname")
 _NAMESPACE_FLAGS = (0x20000, 0x2000000, 0x4000000, 0x8000000, 0x10000000, 0x20000000, 0x40000000, 0x80)
@@ -76,8 +79,9 @@ _NAMESPACE_FLAGS = (0x20000, 0x2000000, 0x4000000, 0x8000000, 0x10000000, 0x2000
 def seccomp_filters() -> tuple[bytes, bytes]:
     """(sandbox-wide filter for bwrap, extra filter for each job) as raw BPF programs.
 
-    Both: no sockets except AF_UNIX, no ptrace/bpf/keyctl/io_uring/module/kexec calls; clone3 fails with
-    ENOSYS so that libc falls back to clone. The job filter also forbids namespaces and mounts.
+    Both: no sockets except AF_UNIX, no ptrace/bpf/keyctl/io_uring/module/kexec calls, no page-cache control,
+    no kernel shm objects (memfds, SysV shm, shared anonymous mappings); clone3 fails with ENOSYS so that libc
+    falls back to clone. The job filter also forbids namespaces and mounts.
     """
     import pyseccomp as sc
 
@@ -86,6 +90,7 @@ def seccomp_filters() -> tuple[bytes, bytes]:
         for name in deny:
             flt.add_rule(sc.ERRNO(errno.EPERM), name)
         flt.add_rule(sc.ERRNO(errno.ENOSYS), "clone3")
+        flt.add_rule(sc.ERRNO(errno.EPERM), "mmap", sc.Arg(3, sc.MASKED_EQ, MAP_SHARED_ANONYMOUS, MAP_SHARED_ANONYMOUS))
         flt.add_rule(sc.ERRNO(errno.EAFNOSUPPORT), "socket", sc.Arg(0, sc.NE, 1))  # 1 = AF_UNIX
         flt.add_rule(sc.ERRNO(errno.EAFNOSUPPORT), "socketpair", sc.Arg(0, sc.NE, 1))
         if deny_namespaces:
@@ -235,7 +240,9 @@ def bwrap_argv(bwrap: str, interp: Interpreter, root: Path | None, tmpfs_mb: int
         argv += ["--ro-bind", interp.path, interp.path]
     for target, link in interp.symlinks:
         argv += ["--symlink", target, link]
-    argv += ["--proc", "/proc", "--dev", "/dev", "--size", str(tmpfs_mb << 20), "--tmpfs", "/tmp",
+    # /dev/zero reads as /dev/null: its shared mappings would be kernel shm objects (see seccomp_filters)
+    argv += ["--proc", "/proc", "--dev", "/dev", "--dev-bind", "/dev/null", "/dev/zero",
+             "--size", str(tmpfs_mb << 20), "--tmpfs", "/tmp",
              "--dir", "/sandbox", "--dir", "/sandbox/inside"]
     for fd, path in files:
         argv += ["--ro-bind-data", str(fd), path]

@@ -28,10 +28,14 @@ from dataclasses import dataclass, field
 _FORMAT_RE = re.compile(r"(?:(?!```)[\s\S])*```python\n((?:(?!```)[\s\S])*)```\n")
 # Lenient extraction for evaluation: the first fenced block tagged python/py/python3 or untagged.
 _BLOCK_RE = re.compile(r"```(?:python3?|py)?[ \t]*\n([\s\S]*?)```")
+MAX_COMPLETION_CHARS = 1 << 20  # a completion or a program (its prompt included) over this is not run
 
 
 def format_score(text: str) -> float:
-    """1.0 for prose + one ```python block ending in "```\\n" that parses, 0.5 if it does not parse, else 0.0."""
+    """1.0 for prose + one ```python block ending in "```\\n" that parses, 0.5 if it does not parse, else 0.0;
+    0.0 for a text over MAX_COMPLETION_CHARS (never parsed: its cost on the trusted side would grow with it)."""
+    if len(text) > MAX_COMPLETION_CHARS:
+        return 0.0
     match = _FORMAT_RE.fullmatch(text)
     if match is None:
         return 0.0
@@ -48,10 +52,20 @@ def compute_reward(pass_rate: float, format: float, *, pass_weight: float = 2.0,
 
 def _parses(code: str) -> bool:
     try:
-        ast.parse(code)
-    except (SyntaxError, ValueError, MemoryError, RecursionError):
+        _parse(code, "code")
+    except ValueError:
         return False
     return True
+
+
+def _parse(text: str, what: str) -> ast.Module:
+    """ast.parse, total: whatever the text, a module or a ValueError naming `what`."""
+    try:
+        return ast.parse(text)
+    except SyntaxError as exc:
+        raise ValueError(f"{what} does not parse: {exc.msg} (line {exc.lineno})") from None
+    except (ValueError, MemoryError, RecursionError) as exc:
+        raise ValueError(f"{what} cannot be parsed ({type(exc).__name__}: nested too deep, or too large)") from None
 
 
 @dataclass(frozen=True)
@@ -119,10 +133,7 @@ def _preamble(prompt: str) -> str:
 def _humaneval_case(test: object) -> Case:
     if not isinstance(test, str):
         raise ValueError("field 'test' must be a string")
-    try:
-        module = ast.parse(test)
-    except SyntaxError as exc:
-        raise ValueError(f"field 'test' does not parse: {exc.msg} (line {exc.lineno})") from None
+    module = _parse(test, "field 'test'")
     checks = [n for n in module.body if isinstance(n, ast.FunctionDef) and n.name == "check"]
     if len(checks) != 1 or not checks[0].args.args:
         raise ValueError("field 'test' must define exactly one 'def check(candidate)'")
@@ -144,10 +155,7 @@ def _list_cases(tests: object, entry_point: str) -> tuple[Case, ...]:
         raise ValueError("field 'tests' must be a list of strings")
     cases, setup, last = [], [], -1
     for i, text in enumerate(tests):
-        try:
-            tree = ast.parse(text)
-        except SyntaxError as exc:
-            raise ValueError(f"field 'tests'[{i}] does not parse: {exc.msg}") from None
+        tree = _parse(text, f"field 'tests'[{i}]")
         if any(isinstance(n, ast.Name) and n.id == entry_point for n in ast.walk(tree)):
             cases.append(Case(text, "\n".join([*setup, text]), False))
             last = i

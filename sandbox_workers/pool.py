@@ -277,6 +277,7 @@ def validate_problems(problems: list[dict], *, num_workers: int = 2, test_timeou
 
     The references run on a pool of their own (`validate-sandbox-<i>`), shut down before this returns, so no
     slot that ran a problem's reference ever serves that problem's candidates."""
+    _validate(problems, [None] * len(problems))  # a malformed row: a ValueError naming it
     checked = [p for p in problems if compile_problem(p).reference is not None]
     if not checked:
         return {}

@@ -21,11 +21,11 @@ from redis.exceptions import RedisError
 
 from sandbox_workers.executor import Layers, SandboxFault, WarmSandbox, self_test
 from sandbox_workers.isolation import Limits, SandboxUnavailable, SelfTest
-from sandbox_workers.judge import JudgeSpec, Program, build_program, compile_problem, compute_reward, format_score
+from sandbox_workers.judge import (MAX_COMPLETION_CHARS, JudgeSpec, Program, build_program, compile_problem,
+                                   compute_reward, format_score)
 
 log = logging.getLogger(__name__)
 CACHEABLE = {"passed", "failed", "runtime_error"}
-MAX_PROGRAM_CHARS = 1 << 20  # a program, with its prompt; its job frame stays far below the supervisor's cap
 _SELF_TEST: SelfTest | None = None
 _SHUFFLE = random.SystemRandom()
 
@@ -85,9 +85,9 @@ class Scorer:
                   "mode": self.mode, "worker": self.worker_id, "retried": False, "cached": False, "error": None}
         if program.code is None:
             return self._finish(result, [], spec, started, error="not run: format is not 1")
-        if len(program.code) > MAX_PROGRAM_CHARS:
-            return self._finish(result, [], spec, started,
-                                error=f"not run: a program of {len(program.code)} characters (the cap is {MAX_PROGRAM_CHARS})")
+        if len(program.code) > MAX_COMPLETION_CHARS:
+            return self._finish(result, [], spec, started, error=f"not run: a program of {len(program.code)} "
+                                                                 f"characters (the cap is {MAX_COMPLETION_CHARS})")
         cache_key = self._cache_key(spec, program)
         cached = self._cache_get(cache_key)
         if cached is not None:

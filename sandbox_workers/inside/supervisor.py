@@ -1,7 +1,8 @@
 """The supervisor of one sandbox (stdlib only; runs INSIDE bubblewrap, never imported by the trusted side).
 
 It reads jobs from the trusted side and answers each with one verdict per test. Before it reads any job it
-forks the template (template.py), which makes every box; it keeps one test box and one candidate host ready.
+forks the template (template.py), which makes every box; it keeps one test box and one candidate host ready,
+and, as a subreaper, reaps every box (its CPU and memory then come from the kernel's rusage).
 Per job: the test box gets the tests, the host gets the program; when the test box begins test i, the host
 forks test i's candidate and the supervisor hands the test box the candidate's two pipe ends; when the test
 box reports the verdict, the host ends the candidate. It watches the boxes' output and enforces absolute
@@ -25,6 +26,8 @@ import time
 
 from . import boxes, codec
 from .template import HOST_MSG, MAX_PAYLOAD, PR_SET_PDEATHSIG, libc, process_cpu_s, receive, template_main
+
+PR_SET_CHILD_SUBREAPER = 36
 
 SPARES = {"test": 1, "host": 1}  # boxes kept ready
 GRACE_S = 0.5
@@ -73,36 +76,46 @@ class Box:
 
 
 class Supply:
-    """The supervisor's side of the template: spare boxes, and the usage of every box reaped."""
+    """The supervisor's side of the template: spare boxes, and the usage of every box reaped. The supervisor is
+    a subreaper: each box, orphaned by the template's one-shot maker, becomes its child and is reaped here."""
 
     def __init__(self, config, seccomp_bpf):
+        libc.prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0)
         self.sock, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        requests_r, self.requests = os.pipe()
+        self.wake, wake_w = os.pipe()
+        for fd in (self.wake, wake_w):
+            os.set_blocking(fd, False)
         self.pid = os.fork()
         if self.pid == 0:
             try:
                 self.sock.close()
+                os.close(self.requests)
                 libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
-                template_main(theirs, config, seccomp_bpf)
+                template_main(requests_r, theirs, config, seccomp_bpf)
             finally:
                 os._exit(70)
         theirs.close()
+        os.close(requests_r)
+        signal.set_wakeup_fd(wake_w)
+        signal.signal(signal.SIGCHLD, lambda *_: None)
         self.spares = {role: [] for role in SPARES}
-        self.pending = {}           # box id -> role
-        self.next_id = 0
-        self.live = {}              # reaped pid -> Box, until reaped
+        self.pending = {role: 0 for role in SPARES}
+        self.live = {}              # reaped pid (the holder, or the test box) -> Box, until reaped
         self.reaped = []            # (cpu_s, rss_kb) of boxes reaped since the last `usage()`
         self.failures = 0
-        self.template_cpu_s = 0.0   # the template's and every box's it reaped, as of its last report
+
+    @property
+    def watched(self):
+        return [self.sock, self.wake]
 
     def request(self, role):
-        self.next_id += 1
-        self.pending[self.next_id] = role
-        self.sock.send(json.dumps({"make": role, "id": self.next_id}).encode())
+        self.pending[role] += 1
+        os.write(self.requests, role[0].encode())
 
     def replenish(self):
         for role, want in SPARES.items():
-            have = len(self.spares[role]) + sum(r == role for r in self.pending.values())
-            for _ in range(want - have):
+            for _ in range(want - len(self.spares[role]) - self.pending[role]):
                 self.request(role)
 
     def take(self, role, deadline):
@@ -118,41 +131,60 @@ class Supply:
             wait = deadline - time.monotonic()
             if wait <= 0:
                 return None
-            if select.select([self.sock], [], [], wait)[0]:
-                self.handle()
+            self.handle(select.select(self.watched, [], [], wait)[0])
 
-    def handle(self):
-        """One message from the template."""
+    def handle(self, readable):
+        """What the boxes reported and what ended, among `readable` (from a select on `watched`)."""
+        if self.sock in readable:
+            self._report()
+        if self.wake in readable:
+            try:
+                while os.read(self.wake, 512):
+                    pass
+            except BlockingIOError:
+                pass
+            self._reap()
+
+    def _report(self):
         data, fds = receive(self.sock, 1024, 4)
         if not data:
             raise RuntimeError("the template is gone")
         message = json.loads(data)
-        if "made" in message and len(fds) == 4:
-            box = Box(self.pending.pop(message["made"]), message["holder"], message["pid"], fds)
+        if message.get("made") in SPARES and len(fds) == 4:
+            role = message["made"]
+            box = Box(role, message["holder"], message["pid"], fds)
+            self.pending[role] = max(0, self.pending[role] - 1)
             self.live[box.holder] = box
-            self.spares[box.role].append(box)
+            self.spares[role].append(box)
             return
         for fd in fds:
             os.close(fd)
-        if "failed" in message:
-            self.pending.pop(message["failed"], None)
+        if message.get("failed") in SPARES:
+            self.pending[message["failed"]] = max(0, self.pending[message["failed"]] - 1)
             self.failures += 1
             time.sleep(0.01)  # a box that could not be made now (processes of a killed box still exiting)
-        elif "reaped" in message:
-            box = self.live.pop(message["reaped"], None)
-            if box is not None:
-                box.exit = message["exit"]
-            self.reaped.append((message["cpu_s"], message["rss_kb"]))
-            self.template_cpu_s = message["template_cpu_s"]
         else:
-            raise RuntimeError("unexpected message from the template: %r" % data[:100])
+            raise RuntimeError("unexpected report from a box: %r" % data[:100])
+
+    def _reap(self):
+        while True:
+            try:
+                pid, status, usage = os.wait4(-1, os.WNOHANG)
+            except ChildProcessError:
+                return
+            if pid == 0:
+                return
+            box = self.live.pop(pid, None)
+            if box is not None:
+                code = os.waitstatus_to_exitcode(status)
+                box.exit = 128 - code if box.role == "host" and code > 127 else code  # a holder passes on a signal
+            self.reaped.append((usage.ru_utime + usage.ru_stime, usage.ru_maxrss))
 
     def settle(self, boxes, deadline):
         """Wait until `boxes` are reaped and the spares are ready (the slot's process count is then steady)."""
         self.replenish()
-        while (any(b.exit is None for b in boxes) or self.pending) and time.monotonic() < deadline:
-            if select.select([self.sock], [], [], max(0.0, deadline - time.monotonic()))[0]:
-                self.handle()
+        while (any(b.exit is None for b in boxes) or any(self.pending.values())) and time.monotonic() < deadline:
+            self.handle(select.select(self.watched, [], [], max(0.0, deadline - time.monotonic()))[0])
             self.replenish()
 
     def usage(self):
@@ -202,6 +234,9 @@ class Job:
     def run(self):
         start = 0
         while start is not None and start < self.n:
+            if time.monotonic() >= self.deadline:  # no new test box once the job is out of time
+                start = self._stopped(start, "timeout")
+                continue
             start = self.segment(start)
         self._await_host(time.monotonic() + REAP_WAIT_S)
         for box in self.used:
@@ -216,14 +251,14 @@ class Job:
                 "stderr": self.io["stderr"].decode(errors="replace"), "stdout_truncated": self.io["stdout_truncated"],
                 "stderr_truncated": self.io["stderr_truncated"], "cpu_s": round(cpu_s, 4),
                 "peak_rss_kb": max(rss_kb, self.rss_kb),
-                "executor_cpu_s": round(process_cpu_s() + self.supply.template_cpu_s, 4)}
+                "executor_cpu_s": round(process_cpu_s(), 4)}
 
     def _box(self, role, payload):
         box = self.supply.take(role, min(self.deadline, time.monotonic() + BOX_WAIT_S))
         if box is None:
             raise RuntimeError("the template made no %s box (%d failures)" % (role, self.supply.failures))
         self.used.append(box)
-        if not write_all(box.input, payload, self.deadline):
+        if not write_all(box.input, payload, time.monotonic() + BOX_WAIT_S):  # a fresh box takes it at once
             raise RuntimeError("a new %s box did not take its payload" % role)
         box.close_input()
         return box
@@ -246,15 +281,14 @@ class Job:
                     break
                 outputs = [(fd, name) for box in (test, self.host) if box is not None
                            for fd, name in box.outputs.items()]
-                watched = [sock, self.supply.sock] + [fd for fd, _ in outputs]
+                watched = [sock, *self.supply.watched] + [fd for fd, _ in outputs]
                 if self.host_sock is not None:
                     watched.append(self.host_sock)
                 readable = select.select(watched, [], [], test_deadline - now)[0]
                 for fd, name in outputs:
                     if fd in readable and stop is None and self._output(fd, name):
                         stop = "output_limit"
-                if self.supply.sock in readable:
-                    self.supply.handle()
+                self.supply.handle(readable)
                 if self.host_sock is not None and self.host_sock in readable:
                     self._host_message()
                 if sock not in readable or stop is not None:

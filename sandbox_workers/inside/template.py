@@ -5,8 +5,8 @@ the trusted side, which hands this package to bwrap as data).
                                                           --fork--> holder --fork--> candidate host (pid 1)
                                                                                       --fork per test--> candidate
 
-The template never reads a job: it only makes boxes on request and reports each one's end, so no box is a
-fork of a process that has seen job data. Whatever runs job data is locked down (rlimits, no capabilities,
+The template never reads a job, and holds nothing that depends on what came before (template_main says how):
+every box starts from the same memory. Whatever runs job data is locked down (rlimits, no capabilities,
 no_new_privs, the job seccomp filter) first:
   * a test box is a plain fork (it runs only the problem's tests, and no candidate can see it: candidates
     live in pid namespaces of their own); nothing else of its uid may read or write its memory;
@@ -16,8 +16,8 @@ no_new_privs, the job seccomp filter) first:
     test it kills every other process of its namespace, empties /tmp and /dev/shm, and reports the
     candidate's exit code and the rusage of all it reaped. When pid 1 dies, the kernel kills everything else
     in its pid namespace.
-The template reports each box's end with the rusage of the box and everything it reaped: CPU and memory are
-measured outside the candidate, never reported by it.
+Boxes are reparented to the supervisor (a subreaper), which reaps each with the rusage of the box and
+everything it reaped: CPU and memory are measured outside the candidate, never reported by it.
 """
 
 import ctypes
@@ -27,7 +27,6 @@ import gc
 import json
 import os
 import resource
-import select
 import signal
 import socket
 import stat
@@ -106,10 +105,10 @@ def lock_down(config, seccomp_bpf, cpu_s=None):
         check(libc.prctl(PR_SET_SECCOMP, SECCOMP_MODE_FILTER, ctypes.byref(prog), 0, 0), "seccomp")
 
 
-def holder(config, seccomp_bpf, ends, ready_w):
-    """Forked from the template for a candidate host: make the box's namespaces, start its pid 1, report that
-    pid, wait, exit with its status (128 + signal when killed)."""
-    libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+def holder(config, seccomp_bpf, ends, ours, report):
+    """A candidate host's holder: make the box's namespaces, start its pid 1, report both pids and the
+    supervisor's ends of the box's fds on `report`, wait, exit with pid 1's status (128 + signal when
+    killed)."""
     uid, gid = os.getuid(), os.getgid()
     check(libc.unshare(CLONE_NEWUSER | CLONE_NEWNS | CLONE_NEWPID | CLONE_NEWIPC), "unshare")
     write_id_map(uid, gid)
@@ -117,14 +116,19 @@ def holder(config, seccomp_bpf, ends, ready_w):
     pid = os.fork()
     if pid == 0:
         try:
+            report.close()
+            for fd in ours:
+                os.close(fd)
             host_box_init(config, seccomp_bpf, ends)
         except BaseException as exc:  # noqa: B036 - setup failed: say so in the sandbox log
             os.write(2, ("box setup failed: %s\n" % exc).encode())
         os._exit(70)
     for fd in ends:
         os.close(fd)
-    os.write(ready_w, str(pid).encode())
-    os.close(ready_w)
+    send_message(report, {"made": "host", "holder": os.getpid(), "pid": pid}, ours)
+    for fd in ours:
+        os.close(fd)
+    report.close()
     code = os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1])
     os._exit(128 - code if code < 0 else min(code, 127))
 
@@ -272,7 +276,6 @@ def test_box_init(config, seccomp_bpf, ends):
     """A test box: forked from the template with no namespaces of its own (it runs only the problem's tests,
     and candidate boxes, each in a pid namespace of its own, cannot see it); nothing else of its uid may read
     or write its memory. Locked down like a candidate, then its tests."""
-    libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
     libc.prctl(PR_SET_DUMPABLE, 0, 0, 0, 0)
     box_fds(ends)
     lock_down(config, seccomp_bpf, cpu_s=TEST_BOX_CPU_S)
@@ -298,96 +301,52 @@ def send_message(sock, message, fds=()):
     sock.sendmsg([json.dumps(message).encode()], rights)
 
 
-def template_main(sock, config, seccomp_bpf):
-    """Make boxes on request ({"make": role, "id": n}) and report each holder's end; never reads a job."""
+def template_main(requests, report, config, seccomp_bpf):
+    """Make a box for each byte read from `requests` (b"t": a test box, b"h": a candidate host), and do nothing
+    else. It holds nothing that depends on what came before: requests are one constant byte, it forks through
+    libc so that no child's pid enters it, and it never reaps (its children, one-shot makers, are reaped by
+    the kernel; each box is reparented to the supervisor, which reaps it). So every box starts from the same
+    memory, and no box can read in it anything of an earlier box, job or sample."""
     gc.freeze()  # boxes never walk (and so copy) the template's objects
-    wake_r, wake_w = os.pipe()
-    for fd in (wake_r, wake_w):
-        os.set_blocking(fd, False)
-    signal.set_wakeup_fd(wake_w)
-    signal.signal(signal.SIGCHLD, lambda *_: None)
-    roles = {}
+    signal.signal(signal.SIGCHLD, signal.SIG_IGN)
+    fork = libc.fork
+    fork.restype = None  # the parent never holds the value
+    me = os.getpid()
     while True:
-        readable = select.select([sock, wake_r], [], [])[0]
-        if wake_r in readable:
-            while True:
-                try:
-                    if not os.read(wake_r, 512):
-                        break
-                except BlockingIOError:
-                    break
-            reap(sock, roles)
-        if sock in readable:
-            data = sock.recv(256)
-            if not data:
-                os._exit(0)  # the supervisor is gone: PDEATHSIG takes the holders, and they their boxes
-            request = json.loads(data)
-            make_box(sock, config, seccomp_bpf, request["make"], request["id"], roles)
+        role = os.read(requests, 1)
+        if not role:
+            os._exit(0)  # the supervisor is gone
+        fork()
+        if os.getpid() != me:
+            try:
+                signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+                make_box(role, report, config, seccomp_bpf)
+            finally:
+                os._exit(70)
 
 
-def reap(sock, roles):
-    """Report each box that ended: its exit code (killed by signal s: -s) and its rusage with all it reaped."""
-    while True:
-        try:
-            pid, status, usage = os.wait4(-1, os.WNOHANG)
-        except ChildProcessError:
-            return
-        if pid == 0:
-            return
-        code = os.waitstatus_to_exitcode(status)
-        if roles.pop(pid, None) == "host" and code > 127:  # the holder passes on its box's death by signal
-            code = 128 - code
-        send_message(sock, {"reaped": pid, "exit": code,
-                            "cpu_s": usage.ru_utime + usage.ru_stime, "rss_kb": usage.ru_maxrss,
-                            "template_cpu_s": process_cpu_s()})
-
-
-def make_box(sock, config, seccomp_bpf, role, box_id, roles):
-    """Fork a box of `role` (a candidate: through a holder); send the supervisor its pids and its ends of the
-    box's fds. `roles` maps the pids this template reaps to their role."""
-    ready_r, ready_w = os.pipe()
+def make_box(role, report, config, seccomp_bpf):
+    """In a one-shot child of the template: the box's pipes and socket, then the box itself in a child of
+    this process, which exits at once (the box is reparented to the supervisor). The box reports its pids
+    and the supervisor's ends of its fds on `report`."""
     out_r, out_w = os.pipe()
     err_r, err_w = os.pipe()
     in_r, in_w = os.pipe()
     mine, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
     box_ends, ours = [out_w, err_w, in_r, theirs.detach()], [out_r, err_r, in_w, mine.detach()]
     try:
-        pid = os.fork()
+        if os.fork():
+            os._exit(0)
     except OSError as exc:
-        pid, failure = None, str(exc)
-    if pid == 0:
-        try:
-            signal.set_wakeup_fd(-1)
-            signal.signal(signal.SIGCHLD, signal.SIG_DFL)
-            sock.close()
-            os.close(ready_r)
-            for fd in ours:
-                os.close(fd)
-            if role == "host":
-                holder(config, seccomp_bpf, box_ends, ready_w)
-            else:
-                os.close(ready_w)
-                test_box_init(config, seccomp_bpf, box_ends)
-        finally:
-            os._exit(70)
-    os.close(ready_w)
-    for fd in box_ends:
-        os.close(fd)
-    if pid is None:
-        box_pid = b""
-    elif role == "host":
-        box_pid = os.read(ready_r, 32)
-        failure = "the holder did not start"
-    else:
-        box_pid = str(pid).encode()
-    os.close(ready_r)
-    if box_pid:
-        roles[pid] = role
-        send_message(sock, {"made": box_id, "holder": pid, "pid": int(box_pid)}, ours)
-    else:
-        send_message(sock, {"failed": box_id, "why": failure})
+        send_message(report, {"failed": role.decode(), "why": str(exc)})
+        os._exit(0)
+    if role == b"h":
+        holder(config, seccomp_bpf, box_ends, ours, report)
+    send_message(report, {"made": "test", "holder": os.getpid(), "pid": os.getpid()}, ours)
     for fd in ours:
         os.close(fd)
+    report.close()
+    test_box_init(config, seccomp_bpf, box_ends)
 
 
 def process_cpu_s():

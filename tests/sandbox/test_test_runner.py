@@ -85,12 +85,14 @@ def test_the_tests_own_tolerance_and_comparisons_decide():
     assert run("def f():\n    return 0\n", "assert f() == False")[0] == "passed"   # 0 == False, as written
 
 
-def test_pytest_raises_and_approx_work_without_pytest_installed():
-    raises = "import pytest\nwith pytest.raises(ValueError, match='neg'):\n    f(-1)\nassert f(2) == pytest.approx(2.0000001)"
+def test_pytest_raises_works_without_pytest_installed_and_nothing_else_of_pytest_does():
+    raises = "import pytest\nwith pytest.raises(ValueError, match='neg'):\n    f(-1)\nassert f(2) == 2"
     good = "def f(x):\n    if x < 0:\n        raise ValueError('negative')\n    return x\n"
     assert run(good, raises) == ("passed", "", 2)
     assert run("def f(x):\n    return x\n", raises)[0] == "failed"   # DID NOT RAISE
     assert run("def f(x):\n    raise TypeError('no')\n", raises)[0] == "runtime_error"
+    # an approximation the test box would have to imitate: the test fails, its problem is unjudgeable
+    assert run(good, "import pytest\nassert f(2) == pytest.approx(2.0000001)")[0] == "runtime_error"
 
 
 def test_unittest_classes_and_test_functions_defined_by_the_test_are_run():

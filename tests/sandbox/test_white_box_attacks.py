@@ -404,7 +404,6 @@ DEFINED_TESTS = {"task_id": "wb-defined", "entry_point": "add", "tests": [
     "def test_add():\n    assert add(2, 2) == 4\n",
     "def test_add():\n    assert add(2, 2) == 4\ntest_add()\n",
     "import pytest\nwith pytest.raises(ValueError):\n    add(-1, 0)\n",
-    "import pytest\nassert add(0.1, 0.2) == pytest.approx(0.3)\n",
 ]}
 DEFINED_WRONG = {
     "fake_builtin_name": "class ValueError(Exception):\n    pass\ndef add(a, b):\n    if a < 0:\n"
@@ -425,7 +424,7 @@ def test_defined_test_functions_unittest_and_pytest_raises_fail_wrong_programs(p
     results, _ = _score(pool, pairs)
     for result in results:
         _no_sandbox_error(result)
-    assert results[0]["tests"] == ["passed"] * 6, results[0]["test_details"]
+    assert results[0]["tests"] == ["passed"] * 5, results[0]["test_details"]
     empty = _empty_reward(pool, DEFINED_TESTS)
     for name, result in zip(names, results[1:]):
         assert result["reward"] <= empty, (name, result["tests"], result["test_details"])
@@ -609,8 +608,8 @@ def test_memory_hidden_in_memfds_does_not_break_the_sandbox(pool):
     """Pages written to memfds are charged to the slot's memory cgroup but to no process's RSS: at the limit
     the OOM killer picks the largest process by RSS, the supervisor, and the whole sandbox dies."""
     result, wall = _one(pool, ADD, MEMFD_FLOOD)
-    _no_sandbox_error(result)
-    assert set(result["tests"]) <= {"memory_limit", "runtime_error"}, result["test_details"]
+    _no_sandbox_error(result)   # memfd_create is refused now: the flood catches its OSError and answers
+    assert result["tests"] == ["passed"] * 3, result["test_details"]
     assert wall < _wall_bound(3)
     _next_job_is_scored_correctly(pool)
 
@@ -811,15 +810,10 @@ HIDDEN_MEMORY = '''
 import os
 def add(a, b):
     if a == 1:
-        fds = []
-        for i in range(10):                       # 160 MiB in memfds, written, never mapped
-            fd = os.memfd_create("h%d" % i)
-            fds.append(fd)
-            for _ in range(16):
-                os.write(fd, b"y" * (1 << 20))
-        for i in range(3):                        # 45 MiB in the box's tmpfs (16 MiB RLIMIT_FSIZE a file)
-            with open("/dev/shm/h%d" % i, "wb") as f:
-                f.write(b"z" * (15 << 20))
+        for place in ("/dev/shm", "/tmp"):            # 2 x 60 MiB in the host's tmpfs (16 MiB RLIMIT_FSIZE a file)
+            for i in range(4):
+                with open("%s/h%d" % (place, i), "wb") as f:
+                    f.write(b"z" * (15 << 20))
     return a + b
 '''
 
@@ -829,4 +823,4 @@ def test_memory_held_in_memfds_and_tmpfs_counts_in_peak_memory(pool):
     result, _ = _one(pool, ADD, HIDDEN_MEMORY)
     _no_sandbox_error(result)
     assert result["tests"] == ["passed"] * 3, result["test_details"]
-    assert result["peak_memory_kb"] >= 150_000, f"peak_memory_kb {result['peak_memory_kb']} with 205 MiB held"
+    assert result["peak_memory_kb"] >= 100_000, f"peak_memory_kb {result['peak_memory_kb']} with 120 MiB held"
