@@ -58,7 +58,7 @@ def test_metric_names_are_prefixed_and_prometheus_safe():
 def test_required_metrics_include_every_phase_time():
     phases = {"generate", "reward", "score", "train", "sync", "checkpoint"}
     assert {f"time_{p}" for p in phases} <= set(REQUIRED_STEP_METRICS)
-    assert len(set(REQUIRED_STEP_METRICS)) == len(REQUIRED_STEP_METRICS) == 26
+    assert len(set(REQUIRED_STEP_METRICS)) == len(REQUIRED_STEP_METRICS) == 27
 
 
 def sample(text: str, name: str, **labels) -> float | None:
