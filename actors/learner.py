@@ -29,6 +29,7 @@ import torch
 import torch.distributed as dist
 
 from actors.causal import build_causal_model, causal_token_logprobs
+from actors.termination import exit_quietly_on_sigterm
 from actors.dllm import (build_model, derived_seed, grpo_advantages, grpo_loss, left_pad, lr_lambda, save_model,
                          token_scores, update_reference)
 from actors.trajectory import Trajectory
@@ -64,6 +65,7 @@ class LearnerImpl:
         """A rank that holds nothing yet: `setup` builds the model and joins the DeepSpeed group once rank 0's
         address is known (`master_address`). `device`: "cuda" (the GPU Ray assigned to this actor, bf16, nccl)
         or "cpu" (the configured dtype, gloo)."""
+        exit_quietly_on_sigterm()
         self.cfg, self.rank, self.world_size = cfg, rank, world_size
         self.device = torch.device("cuda", 0) if device == "cuda" else torch.device("cpu")
         if device == "cuda" and not torch.cuda.is_available():

