@@ -9,7 +9,8 @@ still-masked positions of the current block of each row taking part:
   - `p` is the probability of x0 under that distribution;
   - threshold rule: reveal every position with p >= threshold, and always the position ranked first by the
     `alg` confidence (maskgit_plus: p, topk_margin: top-2 margin, entropy: negative entropy, origin: a uniform
-    draw), so each forward reveals at least one token per row;
+    draw), so each forward reveals at least one token per row (`min_tokens`: the first `min_tokens`, so that
+    a benchmark can force the parallelism a trained model shows on a random one, which is never confident);
   - factor rule (`factor` set): sort p descending and reveal the longest prefix whose n-th value is
     >= 1 - factor / (n + 1) (n = 1, 2, ...; the first is always revealed).
 Revealed tokens are never re-masked. The `<|mask|>` logit is removed, as in the reference decoder.
@@ -90,7 +91,10 @@ class _BlockCache:
                 self.key_mask[index])
 
 
-def _check_fast_options(threshold: float, factor: float | None, block_length: int | None, cache: str) -> None:
+def _check_fast_options(threshold: float, factor: float | None, block_length: int | None, cache: str,
+                        min_tokens: int = 1) -> None:
+    if min_tokens < 1:
+        raise ValueError(f"generate_fast: min_tokens {min_tokens} must be >= 1")
     if not threshold > 0:
         raise ValueError(f"generate_fast: threshold {threshold} must be > 0 (> 1: one token per forward)")
     if factor is not None and not factor > 0:
@@ -135,8 +139,9 @@ def _choose(logits, candidates, rows, generators, *, temperature, top_p, top_k, 
 
 
 def _accept(p: torch.Tensor, rank: torch.Tensor, candidates: torch.Tensor, threshold: float,
-            factor: float | None) -> torch.Tensor:
-    """Which candidates [R, W] to reveal: the threshold (or factor) rule plus each row's top-ranked one."""
+            factor: float | None, min_tokens: int = 1) -> torch.Tensor:
+    """Which candidates [R, W] to reveal: the threshold (or factor) rule plus each row's top-ranked one (the
+    `min_tokens` top-ranked ones)."""
     if factor is None:
         accept = candidates & (p >= threshold)
         best = rank.argmax(dim=1)
@@ -146,7 +151,10 @@ def _accept(p: torch.Tensor, rank: torch.Tensor, candidates: torch.Tensor, thres
         prefix = (sorted_p >= 1 - factor / (n + 1)).long().cumprod(dim=1).bool()
         accept = torch.zeros_like(candidates).scatter_(1, by_p, prefix) & candidates
         best = by_p[:, 0]
-    return accept.scatter_(1, best[:, None], True) & candidates
+    accept.scatter_(1, best[:, None], True)
+    if min_tokens > 1:
+        accept.scatter_(1, rank.topk(min(min_tokens, rank.shape[1]), dim=1).indices, True)
+    return accept & candidates
 
 
 @torch.no_grad()
@@ -164,6 +172,7 @@ def generate_fast(
     factor: float | None = None,
     block_length: int | None = None,
     cache: str = "none",
+    min_tokens: int = 1,
     stop_at_end: bool = True,
     seed: int | list[int] | None = None,
 ) -> GenerateResult:
@@ -172,7 +181,7 @@ def generate_fast(
     seed: one per row, or one for the call (row r gets derived_seed(seed, "row", r)), or None (random).
     `order` holds the forward index at which each position was revealed; `forwards` counts batch forwards."""
     _check_options(max_new_tokens, 1, alg, temperature, top_p, top_k)
-    _check_fast_options(threshold, factor, block_length, cache)
+    _check_fast_options(threshold, factor, block_length, cache, min_tokens)
     started = time.perf_counter()
     device = next(model.parameters()).device
     mask_id, fill_id = tokenizer.mask_token_id, tokenizer.eos_token_id
@@ -215,7 +224,7 @@ def generate_fast(
             logits[..., mask_id] = torch.finfo(logits.dtype).min
             candidates = masked[rows, start:end]  # [R, W]
             x0, p, rank = _choose(logits, candidates, rows, generators, **sampling)
-            accept = _accept(p, rank, candidates, threshold, factor)
+            accept = _accept(p, rank, candidates, threshold, factor, min_tokens)
             completion = canvas[rows, width + start:width + end]
             canvas[rows, width + start:width + end] = torch.where(accept, x0, completion)
             order[rows, start:end] = torch.where(accept, forwards, order[rows, start:end])

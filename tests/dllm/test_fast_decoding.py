@@ -169,6 +169,28 @@ def test_threshold_and_factor_rules_on_given_confidences():
     assert factor.tolist() == [[True, True, False, False], [True, False, False, False]]
 
 
+def test_min_tokens_reveals_the_top_ranked_k_whatever_the_threshold():
+    p = torch.tensor([[0.1, 0.2, 0.3, 0.05], [0.5, -torch.inf, -torch.inf, -torch.inf]])
+    candidates = p > -torch.inf
+    rank = torch.tensor([[3.0, 1.0, 0.0, 2.0], [0.0, -torch.inf, -torch.inf, -torch.inf]])
+    two = _accept(p, rank, candidates, threshold=1.5, factor=None, min_tokens=2)
+    assert two.tolist() == [[True, False, False, True], [True, False, False, False]]  # row 1 has one candidate
+    # the threshold still reveals beyond the k: 0.3 >= 0.25
+    assert _accept(p, rank, candidates, threshold=0.25, factor=None, min_tokens=2)[0].tolist() == [True, False,
+                                                                                                  True, True]
+
+
+@pytest.mark.parametrize("k", [2, 4])
+@pytest.mark.parametrize("cache", CACHES)
+def test_min_tokens_takes_k_tokens_per_forward_on_an_unconfident_model(peaked_tiny, k, cache):
+    """What the GPU check forces on a random model: blocks of 8, k per forward -> ceil(8 / k) forwards a block."""
+    model, tokenizer = peaked_tiny
+    result = generate_fast(model, tokenizer, prompts(tokenizer), max_new_tokens=16, threshold=1.5, block_length=8,
+                           cache=cache, min_tokens=k, stop_at_end=False)
+    assert result.forwards == 2 * -(-8 // k) and result.row_tokens == [16, 16]
+    assert all(sorted(row.tolist()).count(f) == k for row in result.order for f in range(result.forwards))
+
+
 def test_parallel_decoding_takes_fewer_forwards_on_a_confident_model(peaked_tiny):
     model, tokenizer = peaked_tiny
     slow = generate_fast(model, tokenizer, prompts(tokenizer), max_new_tokens=16, threshold=1.5, stop_at_end=False)
@@ -179,7 +201,7 @@ def test_parallel_decoding_takes_fewer_forwards_on_a_confident_model(peaked_tiny
 def test_bad_options_fail_with_a_clear_message(peaked_tiny):
     model, tokenizer = peaked_tiny
     for options, text in ((dict(threshold=0), "threshold"), (dict(factor=-1.0), "factor"),
-                          (dict(block_length=0), "block_length"), (dict(cache="full"), "cache"),
+                          (dict(block_length=0), "block_length"), (dict(cache="full"), "cache"), (dict(min_tokens=0), "min_tokens"),
                           (dict(seed=[1, 2, 3]), "seeds"), (dict(alg="nope"), "alg")):
         with pytest.raises(ValueError, match=text):
             generate_fast(model, tokenizer, prompts(tokenizer), max_new_tokens=4, **options)
