@@ -2,6 +2,7 @@
 #   make demo   creates .venv, installs, runs the main job on the embedded defaults (local Ray, embedded Redis, CPU)
 #   make test   creates .venv, installs (with vLLM), runs the whole test suite
 #   make install-vllm   adds vLLM (the AR-GRPO baseline's rollout engine) to .venv; make demo does not need it
+#   make gpu-kit        builds .gpu-kit/, what a bare GPU node lacks (benchmarks/gpu_kit.py; GPU_KIT_ARGS=...)
 PYTHON ?= python3.11
 VENV   := .venv
 BIN    := $(VENV)/bin
@@ -19,7 +20,7 @@ export DS_BUILD_OPS := 0
 export TOKENIZERS_PARALLELISM := false
 export RAY_USAGE_STATS_ENABLED := 0
 
-.PHONY: install install-vllm test demo clean
+.PHONY: install install-vllm test demo gpu-kit clean
 
 install: $(STAMP)
 
@@ -48,6 +49,9 @@ test: $(STAMP) $(VLLM_STAMP)
 
 demo: $(STAMP)
 	$(BIN)/diffurl demo
+
+gpu-kit: $(STAMP)
+	$(BIN)/python benchmarks/gpu_kit.py $(GPU_KIT_ARGS)
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache

