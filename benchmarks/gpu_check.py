@@ -43,6 +43,8 @@ import gc
 import os
 import platform
 import shutil
+import signal
+import subprocess
 import sys
 import tempfile
 import time
@@ -436,19 +438,27 @@ def section_loop(check: Check) -> None:
 
 
 def section_adam(check: Check) -> None:
+    """DeepSpeed's FusedAdamBuilder().load() in a child process, cut at the section's share of the budget."""
     if not check.cuda:
         report("adam", "DeepSpeed fused Adam", "n/a on CPU", "a CUDA extension: built on a GPU node only")
         return
-    os.environ.pop("DS_BUILD_OPS", None)
+    env = {k: v for k, v in os.environ.items() if k != "DS_BUILD_OPS"}
+    code = "from deepspeed.ops.op_builder import FusedAdamBuilder; FusedAdamBuilder().load(verbose=False)"
+    limit = max(5.0, check.left())
     t0 = time.perf_counter()
     try:
-        from deepspeed.ops.op_builder import FusedAdamBuilder
-        FusedAdamBuilder().load(verbose=False)
-    except Exception as e:  # noqa: BLE001 - whether it builds is the measurement
-        report("adam", "DeepSpeed fused Adam", "does not build", f"{one_line(e)[:300]}; after "
-               f"{time.perf_counter() - t0:.0f} s. The learner uses torch's AdamW")
+        done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=limit)
+    except subprocess.TimeoutExpired:
+        report("adam", "DeepSpeed fused Adam", f"not built within {limit:.0f} s",
+               "the section's share of the budget; the learner uses torch's AdamW, which needs no build")
         return
-    report("adam", "DeepSpeed fused Adam", f"builds in {time.perf_counter() - t0:.0f} s",
+    seconds = time.perf_counter() - t0
+    if done.returncode != 0:
+        last = (done.stderr.strip().splitlines() or ["no output"])[-1]
+        report("adam", "DeepSpeed fused Adam", "does not build", f"{last[:300]}; after {seconds:.0f} s. The "
+               f"learner uses torch's AdamW")
+        return
+    report("adam", "DeepSpeed fused Adam", f"builds in {seconds:.0f} s",
            "ninja + nvcc, just in time; the learner uses torch's AdamW, which needs no build")
 
 
@@ -556,6 +566,11 @@ def main() -> None:
     check.tokenizer = train_tokenizer(tokenizer_corpus(load_prompts(cfg.data.train)[0]), 2048 if cuda else 512)
     _start_ray(cuda, gpus)
     took = {}
+
+    def overrun(*_):  # a section past the whole budget: it fails with one line and the table is still printed
+        raise TimeoutError(f"past the budget of {args.budget_s:.0f} s")
+    signal.signal(signal.SIGALRM, overrun)
+    signal.alarm(int(max(1.0, end - time.monotonic())) + 15)
     try:
         for i, name in enumerate(names):
             fn, need, share = SECTIONS[name]
@@ -575,6 +590,7 @@ def main() -> None:
             took[name] = time.monotonic() - t0
             print(f"gpu_check: {name} took {took[name]:.0f} s", flush=True)
     finally:
+        signal.alarm(0)
         ray.shutdown()
         shutil.rmtree(root, ignore_errors=True)
     print(f"\n{card}; {_versions()}; {time.strftime('%Y-%m-%d')}\n\n{_table(ROWS)}\n\ngpu_check: "
