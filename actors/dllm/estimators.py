@@ -95,12 +95,15 @@ def token_scores(
     estimator: str = "coupled",
     seed: int | list[int],
     mask_id: int | None = None,
+    logits_fn=completion_logits,
 ) -> ScoreResult:
     """input_ids [B, L] = prompt ++ completion, attention_mask [B, L], completion_mask [B, K] -> ScoreResult.
 
     K = completion_mask.shape[1] and the completion is input_ids[:, -K:]. Scores are returned for all K
     positions (tokens after the end token are scored too); completion_mask is the loss mask, applied by
-    `grpo_loss`. mask_id defaults to model.config.mask_token_id.
+    `grpo_loss`. mask_id defaults to model.config.mask_token_id. logits_fn(model, input_ids, attention_mask, K)
+    -> [B, K, V], the logits that predict the K completion tokens: the model family's head alignment (Dream's
+    shifted head by default; actors.policy gives each family its own).
     """
     batch, length = input_ids.shape
     completion_len = completion_mask.shape[1]
@@ -122,7 +125,7 @@ def token_scores(
             row[:, :-completion_len] = row[:, :-completion_len].masked_fill(prompt_mask.to(device), mask_id)
         noisy.append(row)
     passes = len(masks)
-    logits = completion_logits(model, torch.cat(noisy), attention_mask.repeat(passes, 1), completion_len)  # [passes*B, K, V]
+    logits = logits_fn(model, torch.cat(noisy), attention_mask.repeat(passes, 1), completion_len)  # [passes*B, K, V]
     targets = input_ids[:, -completion_len:].repeat(passes, 1)  # [passes*B, K]
     log_probs = torch.log_softmax(logits.float(), dim=-1).gather(-1, targets[..., None]).squeeze(-1)
     log_probs = log_probs.view(passes, batch, completion_len)  # [passes, B, K]

@@ -1,0 +1,149 @@
+"""LLaDA's own reference decoder, as the released `generate.py` does it, in pure torch.
+
+Follows ML-GSAI/LLaDA `generate.py` at its newest stored version (commit 65cbed2, "debug model name in
+generate.py", the one whose `generate` takes `attention_mask`, `logits_eos_inf` and `confidence_eos_eot_inf`).
+Written from reading that file, not copied. What matches it, step for step:
+
+- canvas = prompt ++ gen_length mask tokens; an attention mask, when given, is extended with ones;
+- gen_length // block_length blocks, left to right, steps // num_blocks steps each; the tokens revealed per
+  row at each step come from `num_transfer_tokens` (the block's mask count split evenly, the remainder to
+  the first steps);
+- cfg_scale > 0: the conditional canvas and an unconditional one (prompt positions masked) go through the
+  model in ONE batched call, logits = un + (cfg_scale + 1) * (cond - un);
+- Gumbel-max in float64 (`add_gumbel_noise`; at temperature 0 the logits come back untouched and nothing is
+  drawn), x0 = argmax; confidence = softmax(logits) at x0, in the logits' own dtype (the release dropped the
+  float64 softmax in f51cb17), or a uniform float draw (`random`);
+- confidence -inf beyond the current block and on every unmasked position; per row the top-k of the row's
+  confidence (one `topk` per row, as the release does, so ties break the same way) are revealed and never
+  remasked. No logit shift: logits at position i predict token i. As in the release, nothing stops x0 from
+  being mask_id itself: such a "reveal" leaves the position masked (it stays a candidate; `order` keeps -1
+  until a real token lands there, and it can end masked).
+- random draws: the same calls in the same order, shapes and dtypes (Gumbel noise [B, L, V] float64, then
+  the `random` confidence [B, L] in the default dtype), from `generator`, or from the global RNG when it is
+  None, so `torch.manual_seed(s)` before the release and before this gives the same tokens.
+
+Differences: the model is called as `model(input_ids=x, attention_mask=mask)` and the canvas lives on the
+prompt's device; with cfg and no attention mask the release's `attention_mask_` is unbound (a NameError),
+here None is passed; a prompt holding `mask_id` is refused (the release would decode it as well);
+`logits_eos_inf` / `confidence_eos_eot_inf` (hard-coded LLaDA-8B token ids) are not offered.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+REMASKING = ("low_confidence", "random")
+
+
+@dataclass
+class LladaGeneration:
+    sequences: torch.Tensor  # [B, P+gen] prompt ++ completion
+    completion_ids: torch.Tensor  # [B, gen]
+    order: torch.Tensor  # [B, gen] global step (0-based) at which each completion position was revealed; -1: never
+    forwards: int  # model calls (a cfg step is one batched call)
+    steps: int  # denoising steps over all blocks
+
+
+def num_transfer_tokens(mask_index: torch.Tensor, steps: int) -> torch.Tensor:
+    """mask_index [B, N] bool -> [B, steps] int64: each row's mask count split evenly, the remainder first."""
+    if steps < 1:
+        raise ValueError(f"num_transfer_tokens: steps must be >= 1, got {steps}")
+    masked = mask_index.sum(dim=1, keepdim=True)  # [B, 1]
+    base, remainder = masked // steps, masked % steps
+    first = torch.arange(steps, device=mask_index.device)[None, :] < remainder  # [B, steps]
+    return (base + first.long()).to(torch.int64)
+
+
+def add_gumbel_noise(logits: torch.Tensor, temperature: float, generator: torch.Generator | None = None) -> torch.Tensor:
+    """Gumbel-max scores exp(logits) / (-log u)^T in float64; argmax samples softmax(logits / T). T = 0: logits."""
+    if temperature == 0:
+        return logits
+    logits = logits.to(torch.float64)
+    noise = torch.empty_like(logits, dtype=torch.float64).uniform_(0, 1, generator=generator)  # = rand_like
+    return logits.exp() / (-torch.log(noise)) ** temperature
+
+
+def _check_arguments(prompt_ids, attention_mask, mask_id, steps, gen_length, block_length, temperature,
+                     cfg_scale, remasking) -> None:
+    if prompt_ids.dim() != 2:
+        raise ValueError(f"prompt_ids must be [B, P], got shape {tuple(prompt_ids.shape)}")
+    if (prompt_ids == mask_id).any():
+        raise ValueError(f"prompt_ids holds mask_id {mask_id}: pad with another id")
+    if attention_mask is not None and attention_mask.shape != prompt_ids.shape:
+        raise ValueError(f"attention_mask shape {tuple(attention_mask.shape)} != prompt_ids shape "
+                         f"{tuple(prompt_ids.shape)}")
+    if gen_length < 1 or block_length < 1:
+        raise ValueError(f"gen_length and block_length must be >= 1, got {gen_length}, {block_length}")
+    if gen_length % block_length:
+        raise ValueError(f"gen_length {gen_length} is not a multiple of block_length {block_length}")
+    num_blocks = gen_length // block_length
+    if steps < 1 or steps % num_blocks:
+        raise ValueError(f"steps {steps} must be a positive multiple of the number of blocks {num_blocks}")
+    if remasking not in REMASKING:
+        raise ValueError(f"remasking must be one of {REMASKING}, got {remasking!r}")
+    if temperature < 0:
+        raise ValueError(f"temperature must be >= 0, got {temperature}")
+    if cfg_scale < 0:
+        raise ValueError(f"cfg_scale must be >= 0, got {cfg_scale}")
+
+
+def _step_logits(model, x: torch.Tensor, attention_mask, prompt_index: torch.Tensor, mask_id: int,
+                 cfg_scale: float) -> torch.Tensor:
+    """One model call over the canvas -> logits [B, L, V]; with cfg, cond and uncond rows in one batch."""
+    if cfg_scale == 0:
+        return model(input_ids=x, attention_mask=attention_mask).logits
+    unconditional = x.clone()
+    unconditional[prompt_index] = mask_id
+    both = model(input_ids=torch.cat([x, unconditional], dim=0), attention_mask=attention_mask).logits
+    conditional, unconditional_logits = torch.chunk(both, 2, dim=0)
+    return unconditional_logits + (cfg_scale + 1) * (conditional - unconditional_logits)
+
+
+@torch.no_grad()
+def generate_llada(model, prompt_ids: torch.Tensor, *, mask_id: int, attention_mask: torch.Tensor | None = None,
+                   steps: int, gen_length: int, block_length: int, temperature: float = 0.0,
+                   cfg_scale: float = 0.0, remasking: str = "low_confidence",
+                   generator: torch.Generator | None = None) -> LladaGeneration:
+    """Decode gen_length tokens after prompt_ids [B, P] as LLaDA's released `generate` does (module docstring)."""
+    _check_arguments(prompt_ids, attention_mask, mask_id, steps, gen_length, block_length, temperature,
+                     cfg_scale, remasking)
+    batch, prompt_length = prompt_ids.shape
+    device = prompt_ids.device
+    x = torch.full((batch, prompt_length + gen_length), mask_id, dtype=torch.long, device=device)
+    x[:, :prompt_length] = prompt_ids
+    if attention_mask is not None:
+        ones = torch.ones((batch, gen_length), dtype=attention_mask.dtype, device=attention_mask.device)
+        attention_mask = torch.cat([attention_mask, ones], dim=-1)
+        if cfg_scale > 0:
+            attention_mask = torch.cat([attention_mask, attention_mask], dim=0)
+    prompt_index = x != mask_id
+    num_blocks = gen_length // block_length
+    block_steps = steps // num_blocks
+    order = torch.full((batch, gen_length), -1, dtype=torch.long, device=device)
+    forwards = 0
+    for block in range(num_blocks):
+        block_end = prompt_length + (block + 1) * block_length
+        counts = num_transfer_tokens(x[:, block_end - block_length:block_end] == mask_id, block_steps)
+        for i in range(block_steps):
+            mask_index = x == mask_id
+            logits = _step_logits(model, x, attention_mask, prompt_index, mask_id, cfg_scale)
+            forwards += 1
+            x0 = torch.argmax(add_gumbel_noise(logits, temperature, generator), dim=-1)  # [B, L]
+            if remasking == "low_confidence":
+                x0_p = torch.gather(F.softmax(logits, dim=-1), -1, x0[..., None]).squeeze(-1)
+            else:
+                x0_p = torch.rand(x0.shape, device=x0.device, generator=generator)
+            x0_p[:, block_end:] = -torch.inf
+            x0 = torch.where(mask_index, x0, x)
+            confidence = torch.where(mask_index, x0_p, -torch.inf)
+            transfer = torch.zeros_like(mask_index)
+            for row in range(batch):
+                transfer[row, torch.topk(confidence[row], k=int(counts[row, i])).indices] = True
+            x[transfer] = x0[transfer]
+            revealed = transfer & (x != mask_id)  # a predicted mask_id leaves the position masked, as in the release
+            order[revealed[:, prompt_length:]] = block * block_steps + i
+    return LladaGeneration(sequences=x, completion_ids=x[:, prompt_length:].clone(), order=order,
+                           forwards=forwards, steps=num_blocks * block_steps)

@@ -1,0 +1,146 @@
+"""actors.policy: family detection, each family's head alignment, and the shared estimators on LLaDA."""
+import json
+
+import pytest
+import torch
+
+from actors.dllm import save_model
+from actors.dllm.estimators import token_scores as dream_token_scores
+from actors.dllm.llada import LladaConfig, LladaModel, save_llada
+from actors.policy import DreamPolicy, LladaPolicy, family_of, policy_for
+from tests.tiny_model import build_tiny, random_rows
+
+
+def tiny_llada(tokenizer, seed: int = 0, std: float = 0.3) -> LladaModel:
+    """A 2-layer LLaDA (llama blocks, grouped-query attention, untied head) over the tiny tokenizer."""
+    config = LladaConfig.from_dict(dict(
+        d_model=32, n_heads=4, n_kv_heads=2, n_layers=2, mlp_hidden_size=64, mlp_ratio=2, activation_type="silu",
+        block_type="llama", layer_norm_type="rms", rope=True, rope_theta=500000.0, rms_norm_eps=1e-5,
+        include_bias=False, weight_tying=False, vocab_size=len(tokenizer), embedding_size=len(tokenizer),
+        max_sequence_length=256, attention_dropout=0.0, residual_dropout=0.0, embedding_dropout=0.0,
+        mask_token_id=tokenizer.mask_token_id, eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id))
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = LladaModel(config)
+        for param in model.parameters():
+            torch.nn.init.normal_(param, std=std) if param.dim() > 1 else torch.nn.init.ones_(param)
+    return model.eval()
+
+
+@pytest.fixture(scope="module")
+def llada():
+    _, tokenizer = build_tiny()
+    return tiny_llada(tokenizer), tokenizer
+
+
+def batch(tokenizer, prompt_lengths, completion_len, seed=0):
+    """Left-padded prompt ++ completion rows: (input_ids, attention_mask, completion_mask)."""
+    rows = random_rows(tokenizer, [p + completion_len for p in prompt_lengths], seed=seed)
+    width = max(len(r) for r in rows)
+    ids = torch.tensor([[tokenizer.pad_token_id] * (width - len(r)) + r for r in rows])
+    mask = torch.tensor([[0] * (width - len(r)) + [1] * len(r) for r in rows])
+    return ids, mask, torch.ones(len(rows), completion_len, dtype=torch.long)
+
+
+def test_family_of_reads_config_json(tmp_path, llada):
+    model, tokenizer = llada
+    save_llada(model, tokenizer, tmp_path / "llada")
+    dream, dream_tokenizer = build_tiny()
+    save_model(dream, dream_tokenizer, tmp_path / "dream")
+    assert family_of(tmp_path / "llada") == "llada" and family_of(tmp_path / "dream") == "dream"
+    assert isinstance(policy_for(tmp_path / "llada"), LladaPolicy) and isinstance(policy_for("dream"), DreamPolicy)
+    causal = tmp_path / "causal"
+    causal.mkdir()
+    (causal / "config.json").write_text(json.dumps({"model_type": "qwen2", "architectures": ["Qwen2ForCausalLM"]}))
+    with pytest.raises(ValueError, match="causal model, not a diffusion LM"):
+        family_of(causal)
+    with pytest.raises(FileNotFoundError, match="config.json"):
+        family_of(tmp_path)
+
+
+def test_a_policy_reloads_what_it_saved(tmp_path, llada):
+    model, tokenizer = llada
+    policy = policy_for("llada")
+    policy.save(model, tokenizer, tmp_path / "m")
+    again, again_tokenizer = policy.load(tmp_path / "m")
+    ids, mask, completion_mask = batch(tokenizer, (5, 3), 6)
+    with torch.no_grad():
+        assert torch.equal(policy.completion_logits(model, ids, mask, 6), policy.completion_logits(again, ids, mask, 6))
+    assert again_tokenizer.mask_token_id == tokenizer.mask_token_id == policy.mask_id(again)
+
+
+def test_llada_has_no_shift_and_dream_has_one(llada):
+    model, tokenizer = llada
+    dream, _ = build_tiny()
+    ids, mask, _ = batch(tokenizer, (6,), 5)  # one unpadded row: the release's positions
+    with torch.no_grad():
+        full = model(input_ids=ids).logits
+        assert torch.equal(LladaPolicy().completion_logits(model, ids, mask, 5), full[:, -5:])
+        dream_full = dream(input_ids=ids, attention_mask=mask).logits
+        torch.testing.assert_close(DreamPolicy().completion_logits(dream, ids, mask, 5), dream_full[:, -6:-1])
+
+
+def test_llada_scores_match_a_hand_computation(llada):
+    """d1: log p of each completion token at its own position, completion fully masked; coupled: (full + the
+    partial pass that masks the token, weighted) / 2 — both read at position i for token i."""
+    model, tokenizer = llada
+    policy = LladaPolicy()
+    ids, mask, completion_mask = batch(tokenizer, (6,), 8, seed=3)
+    mask_id = tokenizer.mask_token_id
+    with torch.no_grad():
+        d1 = policy.token_scores(model, ids, mask, completion_mask, estimator="d1", seed=4)
+        fed = ids.clone()
+        fed[:, -8:] = mask_id
+        fed[:, :-8] = fed[:, :-8].masked_fill(d1.prompt_mask, mask_id)
+        expected = torch.log_softmax(model(input_ids=fed).logits[:, -8:].float(), -1).gather(-1, ids[:, -8:, None])
+        torch.testing.assert_close(d1.scores, expected.squeeze(-1))
+
+        coupled = policy.token_scores(model, ids, mask, completion_mask, estimator="coupled", seed=4)
+        logp = []
+        for masked in coupled.masks:
+            row = ids.clone()
+            row[:, -8:] = row[:, -8:].masked_fill(masked, mask_id)
+            logp.append(torch.log_softmax(model(input_ids=row).logits[:, -8:].float(), -1)
+                        .gather(-1, ids[:, -8:, None]).squeeze(-1))
+        t = coupled.t
+        by_hand = (logp[0] + torch.where(coupled.masks[1], logp[1] / t, logp[2] / (1 - t))) / 2
+        torch.testing.assert_close(coupled.scores, by_hand)
+
+
+def test_llada_coupled_estimator_has_lower_variance_than_decoupled(llada):
+    model, tokenizer = llada
+    policy = LladaPolicy()
+    ids, mask, completion_mask = batch(tokenizer, (6, 4), 16, seed=5)
+    totals = {"coupled": [], "decoupled": []}
+    with torch.no_grad():
+        for seed in range(150):
+            for estimator, values in totals.items():
+                values.append(policy.token_scores(model, ids, mask, completion_mask, estimator=estimator,
+                                                  seed=seed).scores.sum())
+    coupled, decoupled = torch.stack(totals["coupled"]).var(), torch.stack(totals["decoupled"]).var()
+    assert coupled < decoupled
+
+
+def test_llada_scores_of_a_row_do_not_depend_on_its_padding_or_batch(llada):
+    model, tokenizer = llada
+    policy = LladaPolicy()
+    ids, mask, completion_mask = batch(tokenizer, (9, 3), 6, seed=7)
+    with torch.no_grad():
+        together = policy.token_scores(model, ids, mask, completion_mask, estimator="coupled", seed=[11, 12])
+        short = ids[1:, mask[1].argmax():]  # the second row without its left padding
+        alone = policy.token_scores(model, short, torch.ones_like(short), completion_mask[1:], estimator="coupled",
+                                    seed=[12])
+    torch.testing.assert_close(together.scores[1:], alone.scores, atol=1e-5, rtol=1e-5)
+
+
+def test_scores_carry_gradients_and_dream_scores_are_unchanged_through_the_policy():
+    model, tokenizer = build_tiny()
+    ids, mask, completion_mask = batch(tokenizer, (5, 7), 4)
+    through = DreamPolicy().token_scores(model, ids, mask, completion_mask, estimator="coupled", seed=2)
+    direct = dream_token_scores(model, ids, mask, completion_mask, estimator="coupled", seed=2)
+    assert torch.equal(through.scores, direct.scores)
+    llada_model = tiny_llada(tokenizer).train()
+    scores = LladaPolicy().token_scores(llada_model, ids, mask, completion_mask, estimator="d1", seed=1).scores
+    scores.sum().backward()
+    assert llada_model.model.transformer.wte.weight.grad.abs().sum() > 0
