@@ -30,8 +30,8 @@ import torch.distributed as dist
 
 from actors.causal import build_causal_model, causal_token_logprobs
 from actors.termination import exit_quietly_on_sigterm
-from actors.dllm import (build_model, derived_seed, grpo_advantages, grpo_loss, left_pad, lr_lambda, save_model,
-                         token_scores, update_reference)
+from actors.dllm import derived_seed, grpo_advantages, grpo_loss, left_pad, lr_lambda, save_model, update_reference
+from actors.policy import policy_for
 from actors.trajectory import Trajectory
 from actors.weight_sync import BroadcastMember, Layout, free_port_here, layout_of
 
@@ -99,7 +99,8 @@ class LearnerImpl:
         self.bf16 = on_gpu or cfg.model.dtype == "bfloat16"
 
         self.causal = lc.objective == "ar_grpo"
-        load = build_causal_model if self.causal else build_model
+        self.policy = None if self.causal else policy_for(model_dir)  # the dLLM family: Dream or LLaDA
+        load = build_causal_model if self.causal else self.policy.load
         model, self.tokenizer = load(model_dir)
         if cfg.model.gradient_checkpointing:
             model.gradient_checkpointing_enable()
@@ -193,8 +194,8 @@ class LearnerImpl:
         if self.cfg.learner.mask_seed_policy == "fixed":
             iteration = 0
         seeds = [derived_seed(self.cfg.run.seed, "mask", step, iteration, row) for row in mb["rows"]]
-        return token_scores(model, mb["input_ids"], mb["attention_mask"], mb["completion_mask"],
-                            estimator=self.cfg.learner.estimator, seed=seeds, mask_id=self.mask_id).scores
+        return self.policy.token_scores(model, mb["input_ids"], mb["attention_mask"], mb["completion_mask"],
+                                        estimator=self.cfg.learner.estimator, seed=seeds, mask_id=self.mask_id).scores
 
     # ----------------------------------------------------------------- one step
     def train_step(self, step: int, read_timeout_s: float = 900.0) -> dict:
@@ -340,8 +341,10 @@ class LearnerImpl:
             if self.cfg.learner.zero_stage == 3:
                 self.engine.module.config.save_pretrained(policy_dir)
                 self.tokenizer.save_pretrained(policy_dir)
-            else:
+            elif self.causal:
                 save_model(self.engine.module, self.tokenizer, policy_dir)
+            else:
+                self.policy.save(self.engine.module, self.tokenizer, policy_dir)
             if self.ref_model is not None:
                 torch.save(self.ref_model.state_dict(), reference_file)
         covered, self.consumed_entries = self.consumed_entries, []

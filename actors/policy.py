@@ -8,14 +8,17 @@ with the tokens it predicts:
     token i.
 That difference lives here and nowhere else: `completion_logits` is each family's [B, K, V] slice of the
 logits that predict the K completion tokens, and `token_scores` hands it to the shared estimators
-(actors/dllm/estimators.py: coupled, decoupled, d1). `family_of` reads a model directory's config.json.
+(actors/dllm/estimators.py: coupled, decoupled, d1); `decode` is the family's decoder behind one call
+(Dream: actors.dllm.decode; LLaDA: generate.py's, actors/dllm/llada_decoding.py). `family_of` reads a model
+directory's config.json.
 
 LLaDA forwards take positions from the padding mask (`position_ids_from_mask`), as Dream's do, so a row's
 scores do not depend on its batch-mates' lengths; for an unpadded row these are the release's positions
 0..L-1 and the logits are the release's.
 
-Still on the old path (not yet through this module): the learner, the rollout worker, eval and the warm start
-use actors.dllm's Dream functions and actors.causal directly; LLaDA is not yet selectable in a run config.
+The learner (load, scores, save) and the torch rollout worker (load, decode) go through `policy_for(model.path)`,
+so a LLaDA directory as model.path trains with the reference decoder. Not yet through this module: the AR
+baseline (actors.causal, vLLM), `diffurl eval`, the demo's warm start and the fast decoder (Dream only).
 """
 from __future__ import annotations
 
@@ -25,8 +28,10 @@ from pathlib import Path
 import torch
 
 from actors.causal import model_kind
+from actors.dllm.decoders import decode
 from actors.dllm.estimators import ScoreResult, token_scores
 from actors.dllm.llada import is_llada_dir, load_llada, save_llada
+from actors.dllm.llada_decoding import check_llada_settings, decode_llada
 from actors.dllm.model import build_model, completion_logits, save_model
 from actors.dllm.padding import position_ids_from_mask
 
@@ -55,11 +60,21 @@ class Policy(ABC):
     def mask_id(self, model) -> int:
         """The model's mask token id."""
 
+    @abstractmethod
+    def decode(self, model, tokenizer, prompts: list, settings, *, temperature: float, seeds: list[int]):
+        """One batched call of the family's decoder for DecoderSettings `settings` -> GenerateResult."""
+
+    def check_settings(self, settings) -> None:
+        """ValueError when this family's decoders cannot do what DecoderSettings `settings` asks."""
+
     def token_scores(self, model, input_ids: torch.Tensor, attention_mask: torch.Tensor,
-                     completion_mask: torch.Tensor, *, estimator: str, seed: int | list[int]) -> ScoreResult:
-        """The estimator's per-token scores [B, K] (actors.dllm.estimators.token_scores) under this family's head."""
+                     completion_mask: torch.Tensor, *, estimator: str, seed: int | list[int],
+                     mask_id: int | None = None) -> ScoreResult:
+        """The estimator's per-token scores [B, K] (actors.dllm.estimators.token_scores) under this family's head;
+        mask_id defaults to the model's."""
         return token_scores(model, input_ids, attention_mask, completion_mask, estimator=estimator, seed=seed,
-                            mask_id=self.mask_id(model), logits_fn=self.completion_logits)
+                            mask_id=self.mask_id(model) if mask_id is None else mask_id,
+                            logits_fn=self.completion_logits)
 
 
 class DreamPolicy(Policy):
@@ -76,6 +91,9 @@ class DreamPolicy(Policy):
 
     def mask_id(self, model) -> int:
         return model.config.mask_token_id
+
+    def decode(self, model, tokenizer, prompts, settings, *, temperature, seeds):
+        return decode(model, tokenizer, prompts, settings, temperature=temperature, seeds=seeds)
 
 
 class LladaPolicy(Policy):
@@ -94,6 +112,12 @@ class LladaPolicy(Policy):
 
     def mask_id(self, model) -> int:
         return model.config.mask_token_id
+
+    def decode(self, model, tokenizer, prompts, settings, *, temperature, seeds):
+        return decode_llada(model, tokenizer, prompts, settings, temperature=temperature, seeds=seeds)
+
+    def check_settings(self, settings) -> None:
+        check_llada_settings(settings)
 
 
 POLICIES = {"dream": DreamPolicy(), "llada": LladaPolicy()}

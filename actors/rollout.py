@@ -20,8 +20,9 @@ from dataclasses import dataclass
 import ray
 import torch
 
-from actors.dllm import DecoderSettings, ar_ness, build_model, completion_mask_from_ids, decode, derived_seed
+from actors.dllm import DecoderSettings, ar_ness, completion_mask_from_ids, derived_seed
 from actors.dllm.tokenizer import EOS, end_token_ids
+from actors.policy import policy_for
 from actors.prompts import encode_prompt
 from actors.termination import exit_quietly_on_sigterm
 from actors.trajectory import (CompletionReward, DecodeStats, RolloutOutcome, RolloutStatus, Trajectory)
@@ -66,7 +67,9 @@ class RolloutWorkerImpl:
         self.settings = decoder_settings(cfg.rollout)
 
     def _load_policy(self, model_dir: str) -> None:
-        self.model, self.tokenizer = build_model(model_dir, dtype=torch.bfloat16 if self.device.type == "cuda" else None)
+        self.policy = policy_for(model_dir)  # the dLLM family: Dream or LLaDA
+        self.model, self.tokenizer = self.policy.load(model_dir, dtype=torch.bfloat16 if self.device.type == "cuda"
+                                                      else None)
         self.model.to(self.device).eval()
 
     def load_weights(self, state_dict: dict, version: int) -> int:
@@ -131,8 +134,8 @@ class RolloutWorkerImpl:
         """The G completions of every job in one batched call of the configured decoder (`GenerateResult`)."""
         seeds = [derived_seed(job.seed, "row", j) if self.settings.decoder == "fast" else job.seed
                  for job in jobs for j in range(G)]
-        return decode(self.model, self.tokenizer, [p for p in prompts for _ in range(G)], self.settings,
-                      temperature=self.cfg.rollout.temperature, seeds=seeds)
+        return self.policy.decode(self.model, self.tokenizer, [p for p in prompts for _ in range(G)], self.settings,
+                                  temperature=self.cfg.rollout.temperature, seeds=seeds)
 
     def _publish(self, job: GroupJob, prompt_ids, out, rows: slice, results, t_generate, t_reward) -> RolloutOutcome:
         failed = [x for x in results if x.get("reward") is None]  # the sandbox failed twice: infrastructure

@@ -281,6 +281,23 @@ def check_model_kind(cfg: Config) -> None:
                else "rollout.engine=torch learner.objective=coupled_grpo")
         raise UserError(f"model.path={cfg.model.path}: holds a {kind} model, but rollout.engine={cfg.rollout.engine} "
                         f"serves {wanted} ones; use {fix}")
+    if kind == "diffusion":
+        check_family(cfg)
+
+
+def check_family(cfg: Config) -> None:
+    """A LLaDA model.path: what its decoder and model cannot do yet is a UserError before anything starts."""
+    from actors.policy import family_of, policy_for
+    from actors.rollout import decoder_settings
+
+    if family_of(cfg.model.path) != "llada":
+        return
+    if cfg.model.gradient_checkpointing:
+        raise UserError(f"model.gradient_checkpointing=true: not yet for a LLaDA model ({cfg.model.path})")
+    try:
+        policy_for("llada").check_settings(decoder_settings(cfg.rollout))
+    except ValueError as e:
+        raise UserError(f"model.path={cfg.model.path} is a LLaDA model; rollout.{e}") from None
 
 
 def validate(cfg: Config) -> None:

@@ -65,7 +65,9 @@ class ModelShape:
 
     @classmethod
     def from_config(cls, config: dict) -> ModelShape:
-        """An HF config.json dict (Qwen2 or Dream) -> its shape; KeyError names a missing key."""
+        """An HF config.json dict (Qwen2, Dream, or LLaDA's own keys) -> its shape; KeyError names a missing key."""
+        if "d_model" in config:
+            config = _llada_as_qwen2(config)
         missing = [k for k in SHAPE_KEYS if config.get(k) is None]
         if missing:
             raise KeyError(", ".join(missing))
@@ -79,6 +81,18 @@ class ModelShape:
         q, kv = self.num_attention_heads * self.head_dim, self.num_key_value_heads * self.head_dim
         layer = (h * q + q) + 2 * (h * kv + kv) + q * h + 3 * h * i + 2 * h
         return V * h * (1 if self.tie_word_embeddings else 2) + h + self.num_hidden_layers * layer
+
+
+def _llada_as_qwen2(raw: dict) -> dict:
+    """LLaDA's config.json keys (actors/dllm/llada.py's LladaConfig) under their Qwen2 names. Its q/k/v carry no
+    biases, which the Qwen2 formula counts: 2 (n kv d) + n a d parameters more, a few in a million."""
+    h, heads = raw.get("d_model"), raw.get("n_heads")
+    ratio = raw.get("mlp_ratio", 4)
+    return {"hidden_size": h, "num_attention_heads": heads, "num_hidden_layers": raw.get("n_layers"),
+            "intermediate_size": raw.get("mlp_hidden_size") or (ratio * h if h else None),
+            "num_key_value_heads": raw.get("n_kv_heads") or (1 if raw.get("multi_query_attention") else heads),
+            "vocab_size": raw.get("embedding_size") or raw.get("vocab_size"),
+            "tie_word_embeddings": raw.get("weight_tying", True)}
 
 
 def parameter_count(config: dict) -> int:
@@ -189,7 +203,7 @@ def _read_shape(key: str, path: Path) -> ModelShape:
     except (json.JSONDecodeError, AttributeError, TypeError, ValueError) as e:
         raise UserError(f"{key}: {path} is not a JSON config ({e})") from None
     except KeyError as e:
-        raise UserError(f"{key}: {path} has no {e.args[0]}; expected a Qwen2/Dream config.json") from None
+        raise UserError(f"{key}: {path} has no {e.args[0]}; expected a Qwen2, Dream or LLaDA config.json") from None
 
 
 def gib(n: float) -> str:

@@ -35,3 +35,23 @@ def random_rows(tokenizer, lengths, seed: int = 0) -> list[list[int]]:
     """One row of ordinary (non-special) token ids per length, drawn in order from one seeded generator."""
     generator = torch.Generator().manual_seed(seed)
     return [torch.randint(FIRST_ORDINARY_ID, len(tokenizer), (n,), generator=generator).tolist() for n in lengths]
+
+
+def tiny_llada(tokenizer, seed: int = 0, std: float = 0.3):
+    """A 2-layer LLaDA (llama blocks, grouped-query attention, untied head) over the tiny tokenizer, in eval mode;
+    std 0.3: peaked logits, so argmaxes do not flip on float noise."""
+    from actors.dllm.llada import LladaConfig, LladaModel
+
+    config = LladaConfig.from_dict(dict(
+        d_model=32, n_heads=4, n_kv_heads=2, n_layers=2, mlp_hidden_size=64, mlp_ratio=2, activation_type="silu",
+        block_type="llama", layer_norm_type="rms", rope=True, rope_theta=500000.0, rms_norm_eps=1e-5,
+        include_bias=False, weight_tying=False, vocab_size=len(tokenizer), embedding_size=len(tokenizer),
+        max_sequence_length=256, attention_dropout=0.0, residual_dropout=0.0, embedding_dropout=0.0,
+        mask_token_id=tokenizer.mask_token_id, eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id))
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = LladaModel(config)
+        for param in model.parameters():
+            torch.nn.init.normal_(param, std=std) if param.dim() > 1 else torch.nn.init.ones_(param)
+    return model.eval()

@@ -30,10 +30,15 @@ here None is passed; a prompt holding `mask_id` is refused (the release would de
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
+
+from .decoding import GenerateResult, finish, start_canvas
+from .padding import position_ids_from_mask
+from .seeding import derived_seed
 
 REMASKING = ("low_confidence", "random")
 
@@ -147,3 +152,62 @@ def generate_llada(model, prompt_ids: torch.Tensor, *, mask_id: int, attention_m
             order[revealed[:, prompt_length:]] = block * block_steps + i
     return LladaGeneration(sequences=x, completion_ids=x[:, prompt_length:].clone(), order=order,
                            forwards=forwards, steps=num_blocks * block_steps)
+
+
+# rollout.alg -> generate.py's remasking: maskgit_plus keeps the most probable x0 (generate.py's low_confidence
+# rule), origin a uniform draw (its random rule); Dream's entropy and top-k margin rankings have no LLaDA twin.
+REMASKING_OF_ALG = {"maskgit_plus": "low_confidence", "origin": "random"}
+
+
+class _PositionsFromMask:
+    """The model called with positions from its padding mask (as Dream's forwards are), so that a row decodes the
+    same alone and in a left-padded batch; an unpadded row gets the release's 0..L-1."""
+
+    def __init__(self, model):
+        self.model = model
+
+    def __call__(self, input_ids, attention_mask=None):
+        positions = None if attention_mask is None else position_ids_from_mask(attention_mask)
+        return self.model(input_ids=input_ids, attention_mask=attention_mask, position_ids=positions)
+
+
+def check_llada_settings(settings) -> str:
+    """The generate.py remasking of a DecoderSettings, or ValueError naming what LLaDA's decoder lacks."""
+    if settings.decoder != "reference":
+        raise ValueError(f"decoder {settings.decoder!r}: LLaDA decodes with its own reference decoder (generate.py) "
+                         f"only so far; use decoder=reference")
+    if settings.alg not in REMASKING_OF_ALG:
+        raise ValueError(f"alg {settings.alg!r}: LLaDA's decoder remasks by low confidence (alg maskgit_plus) or at "
+                         f"random (alg origin)")
+    if (settings.top_p is not None and settings.top_p < 1) or settings.top_k is not None:
+        raise ValueError("top_p / top_k: LLaDA's decoder samples the full distribution (Gumbel-max); set top_p=1 "
+                         "and no top_k")
+    length = settings.max_new_tokens
+    block = settings.block_length or length
+    if length % block:
+        raise ValueError(f"block_length {block}: must divide max_new_tokens {length} for LLaDA's decoder")
+    if (settings.steps or length) % (length // block):
+        raise ValueError(f"steps {settings.steps or length}: must be a multiple of the {length // block} blocks "
+                         f"for LLaDA's decoder")
+    return REMASKING_OF_ALG[settings.alg]
+
+
+def decode_llada(model, tokenizer, prompts: list, settings, *, temperature: float, seeds: list[int]) -> GenerateResult:
+    """What `actors.dllm.decode` is for Dream: `prompts` (chat strings or id lists) left-padded into one batch,
+    decoded by `generate_llada` with settings.max_new_tokens, steps (None: one per token) and block_length (None:
+    one block), one generator for the batch seeded as the reference Dream decoder's is."""
+    remasking = check_llada_settings(settings)
+    started = time.perf_counter()
+    length = settings.max_new_tokens
+    device = next(model.parameters()).device
+    prompt_ids, canvas, attention_mask = start_canvas(tokenizer, prompts, length, device)
+    width = canvas.shape[1] - length
+    seed = seeds[0] if len(set(seeds)) == 1 else derived_seed("batch", *seeds)
+    generator = torch.Generator(device=device).manual_seed(seed)
+    out = generate_llada(_PositionsFromMask(model), canvas[:, :width], mask_id=tokenizer.mask_token_id,
+                         attention_mask=attention_mask[:, :width], steps=settings.steps or length, gen_length=length,
+                         block_length=settings.block_length or length, temperature=temperature, remasking=remasking,
+                         generator=generator)
+    return finish(tokenizer, prompt_ids, out.sequences, attention_mask, out.order, started, steps=out.steps,
+                  forwards=out.forwards, row_forwards=[out.forwards] * len(prompt_ids),
+                  row_tokens=(out.order >= 0).sum(dim=1).tolist())

@@ -6,26 +6,11 @@ import torch
 
 from actors.dllm import save_model
 from actors.dllm.estimators import token_scores as dream_token_scores
-from actors.dllm.llada import LladaConfig, LladaModel, save_llada
+from actors.dllm import DecoderSettings
+from actors.dllm.llada import save_llada
+from actors.dllm.llada_decoding import decode_llada
 from actors.policy import DreamPolicy, LladaPolicy, family_of, policy_for
-from tests.tiny_model import build_tiny, random_rows
-
-
-def tiny_llada(tokenizer, seed: int = 0, std: float = 0.3) -> LladaModel:
-    """A 2-layer LLaDA (llama blocks, grouped-query attention, untied head) over the tiny tokenizer."""
-    config = LladaConfig.from_dict(dict(
-        d_model=32, n_heads=4, n_kv_heads=2, n_layers=2, mlp_hidden_size=64, mlp_ratio=2, activation_type="silu",
-        block_type="llama", layer_norm_type="rms", rope=True, rope_theta=500000.0, rms_norm_eps=1e-5,
-        include_bias=False, weight_tying=False, vocab_size=len(tokenizer), embedding_size=len(tokenizer),
-        max_sequence_length=256, attention_dropout=0.0, residual_dropout=0.0, embedding_dropout=0.0,
-        mask_token_id=tokenizer.mask_token_id, eos_token_id=tokenizer.eos_token_id,
-        pad_token_id=tokenizer.pad_token_id))
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        model = LladaModel(config)
-        for param in model.parameters():
-            torch.nn.init.normal_(param, std=std) if param.dim() > 1 else torch.nn.init.ones_(param)
-    return model.eval()
+from tests.tiny_model import build_tiny, random_rows, tiny_llada
 
 
 @pytest.fixture(scope="module")
@@ -144,3 +129,43 @@ def test_scores_carry_gradients_and_dream_scores_are_unchanged_through_the_polic
     scores = LladaPolicy().token_scores(llada_model, ids, mask, completion_mask, estimator="d1", seed=1).scores
     scores.sum().backward()
     assert llada_model.model.transformer.wte.weight.grad.abs().sum() > 0
+
+
+LLADA_SETTINGS = DecoderSettings(decoder="reference", max_new_tokens=8, steps=8, alg="maskgit_plus", top_p=None,
+                                 block_length=4)
+
+
+def test_llada_decodes_through_the_policy_into_a_generate_result(llada):
+    model, tokenizer = llada
+    prompts = random_rows(tokenizer, [5, 9, 3], seed=2)
+    out = LladaPolicy().decode(model, tokenizer, prompts, LLADA_SETTINGS, temperature=0.0, seeds=[1, 2, 3])
+    assert out.completion_ids.shape == (3, 8) and out.sequences.shape == (3, 9 + 8) and len(out.texts) == 3
+    assert out.forwards == 8 and out.row_forwards == [8, 8, 8]
+    # generate.py's schedule: 2 blocks of 4 positions in 4 steps each, one token per step, block by block
+    for row in out.order.tolist():
+        assert sorted(row) == list(range(8)) and max(row[:4]) < min(row[4:])
+    # positions from the padding mask: a row decodes the same alone as in the left-padded batch (T = 0)
+    for i, prompt in enumerate(prompts):
+        alone = decode_llada(model, tokenizer, [prompt], LLADA_SETTINGS, temperature=0.0, seeds=[i + 1])
+        assert torch.equal(alone.completion_ids[0], out.completion_ids[i])
+
+
+def test_llada_sampling_is_seeded_by_the_rows_seeds(llada):
+    model, tokenizer = llada
+    prompts = random_rows(tokenizer, [5, 5], seed=4)
+    settings = DecoderSettings(decoder="reference", max_new_tokens=8, steps=8, alg="origin", top_p=1.0)
+    runs = [decode_llada(model, tokenizer, prompts, settings, temperature=1.0, seeds=seeds).completion_ids
+            for seeds in ([7, 8], [7, 8], [7, 9])]
+    assert torch.equal(runs[0], runs[1]) and not torch.equal(runs[0], runs[2])
+
+
+@pytest.mark.parametrize("change, message", [
+    (dict(decoder="fast"), "decoder 'fast'"), (dict(alg="entropy"), "alg 'entropy'"),
+    (dict(top_p=0.95), "top_p"), (dict(block_length=3), "block_length 3"), (dict(steps=3), "steps 3"),
+])
+def test_what_llada_s_decoder_cannot_do_is_one_clear_error(llada, change, message):
+    model, tokenizer = llada
+    settings = DecoderSettings(**{**LLADA_SETTINGS.__dict__, **change})
+    with pytest.raises(ValueError, match=message):
+        LladaPolicy().check_settings(settings)
+    DreamPolicy().check_settings(settings)  # Dream's decoders take all of these

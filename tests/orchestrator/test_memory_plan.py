@@ -163,3 +163,23 @@ def test_a_custom_resource_the_cluster_lacks_is_a_short_line_and_stops_a_run_wit
 def test_run_device_cpu_plans_no_gpus_even_on_a_gpu_recipe():
     plan = format_plan(load_config(PAPER, ["run.device=cpu"]))
     assert "needs: 8 CPUs, 0 GPUs in total" in plan and "host memory" in plan and "GPU memory" not in plan
+
+
+LLADA_8B = {"model_type": "llada", "d_model": 4096, "n_heads": 32, "n_kv_heads": 32, "n_layers": 32,
+            "mlp_hidden_size": 12288, "mlp_ratio": 4, "vocab_size": 126464, "embedding_size": 126464,
+            "weight_tying": False, "block_type": "llama"}  # GSAI-ML/LLaDA-8B-Instruct's config.json numbers
+
+
+def test_a_llada_config_plans_under_its_own_keys():
+    """LLaDA-8B: 8.02e9 parameters (2 x 126464 x 4096 embeddings and head + 32 x 218.1M); the Qwen2 formula's
+    q/k/v biases, which LLaDA lacks, are the only difference from a built tiny LLaDA's count."""
+    assert parameter_count(LLADA_8B) == pytest.approx(8.02e9, rel=2e-3)
+    from actors.dllm.llada import LladaModel
+    from tests.tiny_model import build_tiny, tiny_llada
+
+    model = tiny_llada(build_tiny()[1])
+    config = model.config.to_dict()
+    c = model.config
+    biases = c.n_layers * (c.d_model + 2 * c.effective_n_kv_heads * c.head_dim)
+    assert isinstance(model, LladaModel)
+    assert parameter_count(config) - biases == sum(p.numel() for p in model.parameters())
