@@ -16,9 +16,10 @@ LLaDA forwards take positions from the padding mask (`position_ids_from_mask`), 
 scores do not depend on its batch-mates' lengths; for an unpadded row these are the release's positions
 0..L-1 and the logits are the release's.
 
-The learner (load, scores, save) and the torch rollout worker (load, decode) go through `policy_for(model.path)`,
-so a LLaDA directory as model.path trains with the reference decoder. Not yet through this module: the AR
-baseline (actors.causal, vLLM), `diffurl eval`, the demo's warm start and the fast decoder (Dream only).
+The learner (load, scores, save), the torch rollout worker (load, decode) and `diffurl eval` (load, decode) go
+through `policy_for(model.path)`, so a LLaDA directory as model.path trains and evaluates with LLaDA's decoder.
+Not yet through this module: the AR baseline (actors.causal, vLLM), the demo's warm start and the fast decoder
+(Dream only).
 """
 from __future__ import annotations
 

@@ -55,7 +55,7 @@ def _cmd_eval(args) -> int:
                         limit=args.limit, max_new_tokens=args.max_new_tokens, steps=args.steps, alg=args.alg,
                         batch_size=args.batch_size, sandbox_workers=args.sandbox_workers, seed=args.seed,
                         out=args.out, decoder=args.decoder, threshold=args.threshold, factor=args.factor,
-                        block_length=args.block_length, cache=args.cache)
+                        block_length=args.block_length, cache=args.cache, top_p=args.top_p, device=args.device)
 
 
 def _cmd_sandbox_score(args) -> int:
@@ -127,7 +127,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-new-tokens", type=int, default=None, help="default 48, or 256 for HumanEval")
     p.add_argument("--steps", type=int, default=None,
                    help="reference decoder: diffusion steps (default: = max new tokens)")
-    p.add_argument("--alg", default="entropy", choices=("origin", "maskgit_plus", "topk_margin", "entropy"))
+    p.add_argument("--alg", default="entropy", choices=("origin", "maskgit_plus", "topk_margin", "entropy"),
+                   help="which masked positions to reveal first (LLaDA: maskgit_plus = its low-confidence "
+                        "remasking, origin = random)")
+    p.add_argument("--top-p", type=float, default=0.95, help="nucleus sampling at T > 0 (LLaDA's decoder: 1)")
+    p.add_argument("--device", default="auto", help="auto (default: cuda when a GPU is seen), cpu or cuda")
     p.add_argument("--decoder", default="reference",
                    help="reference (default: the paper's decoder) or fast (threshold decoding, blocks, KV cache)")
     p.add_argument("--threshold", type=float, default=None,

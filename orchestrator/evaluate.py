@@ -155,9 +155,10 @@ def mean_pass_at_k(passed: Iterable[Sequence[bool]], k: int) -> float:
 
 
 def evaluate(model_dir: str | Path, problems: list[dict], pool, *, temperatures: list[float], samples: int,
-             decode: DecodeSettings, log=print) -> list[EvalResult]:
+             decode: DecodeSettings, device: str = "cpu", log=print) -> list[EvalResult]:
     """One EvalResult per temperature; `pool` is a SandboxPool (require_format=False for the eval rule). Problems
-    whose reference solution fails their own tests are left out first (`orchestrator.judgeable`)."""
+    whose reference solution fails their own tests are left out first (`orchestrator.judgeable`). A dLLM (Dream or
+    LLaDA) decodes on `device` ("cpu" or "cuda"; bf16 there), a causal checkpoint through vLLM."""
     from actors.causal import model_kind
     from actors.dllm import build_tokenizer
     from actors.prompts import encode_prompt, eval_messages
@@ -167,12 +168,12 @@ def evaluate(model_dir: str | Path, problems: list[dict], pool, *, temperatures:
                                            memory_mb=pool.settings.memory_mb, what="eval problems", out=log)
 
     causal = model_kind(model_dir) == "causal"
-    positions = int(json.loads((Path(model_dir) / "config.json").read_text())["max_position_embeddings"])
+    raw = json.loads((Path(model_dir) / "config.json").read_text())
+    positions = int(raw.get("max_position_embeddings") or raw.get("max_sequence_length") or 0)  # Qwen2 / LLaDA
     room = positions - decode.max_new_tokens
     if room < 1:
         raise UserError(f"--max-new-tokens {decode.max_new_tokens}: the model only has {positions} positions")
-    tokenizer = build_tokenizer(str(model_dir))
-    prompt_ids = [encode_prompt(tokenizer, eval_messages(p), min(decode.max_prompt_tokens, room)) for p in problems]
+    policy = None
     if causal:  # an AR checkpoint (AR-GRPO): decoded through vLLM
         from actors.vllm_engine import VllmEngine, require_vllm
 
@@ -181,13 +182,22 @@ def evaluate(model_dir: str | Path, problems: list[dict], pool, *, temperatures:
         except ImportError as e:
             raise UserError(f"{model_dir} holds a causal model, decoded through vLLM: {e}") from None
         decoder_name = "vllm"
+        tokenizer = build_tokenizer(str(model_dir))
         model = VllmEngine(str(model_dir), max_model_len=positions, seed=decode.seed)
-    else:
-        from actors.dllm import build_model
+    else:  # a dLLM: its family's loader and decoder (actors/policy.py), on `device`
+        import torch
 
-        decoder_name = f"{decode.decoder} decoder"
-        model, tokenizer = build_model(str(model_dir))
-        model.eval()
+        from actors.policy import policy_for
+
+        policy = policy_for(model_dir)
+        try:
+            policy.check_settings(decode.decoder_settings())
+        except ValueError as e:
+            raise UserError(f"{model_dir} holds a {policy.family} model: --{e}") from None
+        decoder_name = f"{policy.family} {decode.decoder} decoder on {device}"
+        model, tokenizer = policy.load(str(model_dir), dtype=torch.bfloat16 if device == "cuda" else None)
+        model.to(device).eval()
+    prompt_ids = [encode_prompt(tokenizer, eval_messages(p), min(decode.max_prompt_tokens, room)) for p in problems]
     results = []
     for temperature in temperatures:
         n = 1 if temperature == 0 else samples
@@ -195,7 +205,7 @@ def evaluate(model_dir: str | Path, problems: list[dict], pool, *, temperatures:
         if causal:
             decoded = _decode_all_vllm(model, tokenizer, prompt_ids, n, temperature, decode)
         else:
-            decoded = _decode_all(model, tokenizer, prompt_ids, n, temperature, decode)
+            decoded = _decode_all(model, tokenizer, prompt_ids, n, temperature, decode, policy)
         scores = pool.score([p for p in problems for _ in range(n)], decoded.texts)
         passed = np.array([s["status"] == "passed" for s in scores]).reshape(len(problems), n)
         res = EvalResult(temperature=temperature, samples=n, problems=len(problems), unjudgeable=sorted(unjudgeable))
@@ -218,15 +228,18 @@ def evaluate(model_dir: str | Path, problems: list[dict], pool, *, temperatures:
 
 
 def _decode_all(model, tokenizer, prompt_ids: list[list[int]], n: int, temperature: float,
-                decode: DecodeSettings) -> _Decoded:
+                decode: DecodeSettings, policy=None) -> _Decoded:
     """Texts in problem-major order (problem 0 sample 0..n-1, ...), per-batch AR-ness, decode time and forwards.
 
     reference: every row of the batch starting at job `start` gets the seed derived_seed(seed, "eval", start)
     (one generator for the batch, as before the fast decoder existed); fast: job j gets derived_seed(seed,
-    "eval", j), its own generator."""
+    "eval", j), its own generator. `policy`: the model's family (actors.policy; None: Dream)."""
     import torch
 
-    from actors.dllm import ar_ness, decode as decode_batch, derived_seed
+    from actors.dllm import ar_ness, derived_seed
+    from actors.policy import policy_for
+
+    policy = policy or policy_for("dream")
 
     settings = decode.decoder_settings()
     jobs = [ids for ids in prompt_ids for _ in range(n)]
@@ -239,7 +252,7 @@ def _decode_all(model, tokenizer, prompt_ids: list[list[int]], n: int, temperatu
             else:
                 seeds = [derived_seed(decode.seed, "eval", start)] * len(batch)
             t0 = time.perf_counter()
-            out = decode_batch(model, tokenizer, batch, settings, temperature=temperature, seeds=seeds)
+            out = policy.decode(model, tokenizer, batch, settings, temperature=temperature, seeds=seeds)
             result.decode_s += time.perf_counter() - t0
             result.forwards += out.forwards
             result.row_forwards += sum(out.row_forwards)
@@ -349,10 +362,24 @@ def decoder_options(decoder: str, *, steps: int | None, threshold: float | None,
             "block_length": block_length, "cache": cache or "none"}
 
 
+def resolve_device(device: str) -> str:
+    """--device auto|cpu|cuda -> "cpu" or "cuda" (auto: cuda when torch sees a GPU)."""
+    import torch
+
+    if device not in ("auto", "cpu", "cuda"):
+        raise UserError(f"--device {device}: expected auto, cpu or cuda")
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if device == "cuda" and not torch.cuda.is_available():
+        raise UserError(f"--device cuda: torch {torch.__version__} sees no GPU here; use --device cpu")
+    return device
+
+
 def eval_command(checkpoint: str, problems_spec: str, *, temperatures: str, samples: int, limit: int | None,
                  max_new_tokens: int | None, steps: int | None, alg: str, batch_size: int, sandbox_workers: int,
                  seed: int, out: str | None, decoder: str = "reference", threshold: float | None = None,
-                 factor: float | None = None, block_length: int | None = None, cache: str | None = None) -> int:
+                 factor: float | None = None, block_length: int | None = None, cache: str | None = None,
+                 top_p: float = 0.95, device: str = "auto") -> int:
     """`diffurl eval` with the values of its flags; `max_new_tokens` None: 256 for HumanEval, else 48;
     `steps` None: one token per step. The fast-only flags (threshold, factor, block_length, cache) are None
     when not given: 0.9, no factor rule, one block, no cache."""
@@ -366,6 +393,9 @@ def eval_command(checkpoint: str, problems_spec: str, *, temperatures: str, samp
         raise UserError(f"--max-new-tokens {max_new_tokens}: must be >= 1")
     if batch_size < 1:
         raise UserError(f"--batch-size {batch_size}: must be >= 1")
+    if not 0 < top_p <= 1:
+        raise UserError(f"--top-p {top_p:g}: must be in (0, 1]")
+    device = resolve_device(device)
     options = decoder_options(decoder, steps=steps, threshold=threshold, factor=factor, block_length=block_length,
                               cache=cache)
     temperature_list = parse_temperatures(temperatures)
@@ -373,15 +403,16 @@ def eval_command(checkpoint: str, problems_spec: str, *, temperatures: str, samp
     problems = load_eval_problems(problems_spec, limit)
     humaneval = "question" not in problems[0]
     max_new = max_new_tokens or (256 if humaneval else 48)
-    decode = DecodeSettings(max_new_tokens=max_new, steps=steps or max_new, alg=alg, batch_size=batch_size, seed=seed,
-                            **options)
+    decode = DecodeSettings(max_new_tokens=max_new, steps=steps or max_new, alg=alg, top_p=top_p,
+                            batch_size=batch_size, seed=seed, **options)
     started = not ray.is_initialized()
     if started:
         ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, namespace="diffurl-eval")
     pool = SandboxPool(num_workers=sandbox_workers, require_format=False, name_prefix="eval-sandbox")
     try:
         print(f"eval: {model_dir} on {len(problems)} problems ({problems_spec})")
-        results = evaluate(model_dir, problems, pool, temperatures=temperature_list, samples=samples, decode=decode)
+        results = evaluate(model_dir, problems, pool, temperatures=temperature_list, samples=samples, decode=decode,
+                           device=device)
     finally:
         pool.shutdown()
         if started:

@@ -170,3 +170,48 @@ def test_bad_or_misplaced_decoder_flags_exit_2_with_one_line(random_model_dir, c
     assert rc == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("diffurl: error: ") and named in err[0]
+
+
+# ----------------------------------------------------------------------------------------- families, devices
+
+@pytest.fixture(scope="module")
+def llada_dir(tmp_path_factory):
+    from actors.dllm.llada import save_llada
+    from tests.tiny_model import build_tiny, tiny_llada
+
+    _, tokenizer = build_tiny()
+    out = tmp_path_factory.mktemp("llada") / "tiny-llada"
+    save_llada(tiny_llada(tokenizer), tokenizer, out)
+    return out
+
+
+def test_eval_of_a_llada_checkpoint_decodes_with_its_own_decoder_on_the_cpu(llada_dir, tmp_path, capsys):
+    os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+    out = tmp_path / "results.json"
+    rc = main(["eval", str(llada_dir), "--problems", "humaneval", "--limit", "2", "--samples", "2",
+               "--temperatures", "0,1", "--max-new-tokens", "8", "--steps", "8", "--alg", "maskgit_plus",
+               "--top-p", "1", "--device", "cpu", "--sandbox-workers", "1", "--out", str(out)])
+    assert rc == 0
+    results = json.loads(out.read_text())
+    assert [r["samples"] for r in results] == [1, 2] and all(r["problems"] == 2 for r in results)
+    assert all(r["forwards"] == 8 for r in results)  # each temperature is one batch: 8 steps of generate.py
+    assert "llada reference decoder on cpu" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("flags, named", [
+    (["--alg", "entropy", "--top-p", "1"], "--alg 'entropy': LLaDA's decoder remasks by low confidence"),
+    (["--alg", "maskgit_plus"], "--top_p / top_k: LLaDA's decoder samples the full distribution"),
+    (["--device", "cuda"], "--device cuda: torch"),
+    (["--device", "tpu"], "--device tpu: expected auto, cpu or cuda"),
+    (["--top-p", "0"], "--top-p 0: must be in (0, 1]"),
+])
+def test_what_a_llada_eval_cannot_do_exits_2_with_one_line(llada_dir, capsys, flags, named):
+    if flags == ["--device", "cuda"]:
+        import torch
+
+        if torch.cuda.is_available():
+            pytest.skip("this machine has a GPU: --device cuda is valid here")
+    rc = main(["eval", str(llada_dir), "--problems", "humaneval", "--limit", "1", "--max-new-tokens", "8", *flags])
+    assert rc == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and named in err[0], err
