@@ -31,7 +31,7 @@ import torch
 from actors.causal import model_kind
 from actors.dllm.decoders import decode
 from actors.dllm.estimators import ScoreResult, token_scores
-from actors.dllm.llada import is_llada_dir, load_llada, save_llada
+from actors.dllm.llada import build_tiny_llada, is_llada_dir, load_llada, save_llada
 from actors.dllm.llada_decoding import check_llada_settings, decode_llada
 from actors.dllm.model import build_model, completion_logits, save_model
 from actors.dllm.padding import position_ids_from_mask
@@ -51,6 +51,10 @@ class Policy(ABC):
     @abstractmethod
     def save(self, model, tokenizer, path: str | Path) -> None:
         """Write a directory that `load` reads back identically."""
+
+    @abstractmethod
+    def build_tiny(self, spec: dict) -> tuple:
+        """A tiny randomly initialised model of this family from `build_model`'s spec -> (model, tokenizer)."""
 
     @abstractmethod
     def completion_logits(self, model, input_ids: torch.Tensor, attention_mask: torch.Tensor,
@@ -87,6 +91,9 @@ class DreamPolicy(Policy):
     def save(self, model, tokenizer, path) -> None:
         save_model(model, tokenizer, path)
 
+    def build_tiny(self, spec: dict) -> tuple:
+        return build_model(spec)
+
     def completion_logits(self, model, input_ids, attention_mask, completion_len):
         return completion_logits(model, input_ids, attention_mask, completion_len)  # shifted: from L-K-1 to L-2
 
@@ -105,6 +112,9 @@ class LladaPolicy(Policy):
 
     def save(self, model, tokenizer, path) -> None:
         save_llada(model, tokenizer, path)
+
+    def build_tiny(self, spec: dict) -> tuple:
+        return build_tiny_llada(spec)
 
     def completion_logits(self, model, input_ids, attention_mask, completion_len):
         positions = position_ids_from_mask(attention_mask.to(input_ids.device))

@@ -58,6 +58,7 @@ class TinyModelConfig:
     max_position_embeddings: int = 1024
     vocab_size: int = 2048
     tokenizer_dir: Optional[str] = None  # None: train a BPE tokenizer on the dataset texts
+    family: str = _choice("dream", "llada")  # the dLLM family of the tiny model (actors/policy.py)
 
     def spec(self, texts: list[str], seed: int) -> dict:
         """The `actors.dllm.build_model` spec of this tiny model (its BPE trained on `texts` unless
@@ -267,8 +268,10 @@ def check_model_kind(cfg: Config) -> None:
 
         if not vllm_available():
             raise UserError(f"rollout.engine=vllm: {INSTALL_HINT}")
-    if cfg.model.path is None:
-        return  # the tiny model is built to match the engine (orchestrator.run.prepare_model)
+    if cfg.model.path is None:  # the tiny model is built to match the engine (orchestrator.run.prepare_model)
+        if cfg.rollout.engine == "torch":
+            check_family(cfg)
+        return
     from actors.causal import model_kind
 
     try:
@@ -286,18 +289,21 @@ def check_model_kind(cfg: Config) -> None:
 
 
 def check_family(cfg: Config) -> None:
-    """A LLaDA model.path: what its decoder and model cannot do yet is a UserError before anything starts."""
+    """A LLaDA model (model.path, or model.tiny.family=llada): what its decoder and model cannot do yet is a
+    UserError before anything starts."""
     from actors.policy import family_of, policy_for
     from actors.rollout import decoder_settings
 
-    if family_of(cfg.model.path) != "llada":
+    family = family_of(cfg.model.path) if cfg.model.path else cfg.model.tiny.family
+    if family != "llada":
         return
+    which = f"model.path={cfg.model.path}" if cfg.model.path else "model.tiny.family=llada"
     if cfg.model.gradient_checkpointing:
-        raise UserError(f"model.gradient_checkpointing=true: not yet for a LLaDA model ({cfg.model.path})")
+        raise UserError(f"model.gradient_checkpointing=true: not yet for a LLaDA model ({which})")
     try:
         policy_for("llada").check_settings(decoder_settings(cfg.rollout))
     except ValueError as e:
-        raise UserError(f"model.path={cfg.model.path} is a LLaDA model; rollout.{e}") from None
+        raise UserError(f"{which} is a LLaDA model; rollout.{e}") from None
 
 
 def validate(cfg: Config) -> None:

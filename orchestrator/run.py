@@ -245,7 +245,7 @@ def tokenizer_corpus(problems: list[dict]) -> list[str]:
 def prepare_model(cfg, run: RunDir, problems: list[dict]) -> Path:
     """The initial policy as an HF directory every actor loads: `model.path`, or a freshly built tiny model
     (a dLLM, or a causal Qwen2 for learner.objective=ar_grpo)."""
-    from actors.dllm import build_model, save_model
+    from actors.dllm import save_model
 
     if cfg.model.path:
         path = Path(cfg.model.path)
@@ -253,12 +253,16 @@ def prepare_model(cfg, run: RunDir, problems: list[dict]) -> Path:
             raise UserError(f"model.path={cfg.model.path}: not a model directory (no config.json there)")
         return path
     from actors.causal import build_causal_model
+    from actors.policy import policy_for
 
     spec = cfg.model.tiny.spec(tokenizer_corpus(problems), cfg.run.seed)
-    # AR-GRPO: a tiny causal Qwen2 with the same tokenizer
-    build = build_causal_model if cfg.learner.objective == "ar_grpo" else build_model
-    model, tokenizer = build(spec)
-    save_model(model, tokenizer, run.init_model)
+    if cfg.learner.objective == "ar_grpo":  # AR-GRPO: a tiny causal Qwen2 with the same tokenizer
+        model, tokenizer = build_causal_model(spec)
+        save_model(model, tokenizer, run.init_model)
+    else:  # a tiny dLLM of model.tiny.family
+        policy = policy_for(cfg.model.tiny.family)
+        model, tokenizer = policy.build_tiny(spec)
+        policy.save(model, tokenizer, run.init_model)
     return run.init_model
 
 

@@ -515,3 +515,36 @@ def save_llada(model: LladaModel, tokenizer: PreTrainedTokenizerFast, path: str 
     save_file(state, str(path / WEIGHTS_FILE), metadata={"format": "pt"})
     tokenizer.save_pretrained(str(path))
     return path
+
+
+def build_tiny_llada(spec: dict, dtype: torch.dtype | None = None) -> tuple[LladaModel, PreTrainedTokenizerFast]:
+    """A tiny LLaDA from the spec `actors.dllm.build_model` takes ({"config": Qwen2-named sizes, "tokenizer",
+    "seed"}): llama blocks of those sizes over this project's BPE tokenizer (its `<|mask|>` as the mask token),
+    the release's RoPE theta, no dropout, weights drawn N(0, init_std) as the release's "normal" init does and
+    norms at 1, seeded inside fork_rng."""
+    from .tokenizer import build_tokenizer
+
+    unknown = set(spec) - {"config", "tokenizer", "seed"}
+    if unknown or "config" not in spec or "tokenizer" not in spec:
+        raise ValueError(f"tiny LLaDA spec: needs 'config' and 'tokenizer' (and 'seed'), got {sorted(spec)}")
+    sizes, tokenizer = spec["config"], build_tokenizer(spec["tokenizer"])
+    config = LladaConfig.from_dict(dict(
+        d_model=sizes["hidden_size"], n_heads=sizes["num_attention_heads"],
+        n_kv_heads=sizes.get("num_key_value_heads", sizes["num_attention_heads"]), n_layers=sizes["num_hidden_layers"],
+        mlp_hidden_size=sizes["intermediate_size"], activation_type="silu", block_type="llama",
+        layer_norm_type="rms", rope=True, rope_theta=500000.0, include_bias=False, weight_tying=False,
+        vocab_size=len(tokenizer), embedding_size=len(tokenizer),
+        max_sequence_length=sizes.get("max_position_embeddings", 1024), attention_dropout=0.0,
+        residual_dropout=0.0, embedding_dropout=0.0, mask_token_id=tokenizer.mask_token_id,
+        eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id))
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(int(spec.get("seed", 0)))
+        model = LladaModel(config)
+        for param in model.parameters():
+            if param.dim() > 1:
+                nn.init.normal_(param, std=config.init_std)
+            else:
+                nn.init.ones_(param)
+    if dtype is not None:
+        model.to(dtype)
+    return model, tokenizer

@@ -63,9 +63,13 @@ def run_demo(settings: DemoSettings, out=print) -> DemoResult:
     t0 = time.perf_counter()
     cache = Path(settings.cache_root)
     splits = _task_splits(cache, settings.task_seed, out)
-    causal = load_config(settings.config, list(settings.overrides)).learner.objective == "ar_grpo"
+    chosen = load_config(settings.config, list(settings.overrides))
+    causal = chosen.learner.objective == "ar_grpo"
     if causal != settings.warm.causal:  # AR-GRPO starts from a causal Qwen2 warm-started the same way
         settings = replace(settings, warm=replace(settings.warm, causal=causal))
+    family = chosen.model.tiny.family  # the dLLM family warm-started (model.tiny.family: dream or llada)
+    if family != settings.warm.model.family:
+        settings = replace(settings, warm=replace(settings.warm, model=replace(settings.warm.model, family=family)))
     model_dir = warm_start(settings.warm, cache, splits["train"], log=out)
     cfg = load_config(settings.config, [f"model.path={model_dir}", f"data.train={splits['rl']}",
                                         *settings.overrides])
@@ -97,7 +101,8 @@ def run_demo(settings: DemoSettings, out=print) -> DemoResult:
 def _method(cfg) -> str:
     if cfg.learner.objective == "ar_grpo":
         return f"AR-GRPO (causal Qwen2, {cfg.rollout.engine} rollouts)"
-    return f"coupled-GRPO (estimator={cfg.learner.estimator}, {cfg.rollout.decoder} decoder)"
+    family = "LLaDA, " if cfg.model.tiny.family == "llada" else ""
+    return f"coupled-GRPO ({family}estimator={cfg.learner.estimator}, {cfg.rollout.decoder} decoder)"
 
 
 def _task_splits(cache: Path, seed: int, out) -> dict[str, Path]:

@@ -32,8 +32,8 @@ from pathlib import Path
 import torch
 
 from actors.causal import build_causal_model, causal_sft_loss
-from actors.dllm import (build_model, completion_mask_from_ids, derived_seed, left_pad, lr_lambda, save_model,
-                         sft_loss)
+from actors.dllm import completion_mask_from_ids, derived_seed, left_pad, lr_lambda, save_model, sft_loss
+from actors.policy import policy_for
 from actors.dllm.tokenizer import EOS, IM_END, end_token_ids
 from actors.prompts import build_chat_prompt, encode_prompt
 from orchestrator.config import TinyModelConfig
@@ -96,7 +96,7 @@ def warm_start(settings: WarmStartSettings, cache_root: str | Path, train_path: 
     model, tokenizer, report = train_warm_start(settings, problems, log=log)
     tmp = out.with_name(out.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
-    save_model(model, tokenizer, tmp)
+    save_warm_model(model, tokenizer, tmp, None if settings.causal else policy_for(settings.model.family))
     report.update(settings=dataclasses.asdict(settings), train_path=str(train_path),
                   wall_s=round(time.perf_counter() - t0, 1))
     (tmp / DONE_FILE).write_text(json.dumps(report, indent=2))
@@ -104,6 +104,14 @@ def warm_start(settings: WarmStartSettings, cache_root: str | Path, train_path: 
     tmp.rename(out)
     log(f"warm start: saved to {out} ({report['wall_s']:.0f} s)")
     return out
+
+
+def save_warm_model(model, tokenizer, path, policy) -> None:
+    """The causal Qwen2 (policy None) or the dLLM in its family's format."""
+    if policy is None:
+        save_model(model, tokenizer, path)
+    else:
+        policy.save(model, tokenizer, path)
 
 
 def sft_texts(problem: dict, buggy_fraction: float = 0.0, seed: int = 0) -> tuple[list[dict], str]:
@@ -123,13 +131,14 @@ def train_warm_start(settings: WarmStartSettings, problems: list[dict], log=prin
     for p in problems:
         messages, completion = sft_texts(p, s.buggy_fraction, s.seed)
         corpus += [m["content"] for m in messages] + [completion]
-    build = build_causal_model if s.causal else build_model
-    model, tokenizer = build(s.model.spec(corpus, s.seed))
+    policy = None if s.causal else policy_for(s.model.family)  # the dLLM family (Dream or LLaDA)
+    spec = s.model.spec(corpus, s.seed)
+    model, tokenizer = build_causal_model(spec) if s.causal else policy.build_tiny(spec)
     with tempfile.TemporaryDirectory() as saved:
         # Train on the tokenizer exactly as rollout workers and `diffurl eval` will load it from the model dir
         # (a reloaded dir may tokenize differently from the in-memory tokenizer, e.g. digits one by one).
-        save_model(model, tokenizer, saved)
-        model, tokenizer = build(saved)
+        save_warm_model(model, tokenizer, saved, policy)
+        model, tokenizer = build_causal_model(saved) if s.causal else policy.load(saved)
     end_ids = end_token_ids(tokenizer)
     prompts, completions = encode_examples(tokenizer, problems, s.max_prompt_tokens, s.completion_tokens,
                                            s.buggy_fraction, s.seed)
@@ -152,7 +161,8 @@ def train_warm_start(settings: WarmStartSettings, problems: list[dict], log=prin
                                    completion_mask_from_ids(completion_ids, end_ids))
         else:
             loss = sft_loss(model, input_ids, attention_mask, torch.ones_like(completion_ids, dtype=torch.bool),
-                            seed=derived_seed(s.seed, "sft", step))
+                            seed=derived_seed(s.seed, "sft", step), mask_id=tokenizer.mask_token_id,
+                            logits_fn=policy.completion_logits)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)

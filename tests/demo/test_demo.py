@@ -63,3 +63,24 @@ def test_shrunk_ar_demo_warm_starts_a_causal_qwen2_and_runs_ar_grpo_with_vllm_ro
     assert len(rows) == 2 and all(r["rollout_logprob_gap"] < 1e-4 for r in rows)
     assert "AR-GRPO" in (result.run_dir / "demo_table.md").read_text()
     assert any("vllm" in line for line in lines if line.startswith("eval: "))
+
+
+def test_shrunk_llada_demo_warm_starts_a_tiny_llada_and_runs_coupled_grpo_with_its_decoder(tmp_path):
+    from actors.dllm.llada import is_llada_dir
+    from orchestrator.config import REPO_ROOT
+
+    os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+    lines: list[str] = []
+    settings = DemoSettings(config=str(REPO_ROOT / "configs" / "demo_llada.yaml"),
+                            overrides=[*SHRUNK_RL, f"run.root_dir={tmp_path / 'runs'}"],
+                            cache_root=str(tmp_path / "cache"), warm=TINY_WARM, eval_samples=1, heldout_limit=4)
+    result = run_demo(settings, out=lambda line="": lines.append(str(line)))
+
+    (warm_dir,) = (tmp_path / "cache").glob("warmstart-*")
+    assert is_llada_dir(warm_dir) and json.loads((warm_dir / "warmstart.json").read_text())["settings"]["model"][
+        "family"] == "llada"
+    assert is_llada_dir(result.run_dir / "checkpoints" / "step000002" / "policy")
+    assert "coupled-GRPO (LLaDA, " in (result.run_dir / "demo_table.md").read_text()
+    rows = [json.loads(line) for line in (result.run_dir / "metrics.jsonl").read_text().splitlines()]
+    assert len(rows) == 2 and all(r["decode_forwards"] == 12 for r in rows)  # generate.py: rollout.steps forwards
+    assert any("llada reference decoder" in line for line in lines if line.startswith("eval: "))
