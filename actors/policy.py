@@ -16,10 +16,11 @@ LLaDA forwards take positions from the padding mask (`position_ids_from_mask`), 
 scores do not depend on its batch-mates' lengths; for an unpadded row these are the release's positions
 0..L-1 and the logits are the release's.
 
-The learner (load, scores, save), the torch rollout worker (load, decode) and `diffurl eval` (load, decode) go
-through `policy_for(model.path)`, so a LLaDA directory as model.path trains and evaluates with LLaDA's decoder.
-Not yet through this module: the AR baseline (actors.causal, vLLM), the demo's warm start and the fast decoder
-(Dream only).
+The learner (load, scores, save), the torch rollout worker (load, decode), `diffurl eval` (load, decode), the
+initial tiny model and the demo's warm start (build_tiny, the SFT loss under the family's head, save) go through
+`policy_for(...)`, so a LLaDA directory as model.path, or model.tiny.family=llada, trains and evaluates with
+LLaDA's decoder. Not yet through this module: the AR baseline (actors.causal, vLLM); the fast decoder is
+Dream's only.
 """
 from __future__ import annotations
 

@@ -520,8 +520,9 @@ def save_llada(model: LladaModel, tokenizer: PreTrainedTokenizerFast, path: str 
 def build_tiny_llada(spec: dict, dtype: torch.dtype | None = None) -> tuple[LladaModel, PreTrainedTokenizerFast]:
     """A tiny LLaDA from the spec `actors.dllm.build_model` takes ({"config": Qwen2-named sizes, "tokenizer",
     "seed"}): llama blocks of those sizes over this project's BPE tokenizer (its `<|mask|>` as the mask token),
-    the release's RoPE theta, no dropout, weights drawn N(0, init_std) as the release's "normal" init does and
-    norms at 1, seeded inside fork_rng."""
+    no dropout, weights drawn N(0, init_std) as the release's "normal" init does and norms at 1, seeded inside
+    fork_rng. RoPE theta: the spec's `rope_theta`, else 10000, what the tiny Dream gets (Qwen2's default); the
+    release's 500000 is for 4096-token contexts."""
     from .tokenizer import build_tokenizer
 
     unknown = set(spec) - {"config", "tokenizer", "seed"}
@@ -532,7 +533,8 @@ def build_tiny_llada(spec: dict, dtype: torch.dtype | None = None) -> tuple[Llad
         d_model=sizes["hidden_size"], n_heads=sizes["num_attention_heads"],
         n_kv_heads=sizes.get("num_key_value_heads", sizes["num_attention_heads"]), n_layers=sizes["num_hidden_layers"],
         mlp_hidden_size=sizes["intermediate_size"], activation_type="silu", block_type="llama",
-        layer_norm_type="rms", rope=True, rope_theta=500000.0, include_bias=False, weight_tying=False,
+        layer_norm_type="rms", rope=True, rope_theta=float(sizes.get("rope_theta", 10000.0)), include_bias=False,
+        weight_tying=False,
         vocab_size=len(tokenizer), embedding_size=len(tokenizer),
         max_sequence_length=sizes.get("max_position_embeddings", 1024), attention_dropout=0.0,
         residual_dropout=0.0, embedding_dropout=0.0, mask_token_id=tokenizer.mask_token_id,
