@@ -12,7 +12,7 @@ logits that predict the K completion tokens, and `token_scores` hands it to the 
 (Dream: actors.dllm.decode; LLaDA: generate.py's, actors/dllm/llada_decoding.py). `family_of` reads a model
 directory's config.json.
 
-LLaDA forwards take positions from the padding mask (`position_ids_from_mask`), as Dream's do, so a row's
+LLaDA forwards take positions from the padding mask (`forward_from_mask`), as Dream's do, so a row's
 scores do not depend on its batch-mates' lengths; for an unpadded row these are the release's positions
 0..L-1 and the logits are the release's.
 
@@ -32,16 +32,15 @@ import torch
 from actors.causal import model_kind
 from actors.dllm.decoders import decode
 from actors.dllm.estimators import ScoreResult, token_scores
-from actors.dllm.llada import build_tiny_llada, is_llada_dir, load_llada, save_llada
+from actors.dllm.llada import build_tiny_llada, forward_from_mask, is_llada_dir, load_llada, save_llada
 from actors.dllm.llada_decoding import check_llada_settings, decode_llada
 from actors.dllm.model import build_model, completion_logits, save_model
-from actors.dllm.padding import position_ids_from_mask
 
 FAMILIES = ("dream", "llada")
 
 
 class Policy(ABC):
-    """The family-specific operations: each family defines the four abstract ones."""
+    """The family-specific operations: each family defines the abstract ones."""
 
     family: str = ""
 
@@ -62,9 +61,9 @@ class Policy(ABC):
                           completion_len: int) -> torch.Tensor:
         """input_ids [B, L] ending in K completion positions -> the logits [B, K, V] that predict them."""
 
-    @abstractmethod
     def mask_id(self, model) -> int:
-        """The model's mask token id."""
+        """The model's mask token id (both families keep it in their config)."""
+        return model.config.mask_token_id
 
     @abstractmethod
     def decode(self, model, tokenizer, prompts: list, settings, *, temperature: float, seeds: list[int]):
@@ -98,9 +97,6 @@ class DreamPolicy(Policy):
     def completion_logits(self, model, input_ids, attention_mask, completion_len):
         return completion_logits(model, input_ids, attention_mask, completion_len)  # shifted: from L-K-1 to L-2
 
-    def mask_id(self, model) -> int:
-        return model.config.mask_token_id
-
     def decode(self, model, tokenizer, prompts, settings, *, temperature, seeds):
         return decode(model, tokenizer, prompts, settings, temperature=temperature, seeds=seeds)
 
@@ -118,12 +114,8 @@ class LladaPolicy(Policy):
         return build_tiny_llada(spec)
 
     def completion_logits(self, model, input_ids, attention_mask, completion_len):
-        positions = position_ids_from_mask(attention_mask.to(input_ids.device))
-        logits = model(input_ids=input_ids, attention_mask=attention_mask, position_ids=positions).logits
+        logits = forward_from_mask(model, input_ids, attention_mask).logits
         return logits[:, -completion_len:]  # no shift: position i predicts token i
-
-    def mask_id(self, model) -> int:
-        return model.config.mask_token_id
 
     def decode(self, model, tokenizer, prompts, settings, *, temperature, seeds):
         return decode_llada(model, tokenizer, prompts, settings, temperature=temperature, seeds=seeds)

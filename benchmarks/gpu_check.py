@@ -133,17 +133,7 @@ class Check:
         return torch.bfloat16 if self.cuda else torch.float32
 
     def model(self, dims: dict) -> DiffusionQwen2ForCausalLM:
-        """A random-init model of shape `dims`, created on the device in its dtype (no host copy of 7B)."""
-        config = Qwen2Config(**dims, pad_token_id=self.tokenizer.pad_token_id,
-                             eos_token_id=self.tokenizer.eos_token_id, bos_token_id=self.tokenizer.eos_token_id)
-        default = torch.get_default_dtype()
-        torch.set_default_dtype(self.dtype)
-        try:
-            with torch.random.fork_rng(devices=[self.device.index] if self.cuda else []), self.device:
-                torch.manual_seed(0)
-                return DiffusionQwen2ForCausalLM(config).eval()
-        finally:
-            torch.set_default_dtype(default)
+        return random_model(dims, self.device, self.tokenizer.pad_token_id, self.tokenizer.eos_token_id)
 
     def saved(self, name: str, dims: dict) -> Path:
         """The model of shape `dims` saved as an HF directory (what the learner and the loop load)."""
@@ -158,6 +148,21 @@ class Check:
     def measure(self, role: str, base: int, plan) -> None:
         if self.cuda:
             self.peaks[role] = (torch.cuda.max_memory_allocated() - base, plan)
+
+
+def random_model(dims: dict, device: torch.device, pad_id: int, eos_id: int | None = None) -> DiffusionQwen2ForCausalLM:
+    """A random-init model of shape `dims` (seed 0), created on `device` in bf16 there, fp32 on CPU: no host
+    copy of 7B."""
+    config = Qwen2Config(**dims, pad_token_id=pad_id, eos_token_id=eos_id, bos_token_id=eos_id)
+    cuda = device.type == "cuda"
+    default = torch.get_default_dtype()
+    torch.set_default_dtype(torch.bfloat16 if cuda else torch.float32)
+    try:
+        with torch.random.fork_rng(devices=[device.index or 0] if cuda else []), device:
+            torch.manual_seed(0)
+            return DiffusionQwen2ForCausalLM(config).eval()
+    finally:
+        torch.set_default_dtype(default)
 
 
 def describe(dims: dict) -> str:
@@ -355,12 +360,7 @@ class SyncMember:
     def __init__(self, dims: dict, device: str, pad_id: int):
         torch.set_num_threads(1)
         self.device = torch.device("cuda", 0) if device == "cuda" else torch.device("cpu")
-        config = Qwen2Config(**dims, pad_token_id=pad_id)
-        default = torch.get_default_dtype()
-        torch.set_default_dtype(torch.bfloat16 if device == "cuda" else torch.float32)
-        with self.device:
-            self.model = DiffusionQwen2ForCausalLM(config)
-        torch.set_default_dtype(default)
+        self.model = random_model(dims, self.device, pad_id)
 
     @torch.no_grad()
     def bump(self) -> None:

@@ -38,17 +38,12 @@ def random_rows(tokenizer, lengths, seed: int = 0) -> list[list[int]]:
 
 
 def tiny_llada(tokenizer, seed: int = 0, std: float = 0.3):
-    """A 2-layer LLaDA (llama blocks, grouped-query attention, untied head) over the tiny tokenizer, in eval mode;
-    std 0.3: peaked logits, so argmaxes do not flip on float noise."""
-    from actors.dllm.llada import LladaConfig, LladaModel
+    """A 2-layer LLaDA (llama blocks, grouped-query attention, untied head, the release's RoPE theta) over the
+    tiny tokenizer, in eval mode; std 0.3: peaked logits, so argmaxes do not flip on float noise."""
+    from actors.dllm.llada import LladaModel, tiny_llada_config
 
-    config = LladaConfig.from_dict(dict(
-        d_model=32, n_heads=4, n_kv_heads=2, n_layers=2, mlp_hidden_size=64, mlp_ratio=2, activation_type="silu",
-        block_type="llama", layer_norm_type="rms", rope=True, rope_theta=500000.0, rms_norm_eps=1e-5,
-        include_bias=False, weight_tying=False, vocab_size=len(tokenizer), embedding_size=len(tokenizer),
-        max_sequence_length=256, attention_dropout=0.0, residual_dropout=0.0, embedding_dropout=0.0,
-        mask_token_id=tokenizer.mask_token_id, eos_token_id=tokenizer.eos_token_id,
-        pad_token_id=tokenizer.pad_token_id))
+    config = tiny_llada_config(dict(hidden_size=32, num_attention_heads=4, num_key_value_heads=2, num_hidden_layers=2,
+                                    intermediate_size=64, max_position_embeddings=256, rope_theta=500000.0), tokenizer)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         model = LladaModel(config)

@@ -49,6 +49,8 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 from transformers import PreTrainedTokenizerFast
 
+from .padding import position_ids_from_mask
+
 MODEL_TYPE = "llada"
 ARCHITECTURE = "LLaDAModelLM"
 MASK_TOKEN = "<|mdm_mask|>"
@@ -517,28 +519,41 @@ def save_llada(model: LladaModel, tokenizer: PreTrainedTokenizerFast, path: str 
     return path
 
 
+def forward_from_mask(model: LladaModel, input_ids: torch.Tensor,
+                      attention_mask: torch.Tensor | None = None) -> LladaOutput:
+    """The model's forward with positions from the padding mask (`position_ids_from_mask`, as Dream's forwards
+    take them), so a row's logits do not depend on its left padding; an unpadded row gets the release's 0..L-1."""
+    positions = None if attention_mask is None else position_ids_from_mask(attention_mask.to(input_ids.device))
+    return model(input_ids=input_ids, attention_mask=attention_mask, position_ids=positions)
+
+
+def tiny_llada_config(sizes: dict, tokenizer: PreTrainedTokenizerFast) -> LladaConfig:
+    """A tiny LLaDA's config from Qwen2-named sizes (hidden_size, num_attention_heads, num_key_value_heads,
+    num_hidden_layers, intermediate_size, max_position_embeddings, rope_theta) over `tokenizer`: llama blocks,
+    untied head, no biases, no dropout, the tokenizer's mask, end and pad ids. RoPE theta: `rope_theta`, else
+    10000, what the tiny Dream gets (Qwen2's default); the release's 500000 is for 4096-token contexts."""
+    return LladaConfig.from_dict(dict(
+        d_model=sizes["hidden_size"], n_heads=sizes["num_attention_heads"],
+        n_kv_heads=sizes.get("num_key_value_heads", sizes["num_attention_heads"]), n_layers=sizes["num_hidden_layers"],
+        mlp_hidden_size=sizes["intermediate_size"], activation_type="silu", block_type="llama",
+        layer_norm_type="rms", rope=True, rope_theta=float(sizes.get("rope_theta", 10000.0)), include_bias=False,
+        weight_tying=False, vocab_size=len(tokenizer), embedding_size=len(tokenizer),
+        max_sequence_length=sizes.get("max_position_embeddings", 1024), attention_dropout=0.0,
+        residual_dropout=0.0, embedding_dropout=0.0, mask_token_id=tokenizer.mask_token_id,
+        eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id))
+
+
 def build_tiny_llada(spec: dict, dtype: torch.dtype | None = None) -> tuple[LladaModel, PreTrainedTokenizerFast]:
     """A tiny LLaDA from the spec `actors.dllm.build_model` takes ({"config": Qwen2-named sizes, "tokenizer",
-    "seed"}): llama blocks of those sizes over this project's BPE tokenizer (its `<|mask|>` as the mask token),
-    no dropout, weights drawn N(0, init_std) as the release's "normal" init does and norms at 1, seeded inside
-    fork_rng. RoPE theta: the spec's `rope_theta`, else 10000, what the tiny Dream gets (Qwen2's default); the
-    release's 500000 is for 4096-token contexts."""
+    "seed"}): `tiny_llada_config` over this project's BPE tokenizer (its `<|mask|>` as the mask token), weights
+    drawn N(0, init_std) as the release's "normal" init does and norms at 1, seeded inside fork_rng."""
     from .tokenizer import build_tokenizer
 
     unknown = set(spec) - {"config", "tokenizer", "seed"}
     if unknown or "config" not in spec or "tokenizer" not in spec:
         raise ValueError(f"tiny LLaDA spec: needs 'config' and 'tokenizer' (and 'seed'), got {sorted(spec)}")
-    sizes, tokenizer = spec["config"], build_tokenizer(spec["tokenizer"])
-    config = LladaConfig.from_dict(dict(
-        d_model=sizes["hidden_size"], n_heads=sizes["num_attention_heads"],
-        n_kv_heads=sizes.get("num_key_value_heads", sizes["num_attention_heads"]), n_layers=sizes["num_hidden_layers"],
-        mlp_hidden_size=sizes["intermediate_size"], activation_type="silu", block_type="llama",
-        layer_norm_type="rms", rope=True, rope_theta=float(sizes.get("rope_theta", 10000.0)), include_bias=False,
-        weight_tying=False,
-        vocab_size=len(tokenizer), embedding_size=len(tokenizer),
-        max_sequence_length=sizes.get("max_position_embeddings", 1024), attention_dropout=0.0,
-        residual_dropout=0.0, embedding_dropout=0.0, mask_token_id=tokenizer.mask_token_id,
-        eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id))
+    tokenizer = build_tokenizer(spec["tokenizer"])
+    config = tiny_llada_config(spec["config"], tokenizer)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(int(spec.get("seed", 0)))
         model = LladaModel(config)

@@ -32,12 +32,13 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
+from functools import partial
 
 import torch
 import torch.nn.functional as F
 
 from .decoding import GenerateResult, finish, start_canvas
-from .padding import position_ids_from_mask
+from .llada import forward_from_mask
 from .seeding import derived_seed
 
 REMASKING = ("low_confidence", "random")
@@ -159,18 +160,6 @@ def generate_llada(model, prompt_ids: torch.Tensor, *, mask_id: int, attention_m
 REMASKING_OF_ALG = {"maskgit_plus": "low_confidence", "origin": "random"}
 
 
-class _PositionsFromMask:
-    """The model called with positions from its padding mask (as Dream's forwards are), so that a row decodes the
-    same alone and in a left-padded batch; an unpadded row gets the release's 0..L-1."""
-
-    def __init__(self, model):
-        self.model = model
-
-    def __call__(self, input_ids, attention_mask=None):
-        positions = None if attention_mask is None else position_ids_from_mask(attention_mask)
-        return self.model(input_ids=input_ids, attention_mask=attention_mask, position_ids=positions)
-
-
 def check_llada_settings(settings) -> str:
     """The generate.py remasking of a DecoderSettings, or ValueError naming what LLaDA's decoder lacks."""
     if settings.decoder != "reference":
@@ -204,7 +193,7 @@ def decode_llada(model, tokenizer, prompts: list, settings, *, temperature: floa
     width = canvas.shape[1] - length
     seed = seeds[0] if len(set(seeds)) == 1 else derived_seed("batch", *seeds)
     generator = torch.Generator(device=device).manual_seed(seed)
-    out = generate_llada(_PositionsFromMask(model), canvas[:, :width], mask_id=tokenizer.mask_token_id,
+    out = generate_llada(partial(forward_from_mask, model), canvas[:, :width], mask_id=tokenizer.mask_token_id,
                          attention_mask=attention_mask[:, :width], steps=settings.steps or length, gen_length=length,
                          block_length=settings.block_length or length, temperature=temperature, remasking=remasking,
                          generator=generator)
