@@ -26,9 +26,10 @@ _DIFFUSION_MARKS = ("dream", "diffusion", "llada")
 
 
 def model_kind(path: str | Path) -> str:
-    """What a model directory holds, from its config.json alone: "causal" for a plain Qwen2ForCausalLM,
-    "diffusion" for Dream / DiffuCoder / this project's DiffusionQwen2ForCausalLM (which carries a mask token)."""
-    config_file = Path(path) / "config.json"
+    """What a model directory holds, from its config.json alone (or `path` itself, a config file): "causal" for a
+    plain Qwen2ForCausalLM, "diffusion" for Dream / DiffuCoder / this project's DiffusionQwen2ForCausalLM (which
+    carries a mask token)."""
+    config_file = Path(path) if Path(path).is_file() else Path(path) / "config.json"
     if not config_file.is_file():
         raise FileNotFoundError(f"model: {str(path)!r} has no config.json")
     raw = json.loads(config_file.read_text())

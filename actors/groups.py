@@ -6,15 +6,8 @@
 - `RolloutGroup`: the rollout workers `rollout-<n>` (numbered for life: a worker added by live scaling
   gets a new number), scheduled by `rollout.placement` (SPREAD by default), each running the groups it is
   handed; the group adds, retires, restarts and updates workers.
-- Weight sync (`weights.sync`), behind one `push(version)`:
-  `ObjectStoreSync` (small models): learner rank 0 returns its state dict as one object-store object and
-  every worker loads that same object, version-stamped.
-  `BroadcastSync`: a torch.distributed group of learner rank 0 and the workers (`actors.weight_sync`: flat
-  buckets, a version header; nccl on GPU, gloo on CPU). A worker that starts after the first sync (live
-  scaling, a Ray restart) gets the current version once through the object store (exported when the
-  first such worker needs it, or at the next push when a train step is running) and is in the group from
-  the next push on; the group is rebuilt whenever its membership changed.
-  Never one call per parameter.
+- Weight sync (`weights.sync`) drives these groups from actors/weight_sync.py (`ObjectStoreSync`,
+  `BroadcastSync`, behind one `push(version)`), through their methods.
 Callers never index actors or write `[a.f.remote() for a in actors]`: they call these methods.
 """
 from __future__ import annotations
@@ -22,11 +15,10 @@ from __future__ import annotations
 import time
 
 import ray
-from ray.exceptions import GetTimeoutError, RayActorError, RayTaskError
+from ray.exceptions import GetTimeoutError, RayActorError
 from ray.util.placement_group import placement_group, remove_placement_group
 from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
-STUCK_GRACE_S = 10.0  # after a broadcast failed, a receiver not done by then is stuck in the collective
 PLACEMENT_TIMEOUT_S = 300.0  # a placement group not placed by then (resources never free up) stops the run
 
 
@@ -137,11 +129,11 @@ class RolloutGroup:
     def add(self) -> int:
         """Start one worker; returns its number. It is at the newest version at once when that is in
         model_dir or in the object store, else it waits for the next push (`joined`)."""
-        from actors.rollout import rollout_worker_class
+        from actors.rollout import RolloutWorker
 
         n, self._next_number = self._next_number, self._next_number + 1
         strategy = "SPREAD" if self.cfg.rollout.placement == "SPREAD" else "DEFAULT"
-        self.workers[n] = rollout_worker_class(self.cfg).options(
+        self.workers[n] = RolloutWorker.options(
             name=f"rollout-{n}", num_cpus=self.cfg.rollout.num_cpus, num_gpus=self.gpus,
             resources=dict(self.cfg.rollout.resources) or None, scheduling_strategy=strategy,
             max_restarts=self.cfg.rollout.max_restarts, max_task_retries=0,
@@ -178,6 +170,10 @@ class RolloutGroup:
             return True
         self.waiting.add(worker)
         return False
+
+    def set_newest(self, version: int, handle) -> None:
+        """The newest version is `version`, in the object store as `handle` (None: only in the broadcast group)."""
+        self.version, self.weights = version, handle
 
     def joined(self) -> list[int]:
         """Workers that were waiting and now hold the newest version (after a push): ready for groups."""
@@ -241,73 +237,3 @@ class RolloutGroup:
                 continue
             if loaded != self.version:
                 raise RuntimeError(f"weight sync: rollout-{n} reports version {loaded}, expected {self.version}")
-
-
-class ObjectStoreSync:
-    """`weights.sync: object_store`: one state-dict object per version, loaded by every worker."""
-
-    def __init__(self, cfg, learners: LearnerGroup, rollouts: RolloutGroup):
-        self.learners, self.rollouts = learners, rollouts
-
-    def push(self, version: int) -> dict:
-        t0 = time.perf_counter()
-        self.rollouts.load_weights(self.learners.publish_weights(), version)
-        return {"sync_s": time.perf_counter() - t0, "sync_workers": len(self.rollouts)}
-
-
-class BroadcastSync:
-    """`weights.sync: broadcast`: learner rank 0 broadcasts flat version-stamped buckets to its group."""
-
-    def __init__(self, cfg, learners: LearnerGroup, rollouts: RolloutGroup):
-        self.cfg, self.learners, self.rollouts = cfg, learners, rollouts
-        self.layout = None
-        self.group: tuple[int, tuple[int, ...]] | None = None  # (restarts, members) the group was built for
-        self.builds = 0
-
-    def push(self, version: int) -> dict:
-        """Broadcast `version` to the workers in the group (rebuilt first when membership changed), then hand
-        it to waiting workers through the object store."""
-        t0 = time.perf_counter()
-        rollouts, members = self.rollouts, self.rollouts.members()
-        handle = None  # this version in the object store, once exported
-        if members:
-            receiving = []
-            try:
-                if self.group != (rollouts.restarts, tuple(members)):
-                    self._build(members)
-                receiving = rollouts.call(members, "receive_weights", version)
-                ray.get(self.learners.broadcast_weights(version) + receiving, timeout=self.cfg.weights.timeout_s)
-            except (RayActorError, RayTaskError, GetTimeoutError) as e:  # a learner's failure raises from the export
-                print(f"weight sync: broadcast of version {version} failed ({type(e).__name__}); "
-                      f"sending it through the object store and rebuilding the group", flush=True)
-                self.group = None
-                # a receiver still inside the failed collective would hold its actor until the collective's
-                # timeout: restart it (it gets the weights when it is back, as after any restart)
-                if receiving:
-                    _, stuck = ray.wait(receiving, num_returns=len(receiving), timeout=STUCK_GRACE_S)
-                    rollouts.restart([n for n, ref in zip(members, receiving) if ref in stuck])
-                handle = self.learners.publish_weights()
-                rollouts.load_weights(handle, version, numbers=rollouts.members())
-        rollouts.version, rollouts.weights = version, handle
-        waiting = [n for n in rollouts.waiting if n in rollouts.workers]
-        if waiting:  # late joiners: this version once through the object store, the group from the next push
-            rollouts.load_weights(handle or self.learners.publish_weights(), version, numbers=waiting)  # the handle stays: a worker added before the next push loads it at once
-        return {"sync_s": time.perf_counter() - t0, "sync_workers": len(members) + len(waiting)}
-
-    def _build(self, members: list[int]) -> None:
-        w = self.cfg.weights
-        if self.layout is None:
-            self.layout = self.learners.weight_layout()
-        addr, port = self.learners.weight_sync_address()
-        self.builds += 1
-        name = f"weights-{self.builds}"
-        size = len(members) + 1
-        ray.get([self.learners.join_weight_group(port, size, name, self.layout, w.bucket_mb, w.timeout_s)]
-                + [self.rollouts.workers[n].join_weight_group.remote(addr, port, i + 1, size, name, self.layout,
-                                                                      w.bucket_mb, w.timeout_s)
-                   for i, n in enumerate(members)], timeout=w.timeout_s)
-        self.group = (self.rollouts.restarts, tuple(members))
-
-
-def weight_sync(cfg, learners: LearnerGroup, rollouts: RolloutGroup):
-    return (BroadcastSync if cfg.weights.sync == "broadcast" else ObjectStoreSync)(cfg, learners, rollouts)

@@ -17,10 +17,12 @@ Mask seeds are per sequence (step, iteration, row of the step), so the masks do 
 """
 from __future__ import annotations
 
+import dataclasses
 import os
 import random
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -28,14 +30,28 @@ import ray
 import torch
 import torch.distributed as dist
 
-from actors.causal import build_causal_model, causal_token_logprobs
 from actors.termination import exit_quietly_on_sigterm
-from actors.dllm import derived_seed, grpo_advantages, grpo_loss, left_pad, lr_lambda, save_model, update_reference
+from actors.dllm import derived_seed, grpo_advantages, grpo_loss, left_pad, lr_lambda, update_reference
 from actors.policy import policy_for
 from actors.trajectory import Trajectory
 from actors.weight_sync import BroadcastMember, Layout, free_port_here, layout_of
 
 STAT_KEYS = ("loss", "kl", "clip_fraction", "ratio_mean")
+
+
+@dataclass
+class MicroBatch:
+    """b sequences of this rank's shard of a step (P: the longest prompt, left-padded; K: the canvas)."""
+    rows: list[int]                 # [b] the sequences' rows in the step: their mask seeds
+    input_ids: torch.Tensor         # [b, P+K] prompt ++ completion
+    attention_mask: torch.Tensor    # [b, P+K] 0 on left padding
+    completion_mask: torch.Tensor   # bool [b, K] tokens trained on: up to and including the first end token
+    advantages: torch.Tensor        # [b]
+    rollout_logprobs: torch.Tensor | None = None  # [b, K] the engine's log-probs (vLLM, AR-GRPO), else None
+
+    def to(self, device) -> MicroBatch:
+        return dataclasses.replace(self, **{f.name: getattr(self, f.name).to(device) for f in dataclasses.fields(self)
+                                            if torch.is_tensor(getattr(self, f.name))})
 
 
 def _skip_shm_build() -> None:
@@ -98,17 +114,15 @@ class LearnerImpl:
         lc = cfg.learner
         self.bf16 = on_gpu or cfg.model.dtype == "bfloat16"
 
-        self.causal = lc.objective == "ar_grpo"
-        self.policy = None if self.causal else policy_for(model_dir)  # the dLLM family: Dream or LLaDA
-        load = build_causal_model if self.causal else self.policy.load
-        model, self.tokenizer = load(model_dir)
+        self.policy = policy_for(model_dir)  # the family: Dream, LLaDA or a causal Qwen2 (AR-GRPO)
+        model, self.tokenizer = self.policy.load(model_dir)
         if cfg.model.gradient_checkpointing:
             model.gradient_checkpointing_enable()
         model.to(self.device).train()
         self.mask_id = self.tokenizer.mask_token_id
         self.ref_model = None
         if lc.kl_beta > 0:
-            self.ref_model, _ = load(model_dir)
+            self.ref_model, _ = self.policy.load(model_dir)
             self.ref_model.to(self.device).eval().requires_grad_(False)
             if self.bf16:
                 self.ref_model.to(torch.bfloat16)
@@ -160,41 +174,37 @@ class LearnerImpl:
             dist.broadcast_object_list(box, src=0)
         return sorted(box[0], key=lambda e: e[1].group_id)
 
-    def _micro_batches(self, groups: list[Trajectory]) -> tuple[list[dict], torch.Tensor]:
+    def _micro_batches(self, groups: list[Trajectory]) -> tuple[list[MicroBatch], torch.Tensor]:
         """Flatten B groups into B*G sequences, keep this rank's contiguous shard, cut micro-batches."""
         lc = self.cfg.learner
         rewards = torch.tensor([g.reward_values for g in groups], dtype=torch.float32)  # [B, G]
         adv = grpo_advantages(rewards, baseline=lc.advantage, scale_std=lc.scale_std).flatten()  # [B*G]
         rows = [(g.prompt_ids, ids, mask) for g in groups for ids, mask in zip(g.completion_ids, g.completion_mask)]
+        engine_logprobs = None  # AR-GRPO: the per-token log-probs vLLM reported, [B*G][K]
+        if all(g.rollout_logprobs is not None for g in groups):
+            engine_logprobs = [lp for g in groups for lp in g.rollout_logprobs]
         per_rank = len(rows) // self.world_size
         first = self.rank * per_rank
         batches = []
         for s in range(first, first + per_rank, lc.micro_batch_size):
             index = list(range(s, min(s + lc.micro_batch_size, first + per_rank)))  # rows of the step
             prompt_ids, prompt_mask = left_pad([rows[i][0] for i in index], self.tokenizer.pad_token_id)
-            completion = torch.tensor([rows[i][1] for i in index], dtype=torch.long)   # [b, K]
-            batches.append({
-                "rows": index,
-                "input_ids": torch.cat([prompt_ids, completion], dim=1),                        # [b, P+K]
-                "attention_mask": torch.cat([prompt_mask, torch.ones_like(completion)], dim=1),  # [b, P+K]
-                "completion_mask": torch.tensor([rows[i][2] for i in index], dtype=torch.bool),  # [b, K]
-                "advantages": adv[index],                                                       # [b]
-            })
-            if all(g.rollout_logprobs is not None for g in groups):  # AR-GRPO: what vLLM reported, [b, K]
-                logprobs = [lp for g in groups for lp in g.rollout_logprobs]
-                batches[-1]["rollout_logprobs"] = torch.tensor([logprobs[i] for i in index], dtype=torch.float32)
-        batches = [{k: v.to(self.device) if torch.is_tensor(v) else v for k, v in mb.items()} for mb in batches]
+            completion = torch.tensor([rows[i][1] for i in index], dtype=torch.long)
+            batches.append(MicroBatch(
+                rows=index, input_ids=torch.cat([prompt_ids, completion], dim=1),
+                attention_mask=torch.cat([prompt_mask, torch.ones_like(completion)], dim=1),
+                completion_mask=torch.tensor([rows[i][2] for i in index], dtype=torch.bool), advantages=adv[index],
+                rollout_logprobs=None if engine_logprobs is None else torch.tensor(
+                    [engine_logprobs[i] for i in index], dtype=torch.float32)).to(self.device))
         return batches, rewards
 
-    def _scores(self, model, mb: dict, step: int, iteration: int) -> torch.Tensor:
-        """Token scores [b, K]. ar_grpo: the exact causal log-probs. coupled_grpo: the estimator's scores with
-        one mask seed per sequence: (run seed, step, iteration, row of the step)."""
-        if self.causal:
-            return causal_token_logprobs(model, mb["input_ids"], mb["attention_mask"], mb["completion_mask"].shape[1])
+    def _scores(self, model, mb: MicroBatch, step: int, iteration: int) -> torch.Tensor:
+        """Token scores [b, K] under the policy (actors/policy.py): a dLLM's estimator with one mask seed per
+        sequence, (run seed, step, iteration, row of the step); a causal policy's exact log-probs."""
         if self.cfg.learner.mask_seed_policy == "fixed":
             iteration = 0
-        seeds = [derived_seed(self.cfg.run.seed, "mask", step, iteration, row) for row in mb["rows"]]
-        return self.policy.token_scores(model, mb["input_ids"], mb["attention_mask"], mb["completion_mask"],
+        seeds = [derived_seed(self.cfg.run.seed, "mask", step, iteration, row) for row in mb.rows]
+        return self.policy.token_scores(model, mb.input_ids, mb.attention_mask, mb.completion_mask,
                                         estimator=self.cfg.learner.estimator, seed=seeds, mask_id=self.mask_id).scores
 
     # ----------------------------------------------------------------- one step
@@ -210,7 +220,7 @@ class LearnerImpl:
         t_read = time.perf_counter() - t0
 
         t0 = time.perf_counter()
-        old, ref = self._fixed_scores(batches, step)
+        old, ref = self._score_phase(batches, step)
         t_score = time.perf_counter() - t0
 
         t0 = time.perf_counter()
@@ -224,28 +234,31 @@ class LearnerImpl:
 
     @property
     def _per_iteration(self) -> bool:
-        """Masks drawn anew each iteration, so the old scores differ per iteration (AR log-probs are exact:
-        the old policy's scores are the same in every iteration)."""
-        return self.cfg.learner.mask_seed_policy == "per_iteration" and not self.causal
+        """Masks drawn anew each iteration, so the old scores differ per iteration (a causal policy's log-probs
+        are exact: the old policy's scores are the same in every iteration)."""
+        return self.cfg.learner.mask_seed_policy == "per_iteration" and not self.policy.exact_scores
 
     @torch.no_grad()
-    def _fixed_scores(self, batches: list[dict], step: int) -> tuple[dict, dict]:
-        """Scores that stay fixed during the step, keyed (iteration, micro-batch): the reference policy's,
-        and the old policy's for iterations > 0 under `per_iteration` masks (iteration 0's old scores are the
-        current scores, detached, taken in the first update)."""
-        per_iteration = self._per_iteration
+    def _score_phase(self, batches: list[MicroBatch], step: int) -> tuple[dict, dict]:
+        """The step's fixed scores, before any update (OpenRLHF's experience-maker order), keyed (iteration,
+        micro-batch): the old policy's (the weights the step starts from) and the reference policy's, under each
+        iteration's masks (`per_iteration`) or iteration 0's. Each update's scores share their key's mask seeds,
+        so the first update's ratio is exactly 1."""
         old: dict[tuple[int, int], torch.Tensor] = {}
         ref: dict[tuple[int, int], torch.Tensor] = {}
         for j, mb in enumerate(batches):
-            for it in range(self.cfg.learner.mu if per_iteration else 1):
-                if it > 0:
-                    old[it, j] = self._scores(self.engine, mb, step, it)
+            for it in range(self.cfg.learner.mu if self._per_iteration else 1):
+                old[it, j] = self._scores(self.engine, mb, step, it)
                 if self.ref_model is not None:
                     ref[it, j] = self._scores(self.ref_model, mb, step, it)
         return old, ref
 
-    def _updates(self, batches: list[dict], old: dict, ref: dict, step: int, step_tokens: int) -> tuple[dict, float]:
-        """`mu` optimiser updates over this rank's micro-batches; statistics summed over ranks."""
+    def _updates(self, batches: list[MicroBatch], old: dict, ref: dict, step: int, step_tokens: int) -> tuple[dict, float]:
+        """`mu` optimiser updates over this rank's micro-batches; statistics summed over ranks.
+
+        DeepSpeed accumulates the micro-batches' gradients and steps the optimiser once per iteration
+        (gradient_accumulation_steps = this rank's micro-batches, `deepspeed_config`), so every micro-batch of
+        iteration `it` is scored under the same weights: the policy after `it` updates."""
         lc = self.cfg.learner
         per_step = lc.loss_norm == "step_tokens"
         sums = torch.zeros(len(STAT_KEYS) + 1, dtype=torch.float64)  # + the rollout log-prob gap
@@ -254,13 +267,11 @@ class LearnerImpl:
             for j, mb in enumerate(batches):
                 key = (it, j) if self._per_iteration else (0, j)
                 scores = self._scores(self.engine, mb, step, it)  # [b, K]
-                if it == 0:
-                    old[key] = scores.detach()
-                    if "rollout_logprobs" in mb:  # |learner - vLLM| summed over the tokens, / the step's tokens
-                        gap = (old[key] - mb["rollout_logprobs"]).abs() * mb["completion_mask"]
-                        sums[-1] += float(gap.sum()) / step_tokens
-                mb_tokens = int(mb["completion_mask"].sum())
-                loss, stats = grpo_loss(scores, old[key], ref.get(key), mb["advantages"], mb["completion_mask"],
+                if it == 0 and mb.rollout_logprobs is not None:  # |learner - vLLM| summed over tokens, / step's
+                    gap = (old[key] - mb.rollout_logprobs).abs() * mb.completion_mask
+                    sums[-1] += float(gap.sum()) / step_tokens
+                mb_tokens = int(mb.completion_mask.sum())
+                loss, stats = grpo_loss(scores, old[key], ref.get(key), mb.advantages, mb.completion_mask,
                                         eps=lc.clip_eps, beta=lc.kl_beta, tokens=step_tokens if per_step else None)
                 if per_step:  # token sum / N_step; undo DeepSpeed's 1/world averaging, skip its 1/GAS
                     self.engine.backward(loss * self.world_size, scale_wrt_gas=False)
@@ -277,7 +288,7 @@ class LearnerImpl:
         if self.ref_model is not None and lc.ref_update_every > 0 and (step + 1) % lc.ref_update_every == 0:
             update_reference(self.ref_model, self.engine.module, mode=lc.ref_update, mix=lc.ref_mix)
         means = {k: float(v) / lc.mu for k, v in zip(STAT_KEYS, sums)}  # each update's, averaged over the mu
-        if "rollout_logprobs" in batches[0]:  # taken once, in the first update
+        if batches[0].rollout_logprobs is not None:  # taken once, in the first update
             means["rollout_logprob_gap"] = float(sums[-1])
         return means, grad_norm
 
@@ -341,8 +352,6 @@ class LearnerImpl:
             if self.cfg.learner.zero_stage == 3:
                 self.engine.module.config.save_pretrained(policy_dir)
                 self.tokenizer.save_pretrained(policy_dir)
-            elif self.causal:
-                save_model(self.engine.module, self.tokenizer, policy_dir)
             else:
                 self.policy.save(self.engine.module, self.tokenizer, policy_dir)
             if self.ref_model is not None:

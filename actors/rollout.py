@@ -1,15 +1,14 @@
 """RolloutWorker: a Ray actor that holds a policy copy and turns the prompts it is handed into scored groups.
 
-One call, any number of groups: decode all their G completions each in one batched call of the configured
-decoder (`rollout.decoder`: the exact reference decoder or the fast one, `actors.dllm.decode`), score them in
-one batch through the sandbox pool (which retries a failed sandbox once, the one retry layer), publish each
-group's `Trajectory` to the Redis stream and return one `RolloutOutcome` per group to the driver. Weights
-arrive as one object-store reference (`load_weights`) and, because a Ray actor runs its calls in order, are
-swapped only between calls.
+One call, any number of groups: generate all their G completions in one batched call of the policy's engine
+(actors/engines.py: a dLLM family's decoders, `rollout.decoder` reference or fast, or vLLM for a causal policy),
+score them in one batch through the sandbox pool (which retries a failed sandbox once, the one retry layer),
+publish each group's `Trajectory` to the Redis stream and return one `RolloutOutcome` per group to the driver.
+Weights arrive as one object-store reference (`load_weights`) or a broadcast (`receive_weights`) and, because a
+Ray actor runs its calls in order, are swapped only between calls.
 
-Seeds: completion j of group i uses derived_seed(seed_i, "row", j) with the fast decoder (each row its own
-generator: a group's completions do not depend on what it was batched with); the reference decoder draws
-from one generator per call, seeded seed_i when the call holds one group.
+Seeds: completion j of group i has the row seed derived_seed(seed_i, "row", j); the engine applies the seed
+rule (actors/engines.py).
 """
 from __future__ import annotations
 
@@ -21,12 +20,13 @@ import ray
 import torch
 
 from actors.dllm import DecoderSettings, ar_ness, completion_mask_from_ids, derived_seed
-from actors.dllm.tokenizer import EOS, end_token_ids
+from actors.dllm.tokenizer import end_token_ids
+from actors.engines import EngineOptions, Generation
 from actors.policy import policy_for
 from actors.prompts import encode_prompt
 from actors.termination import exit_quietly_on_sigterm
 from actors.trajectory import (CompletionReward, DecodeStats, RolloutOutcome, RolloutStatus, Trajectory)
-from actors.weight_sync import BroadcastMember, state_digest
+from actors.weight_sync import BroadcastMember
 
 
 @dataclass(frozen=True)
@@ -38,13 +38,6 @@ class GroupJob:
     attempt: int = 0
 
 
-def decoder_settings(rollout_cfg) -> DecoderSettings:
-    r = rollout_cfg
-    return DecoderSettings(decoder=r.decoder, max_new_tokens=r.max_new_tokens, steps=r.steps, alg=r.alg,
-                           alg_temp=r.alg_temp, top_p=r.top_p, top_k=r.top_k, threshold=r.threshold,
-                           factor=r.factor, block_length=r.block_length, cache=r.cache)
-
-
 class RolloutWorkerImpl:
     def __init__(self, cfg, model_dir: str, pool, open_stream, run_id: str, worker_id: str, version: int = 0,
                  device: str = "cpu"):
@@ -54,27 +47,26 @@ class RolloutWorkerImpl:
         exit_quietly_on_sigterm()
         torch.set_num_threads(max(1, int(os.environ.get("OMP_NUM_THREADS", "1"))))
         self.cfg, self.run_id, self.worker_id = cfg, run_id, worker_id
-        if device == "cuda" and not torch.cuda.is_available():
-            raise RuntimeError(f"{worker_id}: asked for CUDA but torch sees no GPU "
-                               f"(CUDA_VISIBLE_DEVICES={os.environ.get('CUDA_VISIBLE_DEVICES')!r})")
         self.device = torch.device("cuda", 0) if device == "cuda" else torch.device("cpu")
-        self._load_policy(model_dir)
+        self.settings = DecoderSettings.from_values(cfg.rollout)  # the rollout section's decoder fields
+        self.policy = policy_for(model_dir)  # the family: Dream, LLaDA or a causal Qwen2
+        ro = cfg.rollout
+        try:
+            self.engine = self.policy.engine(model_dir, self.settings, device=device, options=EngineOptions(
+                max_model_len=cfg.data.max_prompt_tokens + ro.max_new_tokens, seed=cfg.run.seed,
+                vllm_kv_cache_mb=ro.vllm_kv_cache_mb, vllm_gpu_memory_utilization=ro.vllm_gpu_memory_utilization))
+        except RuntimeError as e:
+            raise RuntimeError(f"{worker_id}: {e}") from None
+        self.tokenizer = self.engine.tokenizer
         self.weight_group = None
         self.version = version
         self.pool = pool
         self.stream = open_stream()
         self.end_ids = end_token_ids(self.tokenizer)
-        self.settings = decoder_settings(cfg.rollout)
-
-    def _load_policy(self, model_dir: str) -> None:
-        self.policy = policy_for(model_dir)  # the dLLM family: Dream or LLaDA
-        self.model, self.tokenizer = self.policy.load(model_dir, dtype=torch.bfloat16 if self.device.type == "cuda"
-                                                      else None)
-        self.model.to(self.device).eval()
 
     def load_weights(self, state_dict: dict, version: int) -> int:
         """Object-store sync: the whole state dict as one object."""
-        self.model.load_state_dict(state_dict)
+        self.engine.load_weights(state_dict)
         self.version = int(version)
         return self.version
 
@@ -96,12 +88,12 @@ class RolloutWorkerImpl:
         """Broadcast sync: receive the weights learner rank 0 sends, which must be stamped `version`."""
         if self.weight_group is None:
             raise RuntimeError(f"{self.worker_id}: receive_weights before join_weight_group")
-        self.version = self.weight_group.receive(self.model, int(version)).version
+        self.version = self.engine.receive(self.weight_group, int(version))
         return self.version
 
     def weights_digest(self) -> str:
         """SHA-256 of the model's state dict (names, dtypes and bytes), for tests and the benchmark."""
-        return state_digest(self.model.state_dict())
+        return self.engine.digest()
 
     def info(self) -> dict:
         return {"worker_id": self.worker_id, "version": self.version, "pid": os.getpid(),
@@ -130,14 +122,12 @@ class RolloutWorkerImpl:
                               t_generate * share, t_reward * share)
                 for i, (job, prompt_ids) in enumerate(zip(jobs, prompts))]
 
-    def _generate(self, prompts: list[list[int]], jobs: list[GroupJob], G: int):
-        """The G completions of every job in one batched call of the configured decoder (`GenerateResult`)."""
-        seeds = [derived_seed(job.seed, "row", j) if self.settings.decoder == "fast" else job.seed
-                 for job in jobs for j in range(G)]
-        return self.policy.decode(self.model, self.tokenizer, [p for p in prompts for _ in range(G)], self.settings,
-                                  temperature=self.cfg.rollout.temperature, seeds=seeds)
+    def _generate(self, prompts: list[list[int]], jobs: list[GroupJob], G: int) -> Generation:
+        """The G completions of every job in one batched call of the engine."""
+        seeds = [derived_seed(job.seed, "row", j) for job in jobs for j in range(G)]
+        return self.engine.generate([p for p in prompts for _ in range(G)], seeds, self.cfg.rollout.temperature)
 
-    def _publish(self, job: GroupJob, prompt_ids, out, rows: slice, results, t_generate, t_reward) -> RolloutOutcome:
+    def _publish(self, job: GroupJob, prompt_ids, out: Generation, rows: slice, results, t_generate, t_reward) -> RolloutOutcome:
         failed = [x for x in results if x.get("reward") is None]  # the sandbox failed twice: infrastructure
         if failed:
             return RolloutOutcome(RolloutStatus.SANDBOX_ERROR, job.group_id,
@@ -146,7 +136,7 @@ class RolloutWorkerImpl:
         completion_ids, order = out.completion_ids[rows], out.order[rows]  # [G, K]
         row_forwards, row_tokens = out.row_forwards[rows], out.row_tokens[rows]
         local, global_ = ar_ness(order, k=1)
-        logprobs = getattr(out, "logprobs", None)  # the engine's per-token log-probs (vLLM), [N, K]
+        logprobs = out.logprobs  # the engine's per-token log-probs (vLLM), [N, K], or None
         trajectory = Trajectory(
             run_id=self.run_id, group_id=job.group_id, prompt_id=job.problem["task_id"], worker_id=self.worker_id,
             canary_bound=job.problem.get("canary_bound"),
@@ -155,7 +145,7 @@ class RolloutWorkerImpl:
             texts=list(out.texts[rows]), rewards=[CompletionReward.from_result(x) for x in results],
             version_start=self.version, version_end=self.version,
             rollout_logprobs=None if logprobs is None else [list(row) for row in logprobs[rows]],
-            decode=DecodeStats(decoder=r.decoder if r.engine == "torch" else r.engine, alg=r.alg, temperature=r.temperature, steps=r.steps,
+            decode=DecodeStats(decoder=self.engine.name, alg=r.alg, temperature=r.temperature, steps=r.steps,
                                max_new_tokens=r.max_new_tokens, order=order.tolist(),
                                local_arness=local, global_arness=global_, forwards=max(row_forwards),
                                tokens_per_forward=sum(row_tokens) / max(sum(row_forwards), 1),
@@ -165,75 +155,4 @@ class RolloutWorkerImpl:
         return RolloutOutcome(RolloutStatus.PUBLISHED, job.group_id, summary=trajectory.summary(entry_id))
 
 
-@dataclass
-class EngineOutput:
-    """What `_publish` reads of a batched generation, for engines other than the dLLM decoders."""
-    texts: list[str]                 # [N] decoded up to the first end token, special tokens stripped
-    completion_ids: torch.Tensor     # [N, K] padded after the end with <|endoftext|>
-    order: torch.Tensor              # [N, K] step at which each position was decided (k: left to right)
-    row_forwards: list[int]          # [N] forwards each row took part in (its sampled tokens)
-    row_tokens: list[int]            # [N] tokens the model decided
-    logprobs: list[list[float]]      # [N, K] the engine's log-prob of each token (0 past the end)
-
-
-class VllmRolloutWorkerImpl(RolloutWorkerImpl):
-    """`rollout.engine: vllm`: the same worker for a causal (AR) policy, generating with `vllm.LLM`.
-
-    Completion j of group i is request (prompt_i, seed derived_seed(seed_i, "row", j)) with the rollout's
-    temperature, top-p and top-k, `max_new_tokens` and stop at `<|im_end|>` (or `<|endoftext|>`); its token
-    ids are padded with `<|endoftext|>` to K = max_new_tokens, so the trajectory has the shape of a dLLM one,
-    with vLLM's per-token log-probs in `rollout_logprobs`. Weights arrive through vLLM's own reload (object
-    store) or as a broadcast received into a state dict and reloaded the same way."""
-
-    def _load_policy(self, model_dir: str) -> None:
-        from actors.dllm.tokenizer import build_tokenizer
-        from actors.vllm_engine import VllmEngine
-
-        ro = self.cfg.rollout
-        self.model = None  # the weights live inside vLLM, in its own (fused) layout
-        self.tokenizer = build_tokenizer(model_dir)
-        self.engine = VllmEngine(model_dir, max_model_len=self.cfg.data.max_prompt_tokens + ro.max_new_tokens,
-                                 seed=self.cfg.run.seed, device=self.device.type, kv_cache_mb=ro.vllm_kv_cache_mb,
-                                 gpu_memory_utilization=ro.vllm_gpu_memory_utilization)
-
-    def load_weights(self, state_dict: dict, version: int) -> int:
-        self.engine.load_weights(state_dict)
-        self.version = int(version)
-        return self.version
-
-    def receive_weights(self, version: int) -> int:
-        if self.weight_group is None:
-            raise RuntimeError(f"{self.worker_id}: receive_weights before join_weight_group")
-        state, stats = self.weight_group.receive_state(int(version))
-        self.engine.load_weights(state)
-        self.version = stats.version
-        return self.version
-
-    def weights_digest(self) -> str:
-        raise RuntimeError(f"{self.worker_id}: a vLLM worker holds its weights in vLLM's fused layout, which has no "
-                           "digest comparable to the learner's; compare greedy outputs instead")
-
-    def _generate(self, prompts: list[list[int]], jobs: list[GroupJob], G: int) -> EngineOutput:
-        from actors.dllm.decoding import decode_completions
-        from actors.vllm_engine import padded_ids
-
-        ro = self.cfg.rollout
-        K = ro.max_new_tokens
-        rows = self.engine.generate([p for p in prompts for _ in range(G)], temperature=ro.temperature,
-                                    top_p=ro.top_p, top_k=ro.top_k, max_tokens=K, stop_ids=self.end_ids,
-                                    seeds=[derived_seed(job.seed, "row", j) for job in jobs for j in range(G)])
-        ids = padded_ids(rows, K, self.tokenizer.convert_tokens_to_ids(EOS))
-        return EngineOutput(
-            texts=decode_completions(self.tokenizer, ids), completion_ids=ids,
-            order=torch.arange(K).expand(len(rows), K).clone(),
-            row_forwards=[len(r.token_ids) for r in rows], row_tokens=[len(r.token_ids) for r in rows],
-            logprobs=[r.logprobs + [0.0] * (K - len(r.logprobs)) for r in rows])
-
-
 RolloutWorker = ray.remote(RolloutWorkerImpl)
-VllmRolloutWorker = ray.remote(VllmRolloutWorkerImpl)
-
-
-def rollout_worker_class(cfg):
-    """The Ray actor class of `rollout.engine`."""
-    return VllmRolloutWorker if cfg.rollout.engine == "vllm" else RolloutWorker

@@ -10,7 +10,15 @@ training collectives. One sync:
 Every member computes the same buckets from the `layout` (name, dtype, shape of each tensor of member 0's
 state dict) it is given when it joins, so nothing but the header and the flat buckets travels. A receiver
 checks the header against the version the driver expects before it copies anything into its model.
-No Ray here: `actors.groups` builds, rebuilds and drives the group.
+
+The strategies (`weights.sync`), behind one `push(version)`, drive the actor groups of actors/groups.py:
+  `ObjectStoreSync` (small models): learner rank 0 returns its state dict as one object-store object and
+  every worker loads that same object, version-stamped.
+  `BroadcastSync`: the group above (flat buckets, a version header; nccl on GPU, gloo on CPU). A worker that
+  starts after the first sync (live scaling, a Ray restart) gets the current version once through the object
+  store (exported when the first such worker needs it, or at the next push when a train step is running) and
+  is in the group from the next push on; the group is rebuilt whenever its membership changed.
+  Never one call per parameter.
 """
 from __future__ import annotations
 
@@ -18,8 +26,12 @@ import datetime
 import socket
 from dataclasses import dataclass
 
+import time
+
+import ray
 import torch
 import torch.distributed as dist
+from ray.exceptions import GetTimeoutError, RayActorError, RayTaskError
 
 Layout = list[tuple[str, str, tuple[int, ...]]]  # (name, dtype name, shape) in state-dict order
 
@@ -165,3 +177,79 @@ def _numel(shape) -> int:
     for d in shape:
         n *= int(d)
     return n
+
+
+# ----------------------------------------------------------------------------------------- strategies
+
+STUCK_GRACE_S = 10.0  # after a broadcast failed, a receiver not done by then is stuck in the collective
+
+
+class ObjectStoreSync:
+    """`weights.sync: object_store`: one state-dict object per version, loaded by every worker."""
+
+    def __init__(self, cfg, learners, rollouts):
+        self.learners, self.rollouts = learners, rollouts
+
+    def push(self, version: int) -> dict:
+        t0 = time.perf_counter()
+        self.rollouts.load_weights(self.learners.publish_weights(), version)
+        return {"sync_s": time.perf_counter() - t0, "sync_workers": len(self.rollouts)}
+
+
+class BroadcastSync:
+    """`weights.sync: broadcast`: learner rank 0 broadcasts flat version-stamped buckets to its group."""
+
+    def __init__(self, cfg, learners, rollouts):
+        self.cfg, self.learners, self.rollouts = cfg, learners, rollouts
+        self.layout = None
+        self.group: tuple[int, tuple[int, ...]] | None = None  # (restarts, members) the group was built for
+        self.builds = 0
+
+    def push(self, version: int) -> dict:
+        """Broadcast `version` to the workers in the group (rebuilt first when membership changed), then hand
+        it to waiting workers through the object store."""
+        t0 = time.perf_counter()
+        rollouts, members = self.rollouts, self.rollouts.members()
+        handle = None  # this version in the object store, once exported
+        if members:
+            receiving = []
+            try:
+                if self.group != (rollouts.restarts, tuple(members)):
+                    self._build(members)
+                receiving = rollouts.call(members, "receive_weights", version)
+                ray.get(self.learners.broadcast_weights(version) + receiving, timeout=self.cfg.weights.timeout_s)
+            except (RayActorError, RayTaskError, GetTimeoutError) as e:  # a learner's failure raises from the export
+                print(f"weight sync: broadcast of version {version} failed ({type(e).__name__}); "
+                      f"sending it through the object store and rebuilding the group", flush=True)
+                self.group = None
+                # a receiver still inside the failed collective would hold its actor until the collective's
+                # timeout: restart it (it gets the weights when it is back, as after any restart)
+                if receiving:
+                    _, stuck = ray.wait(receiving, num_returns=len(receiving), timeout=STUCK_GRACE_S)
+                    rollouts.restart([n for n, ref in zip(members, receiving) if ref in stuck])
+                handle = self.learners.publish_weights()
+                rollouts.load_weights(handle, version, numbers=rollouts.members())
+        rollouts.set_newest(version, handle)
+        waiting = [n for n in rollouts.waiting if n in rollouts.workers]
+        if waiting:  # late joiners: this version once through the object store, the group from the next push
+            rollouts.load_weights(handle or self.learners.publish_weights(), version, numbers=waiting)  # the handle stays: a worker added before the next push loads it at once
+        return {"sync_s": time.perf_counter() - t0, "sync_workers": len(members) + len(waiting)}
+
+    def _build(self, members: list[int]) -> None:
+        w = self.cfg.weights
+        if self.layout is None:
+            self.layout = self.learners.weight_layout()
+        addr, port = self.learners.weight_sync_address()
+        self.builds += 1
+        name = f"weights-{self.builds}"
+        size = len(members) + 1
+        ray.get([self.learners.join_weight_group(port, size, name, self.layout, w.bucket_mb, w.timeout_s)]
+                + [self.rollouts.workers[n].join_weight_group.remote(addr, port, i + 1, size, name, self.layout,
+                                                                      w.bucket_mb, w.timeout_s)
+                   for i, n in enumerate(members)], timeout=w.timeout_s)
+        self.group = (self.rollouts.restarts, tuple(members))
+
+
+def weight_sync(cfg, learners, rollouts):
+    """The strategy of `weights.sync` over an actors.groups LearnerGroup and RolloutGroup."""
+    return (BroadcastSync if cfg.weights.sync == "broadcast" else ObjectStoreSync)(cfg, learners, rollouts)

@@ -33,7 +33,7 @@ import os
 import random
 import sys
 import time
-from dataclasses import replace
+from dataclasses import asdict, replace
 from pathlib import Path
 
 import torch
@@ -80,7 +80,8 @@ def part_a(args) -> list[dict]:
 
     from orchestrator.config import load_config
     from orchestrator.demo.flow import DEFAULT_CACHE, _task_splits
-    from orchestrator.evaluate import DecodeSettings, evaluate, load_eval_problems, resolve_checkpoint
+    from actors.decoder_settings import DecoderSettings
+    from orchestrator.evaluate import EvalOptions, evaluate, load_eval_problems, resolve_checkpoint
     from sandbox_workers import SandboxPool
 
     checkpoints = {name: resolve_checkpoint(path) for name, path in (("warm", args.warm), ("trained", args.trained))
@@ -91,9 +92,8 @@ def part_a(args) -> list[dict]:
     problems = load_eval_problems(str(problems_path), args.limit)
     cfg = load_config(args.config)
     ro = cfg.rollout
-    reference = DecodeSettings(max_new_tokens=ro.max_new_tokens, steps=ro.max_new_tokens, alg=ro.alg, top_p=ro.top_p,
-                               max_prompt_tokens=cfg.data.max_prompt_tokens, batch_size=args.batch_size,
-                               seed=cfg.run.seed)
+    reference = DecoderSettings(max_new_tokens=ro.max_new_tokens, steps=ro.max_new_tokens, alg=ro.alg, top_p=ro.top_p)
+    options = EvalOptions(max_prompt_tokens=cfg.data.max_prompt_tokens, batch_size=args.batch_size, seed=cfg.run.seed)
     settings = [reference] + [replace(reference, decoder="fast", threshold=threshold, block_length=block, cache=cache)
                               for block in _block_lengths(args.block_lengths) for threshold in _csv(args.thresholds)
                               for cache in args.caches.split(",")]
@@ -109,17 +109,17 @@ def part_a(args) -> list[dict]:
                        test_timeout_s=cfg.sandbox.test_timeout_s, memory_mb=cfg.sandbox.memory_mb)
     rows = []
     try:
-        _warm_up(next(iter(checkpoints.values())), problems[:2], pool, settings)
+        _warm_up(next(iter(checkpoints.values())), problems[:2], pool, settings, options)
         for name, model_dir in checkpoints.items():
             for decode in settings:
                 results = evaluate(model_dir, problems, pool, temperatures=temperatures, samples=args.samples,
-                                   decode=decode, log=lambda *_: None)
+                                   settings=decode, options=options, log=lambda *_: None)
                 for res in results:
                     rows.append({"checkpoint": name, "decoder": _label(decode), "T": res.temperature,
                                  "n": res.samples, "decode_s": res.decode_s, "forwards": res.forwards,
                                  "tokens_per_s": res.tokens_per_s, "tokens_per_forward": res.tokens_per_forward,
                                  "pass_at_1": res.pass_at[1], "format_rate": res.format_rate,
-                                 "settings": decode.__dict__.copy()})
+                                 "settings": asdict(decode)})
                     print(f"  {name} {_label(decode)} T={res.temperature:g}: {res.decode_s:.2f} s, "
                           f"{res.forwards} forwards, pass@1 {res.pass_at[1]:.3f}", file=sys.stderr)
     finally:
@@ -137,12 +137,13 @@ def part_a(args) -> list[dict]:
     return rows
 
 
-def _warm_up(model_dir, problems, pool, settings) -> None:
+def _warm_up(model_dir, problems, pool, settings, options) -> None:
     """One untimed eval of two problems per decoder setting: one-time costs out of the first measured row."""
     from orchestrator.evaluate import evaluate
 
     for decode in {(s.decoder, s.cache): s for s in settings}.values():
-        evaluate(model_dir, problems, pool, temperatures=[0.0], samples=1, decode=decode, log=lambda *_: None)
+        evaluate(model_dir, problems, pool, temperatures=[0.0], samples=1, settings=decode, options=options,
+                 log=lambda *_: None)
 
 
 # ----------------------------------------------------------------------------------------- (b) cache speed

@@ -65,7 +65,7 @@ from orchestrator.data import load_prompts
 from orchestrator.errors import one_line
 from orchestrator.memory_plan import PASSES, ModelShape, gib, learner_memory, rollout_memory
 from orchestrator.metrics import read_metrics
-from orchestrator.plan import ACTOR_ENV
+from orchestrator.placement import ACTOR_ENV
 from orchestrator.run import tokenizer_corpus, train
 
 REPO_ROOT = Path(__file__).resolve().parent.parent

@@ -16,6 +16,7 @@ User mistakes print one line, `diffurl: error: ...`, and exit with code 2.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
 import sys
 from pathlib import Path
@@ -23,7 +24,7 @@ from pathlib import Path
 from orchestrator.errors import RunFailed, UserError
 
 def _cmd_train(args) -> int:
-    from orchestrator.config import check_paths, load_config, missing_paths
+    from orchestrator.config import check_paths, check_plan, load_config, missing_paths
     from orchestrator.run import resume, train
 
     if args.resume:
@@ -36,6 +37,7 @@ def _cmd_train(args) -> int:
     if args.dry_run:  # the plan needs no data or weights: missing paths are warnings here, errors in a run
         for line in missing_paths(cfg):
             print(f"diffurl: warning: {line}", file=sys.stderr)
+        check_plan(cfg)  # the family's limits, from model.shape_config when the model is not here
     else:
         check_paths(cfg)
     train(cfg, dry_run=args.dry_run)
@@ -51,11 +53,12 @@ def _cmd_demo(args) -> int:
 def _cmd_eval(args) -> int:
     from orchestrator.evaluate import eval_command
 
+    from actors.decoder_settings import DecoderSettings
+
+    decoder_flags = {f.name: getattr(args, f.name, None) for f in dataclasses.fields(DecoderSettings)}
     return eval_command(args.checkpoint, args.problems, temperatures=args.temperatures, samples=args.samples,
-                        limit=args.limit, max_new_tokens=args.max_new_tokens, steps=args.steps, alg=args.alg,
-                        batch_size=args.batch_size, sandbox_workers=args.sandbox_workers, seed=args.seed,
-                        out=args.out, decoder=args.decoder, threshold=args.threshold, factor=args.factor,
-                        block_length=args.block_length, cache=args.cache, top_p=args.top_p, device=args.device)
+                        limit=args.limit, batch_size=args.batch_size, sandbox_workers=args.sandbox_workers,
+                        seed=args.seed, out=args.out, decoder_flags=decoder_flags, device=args.device)
 
 
 def _cmd_sandbox_score(args) -> int:
@@ -127,19 +130,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-new-tokens", type=int, default=None, help="default 48, or 256 for HumanEval")
     p.add_argument("--steps", type=int, default=None,
                    help="reference decoder: diffusion steps (default: = max new tokens)")
-    p.add_argument("--alg", default="entropy", choices=("origin", "maskgit_plus", "topk_margin", "entropy"),
-                   help="which masked positions to reveal first (LLaDA: maskgit_plus = its low-confidence "
-                        "remasking, origin = random)")
-    p.add_argument("--top-p", type=float, default=0.95, help="nucleus sampling at T > 0 (LLaDA's decoder: 1)")
+    p.add_argument("--alg", default=None, choices=("origin", "maskgit_plus", "topk_margin", "entropy"),
+                   help="which masked positions to reveal first (default entropy; LLaDA: maskgit_plus = its "
+                        "low-confidence remasking, origin = random)")
+    p.add_argument("--top-p", type=float, default=None, help="nucleus sampling at T > 0 (default 0.95; LLaDA's "
+                                                                "decoder: 1)")
     p.add_argument("--device", default="auto", help="auto (default: cuda when a GPU is seen), cpu or cuda")
-    p.add_argument("--decoder", default="reference",
+    p.add_argument("--decoder", default=None,
                    help="reference (default: the paper's decoder) or fast (threshold decoding, blocks, KV cache)")
     p.add_argument("--threshold", type=float, default=None,
                    help="fast: reveal every position at least this probable (default 0.9; > 1: one per forward)")
     p.add_argument("--factor", type=float, default=None, help="fast: the factor rule instead of the threshold")
     p.add_argument("--block-length", type=int, default=None,
-                   help="fast: semi-autoregressive block length (default: the whole completion)")
-    p.add_argument("--cache", default=None, help="fast: none (default), prefix or dual KV cache")
+                   help="semi-autoregressive block length (fast, and LLaDA's reference; default: the whole completion)")
+    p.add_argument("--cache", default=None, help="fast: none, prefix (default) or dual KV cache")
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--sandbox-workers", type=int, default=2)
     p.add_argument("--seed", type=int, default=0)
@@ -187,7 +191,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from orchestrator.plan import ACTOR_ENV
+    from orchestrator.placement import ACTOR_ENV
 
     for key, value in ACTOR_ENV.items():  # the driver process too: quiet model loading, no thread pools
         os.environ.setdefault(key, value)

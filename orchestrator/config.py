@@ -21,6 +21,7 @@ import yaml
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import ConfigKeyError, OmegaConfBaseException
 
+from actors.decoder_settings import ALGORITHMS, CACHES, DECODERS, DecoderSettings, SettingsError
 from orchestrator.errors import UserError
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -30,7 +31,10 @@ RAY_WORKER_PORTS = (10002, 19999)  # Ray's default worker port range: never expo
 
 def _choice(default: str, *others: str) -> Any:
     """A string field restricted to `default` and `others` (checked by `_check_choices`)."""
-    return field(default=default, metadata={"choices": (default, *others)})
+    return field(default=default, metadata={"choices": tuple(dict.fromkeys((default, *others)))})
+
+
+_DECODER = DecoderSettings()  # the decoder settings' defaults: the rollout section's
 
 
 @dataclass
@@ -95,16 +99,17 @@ class RolloutConfig:
     prompts_per_step: int = 2  # B prompts per optimiser step
     max_new_tokens: int = 32
     steps: int = 32  # reference decoder: diffusion decoding steps
-    decoder: str = _choice("reference", "fast")  # fast: actors/dllm/fast_decoding.py (README "Fast decoding")
-    threshold: float = 0.9  # fast: reveal every masked position at least this probable (> 1: one per forward)
-    factor: Optional[float] = None  # fast: the factor rule (1 - f/(n+1)) instead of the threshold
-    block_length: Optional[int] = None  # fast: semi-autoregressive blocks; null = one block, the whole canvas
-    cache: str = _choice("none", "prefix", "dual")  # fast: approximate KV cache
+    # the decoder's knobs, with DecoderSettings' defaults and choices (actors/decoder_settings.py)
+    decoder: str = _choice(_DECODER.decoder, *DECODERS)  # fast: actors/dllm/fast_decoding.py (README "Fast decoding")
+    threshold: float = _DECODER.threshold  # fast: reveal every masked position at least this probable
+    factor: Optional[float] = _DECODER.factor  # fast: the factor rule (1 - f/(n+1)) instead of the threshold
+    block_length: Optional[int] = _DECODER.block_length  # semi-autoregressive blocks; null = one block, the whole canvas
+    cache: str = _choice(_DECODER.cache, *CACHES)  # fast: approximate KV cache
     temperature: float = 1.0
-    top_p: float = 0.95
-    top_k: Optional[int] = None
-    alg: str = _choice("origin", "maskgit_plus", "topk_margin", "entropy")
-    alg_temp: float = 0.0
+    top_p: float = _DECODER.top_p
+    top_k: Optional[int] = _DECODER.top_k
+    alg: str = _choice(_DECODER.alg, *ALGORITHMS)
+    alg_temp: float = _DECODER.alg_temp
     max_restarts: int = 3
     gpus_per_worker: float = 0.0  # fractional: 0.25 puts four rollout workers on one GPU
     placement: str = _choice("SPREAD", "DEFAULT")  # Ray scheduling strategy of the rollout workers
@@ -261,49 +266,73 @@ def check_paths(cfg: Config) -> None:
     check_model_kind(cfg)
 
 
+def policy_family(cfg: Config) -> str:
+    """The policy family a run trains (actors/policy.py): model.path's, from its config.json; when model.path has
+    no config.json here (a dry run: a run stops at the missing path first), model.shape_config's; else the tiny
+    model's: a causal Qwen2 for learner.objective=ar_grpo, otherwise model.tiny.family."""
+    source = _family_source(cfg)
+    if source is None:
+        return "causal" if cfg.learner.objective == "ar_grpo" else cfg.model.tiny.family
+    from actors.policy import family_of
+
+    key, path = source
+    try:
+        return family_of(path)
+    except (OSError, ValueError) as e:
+        raise UserError(f"{key}={path}: {e}") from None
+
+
+def _family_source(cfg: Config) -> tuple[str, str] | None:
+    """(config key, path) of the config.json that names the family, or None: the tiny model."""
+    path, shape = cfg.model.path, cfg.model.shape_config
+    if path is not None and not (Path(path) / "config.json").is_file() and shape is not None and Path(shape).is_file():
+        return "model.shape_config", shape
+    return None if path is None else ("model.path", path)
+
+
+def check_plan(cfg: Config) -> None:
+    """What `diffurl train --dry-run` checks beyond `validate`: the family's limits (gradient checkpointing, decoder
+    settings), from model.path's config.json or, when the model is not here, model.shape_config's, so a preset a
+    run would refuse does not plan cleanly. Silent when nothing on this machine names the family."""
+    source = _family_source(cfg)
+    if source is not None and not Path(source[1]).exists():
+        return
+    check_family_settings(cfg, policy_family(cfg))
+
+
 def check_model_kind(cfg: Config) -> None:
-    """rollout.engine=vllm serves causal models, torch diffusion ones: the pair must match model.path."""
+    """The policy family and the configured engine and objective must match (vLLM and AR-GRPO serve a causal
+    policy, the torch decoders and coupled-GRPO a dLLM), and the family's engine must take the rollout's decoder
+    settings: a UserError before anything starts."""
     if cfg.rollout.engine == "vllm":
         from actors.vllm_engine import INSTALL_HINT, vllm_available
 
         if not vllm_available():
             raise UserError(f"rollout.engine=vllm: {INSTALL_HINT}")
-    if cfg.model.path is None:  # the tiny model is built to match the engine (orchestrator.run.prepare_model)
-        if cfg.rollout.engine == "torch":
-            check_family(cfg)
-        return
-    from actors.causal import model_kind
-
-    try:
-        kind = model_kind(cfg.model.path)
-    except (OSError, ValueError) as e:
-        raise UserError(f"model.path={cfg.model.path}: {e}") from None
-    wanted = "causal" if cfg.rollout.engine == "vllm" else "diffusion"
-    if kind != wanted:
-        fix = ("rollout.engine=vllm learner.objective=ar_grpo" if kind == "causal"
+    family = policy_family(cfg)
+    causal = family == "causal"
+    if cfg.model.path is not None and causal != (cfg.rollout.engine == "vllm"):
+        kind, wanted = ("causal", "diffusion") if causal else ("diffusion", "causal")
+        fix = ("rollout.engine=vllm learner.objective=ar_grpo" if causal
                else "rollout.engine=torch learner.objective=coupled_grpo")
         raise UserError(f"model.path={cfg.model.path}: holds a {kind} model, but rollout.engine={cfg.rollout.engine} "
                         f"serves {wanted} ones; use {fix}")
-    if kind == "diffusion":
-        check_family(cfg)
+    check_family_settings(cfg, family)
 
 
-def check_family(cfg: Config) -> None:
-    """A LLaDA model (model.path, or model.tiny.family=llada): what its decoder and model cannot do yet is a
-    UserError before anything starts."""
-    from actors.policy import family_of, policy_for
-    from actors.rollout import decoder_settings
+def check_family_settings(cfg: Config, family: str) -> None:
+    """The family's limits: gradient checkpointing and the decoder settings its engine takes (UserError)."""
+    from actors.policy import policy_for
 
-    family = family_of(cfg.model.path) if cfg.model.path else cfg.model.tiny.family
-    if family != "llada":
-        return
-    which = f"model.path={cfg.model.path}" if cfg.model.path else "model.tiny.family=llada"
-    if cfg.model.gradient_checkpointing:
-        raise UserError(f"model.gradient_checkpointing=true: not yet for a LLaDA model ({which})")
+    policy = policy_for(family)
+    source = _family_source(cfg)
+    which = f"model.tiny.family={family}" if source is None else f"{source[0]}={source[1]}"
+    if cfg.model.gradient_checkpointing and not policy.gradient_checkpointing:
+        raise UserError(f"model.gradient_checkpointing=true: not yet for a {policy.name} model ({which})")
     try:
-        policy_for("llada").check_settings(decoder_settings(cfg.rollout))
+        policy.check_settings(decoder_settings(cfg))
     except ValueError as e:
-        raise UserError(f"{which} is a LLaDA model; rollout.{e}") from None
+        raise UserError(f"{which} is a {policy.name} model; rollout.{e}") from None
 
 
 def validate(cfg: Config) -> None:
@@ -333,25 +362,12 @@ def validate(cfg: Config) -> None:
         ("rollout.num_cpus", ro.num_cpus, ro.num_cpus >= 0, "must be >= 0"),
         ("rollout.group_size", ro.group_size, ro.group_size >= 2, "must be >= 2 (GRPO compares completions)"),
         ("rollout.prompts_per_step", ro.prompts_per_step, ro.prompts_per_step >= 1, "must be >= 1"),
-        ("rollout.max_new_tokens", ro.max_new_tokens, ro.max_new_tokens >= 1, "must be >= 1"),
-        ("rollout.steps", ro.steps, 1 <= ro.steps <= ro.max_new_tokens,
-         f"must be in 1..rollout.max_new_tokens={ro.max_new_tokens}"),
         ("model.tiny.max_position_embeddings", tiny.max_position_embeddings,
          cfg.model.path is not None
          or tiny.max_position_embeddings >= cfg.data.max_prompt_tokens + ro.max_new_tokens,
          f"must be >= data.max_prompt_tokens+rollout.max_new_tokens="
          f"{cfg.data.max_prompt_tokens + ro.max_new_tokens}"),
         ("rollout.temperature", ro.temperature, ro.temperature >= 0, "must be >= 0"),
-        ("rollout.top_p", ro.top_p, 0 < ro.top_p <= 1, "must be in (0, 1]"),
-        ("rollout.top_k", ro.top_k, ro.top_k is None or ro.top_k >= 1, "must be null or >= 1"),
-        ("rollout.alg_temp", ro.alg_temp, ro.alg_temp >= 0, "must be >= 0"),
-        ("rollout.alg_temp", ro.alg_temp, ro.decoder == "reference" or ro.alg_temp == 0,
-         "must be 0 with rollout.decoder=fast (it reveals the top-ranked position)"),
-        ("rollout.threshold", ro.threshold, ro.threshold > 0, "must be > 0 (> 1: one token per forward)"),
-        ("rollout.factor", ro.factor, ro.factor is None or ro.factor > 0, "must be null or > 0"),
-        ("rollout.block_length", ro.block_length,
-         ro.block_length is None or 1 <= ro.block_length <= ro.max_new_tokens,
-         f"must be null (the whole canvas) or in 1..rollout.max_new_tokens={ro.max_new_tokens}"),
         ("rollout.gpus_per_worker", ro.gpus_per_worker, ro.gpus_per_worker >= 0
          and (ro.gpus_per_worker <= 1 or ro.gpus_per_worker == int(ro.gpus_per_worker)),
          "must be >= 0, a fraction of one GPU or a whole number"),
@@ -419,6 +435,17 @@ def validate(cfg: Config) -> None:
     for key, value, ok, allowed in checks:
         if not ok:
             raise UserError(f"{key}={_show(value)}: {allowed}")
+    decoder_settings(cfg)
+
+
+def decoder_settings(cfg: Config) -> DecoderSettings:
+    """The rollout section's DecoderSettings (actors/decoder_settings.py validates them); a bad value is a
+    UserError naming its rollout key."""
+    try:
+        return DecoderSettings.from_values(cfg.rollout)
+    except SettingsError as e:
+        why = e.why.replace("max_new_tokens=", "rollout.max_new_tokens=").replace("the fast decoder", "rollout.decoder=fast")
+        raise UserError(f"rollout.{e.field}={_show(e.value)}: {why}") from None
 
 
 def _port_ok(port: int) -> bool:

@@ -26,11 +26,12 @@ from actors.trajectory import RolloutOutcome, RolloutStatus
 from orchestrator import checkpoint
 from orchestrator.bookkeeping import Group, LoopState, PromptSampler, group_id
 from orchestrator.data import load_prompts
-from orchestrator.devices import check_capacity, resolve_devices
+from orchestrator.placement import check_capacity, resolve_devices
 from orchestrator.errors import RunFailed, UserError, one_line
 from orchestrator.metrics import MetricsSink, step_metrics
 from orchestrator.rundir import RunDir
-from orchestrator.stream import RunState, TrajectoryStream
+from actors.stream import TrajectoryStream
+from orchestrator.stream import RunState
 
 MAX_GROUP_ATTEMPTS = 3  # a group whose rollout fails this often (not a worker death) stops the run
 SCALE_CHECK_S = 0.5     # how often the desired worker counts are read from Redis
@@ -233,7 +234,8 @@ class Driver:
 
     # ----------------------------------------------------------------- actors
     def start_actors(self) -> None:
-        from actors.groups import LearnerGroup, PlacementError, RolloutGroup, weight_sync
+        from actors.groups import LearnerGroup, PlacementError, RolloutGroup
+        from actors.weight_sync import weight_sync
         from sandbox_workers import SandboxPool
 
         cfg, run = self.cfg, self.rundir

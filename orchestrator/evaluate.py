@@ -13,11 +13,11 @@ problems (`prompt` = signature + docstring) get the EvalPlus instruct template t
 Qwen2.5-Coder evaluation uses. Rewards come from the real sandbox (SandboxPool). A completion passes when
 all its tests pass, running the first fenced code block (or the raw text), the evaluation convention; the
 format rate is the exact training rule (ALGORITHM.md section 3) on the whole completion.
-A causal (AR) checkpoint, what AR-GRPO trains, is decoded through vLLM (`actors.vllm_engine`), one request per
-completion seeded by its job index, so AR and dLLM policies are scored by this one harness. Otherwise
-decoding goes through `actors.dllm.decode`: the reference decoder (the paper's, one generator per batch seeded
-by the batch's start index, as it always was) or the fast one (one generator per completion, seeded by its
-index in the problem-major job list, so a completion does not depend on the batch size).
+Decoding goes through the checkpoint's policy's engine (actors/engines.py), the one rollouts use, on `--device`:
+a Dream or LLaDA checkpoint through its family's decoders (reference or fast), a causal (AR) checkpoint, what
+AR-GRPO trains, through vLLM, so AR and dLLM policies are scored by this one harness. Job j of the problem-major
+job list has the row seed derived_seed(seed, "eval", j) and the engine applies the one seed rule (a fast decoder
+or vLLM: a completion does not depend on the batch size; a reference decoder: one generator per batch).
 At temperature 0 decoding is deterministic, so one sample per problem is drawn; pass@k needs N >= k samples
 (unbiased estimator of the Codex paper), here and in `diffurl sandbox score`.
 This module imports no torch until it decodes, so `pass_at_k` is cheap to import.
@@ -37,28 +37,12 @@ from orchestrator.errors import UserError
 from orchestrator.rundir import CheckpointDir, RunDir
 
 
-@dataclass
-class DecodeSettings:
-    max_new_tokens: int = 48
-    steps: int = 48  # reference only
-    alg: str = "entropy"
-    top_p: float = 0.95
+@dataclass(frozen=True)
+class EvalOptions:
+    """What eval needs besides the DecoderSettings (actors/decoder_settings.py)."""
     max_prompt_tokens: int = 200
     batch_size: int = 64
     seed: int = 0
-    decoder: str = "reference"  # reference | fast (actors/dllm/decoders.py)
-    threshold: float = 0.9  # fast only, as the four below
-    factor: float | None = None
-    block_length: int | None = None  # None: one block, the whole completion
-    cache: str = "none"  # none | prefix | dual
-
-    def decoder_settings(self):
-        """The `actors.dllm.DecoderSettings` of these settings (imports torch)."""
-        from actors.dllm import DecoderSettings
-
-        return DecoderSettings(decoder=self.decoder, max_new_tokens=self.max_new_tokens, steps=self.steps,
-                               alg=self.alg, top_p=self.top_p, threshold=self.threshold, factor=self.factor,
-                               block_length=self.block_length, cache=self.cache)
 
 
 @dataclass
@@ -155,57 +139,37 @@ def mean_pass_at_k(passed: Iterable[Sequence[bool]], k: int) -> float:
 
 
 def evaluate(model_dir: str | Path, problems: list[dict], pool, *, temperatures: list[float], samples: int,
-             decode: DecodeSettings, device: str = "cpu", log=print) -> list[EvalResult]:
-    """One EvalResult per temperature; `pool` is a SandboxPool (require_format=False for the eval rule). Problems
-    whose reference solution fails their own tests are left out first (`orchestrator.judgeable`). A dLLM (Dream or
-    LLaDA) decodes on `device` ("cpu" or "cuda"; bf16 there), a causal checkpoint through vLLM."""
-    from actors.causal import model_kind
-    from actors.dllm import build_tokenizer
+             settings, options: EvalOptions = EvalOptions(), device: str = "cpu", log=print) -> list[EvalResult]:
+    """One EvalResult per temperature; `pool` is a SandboxPool (require_format=False for the eval rule), `settings`
+    the DecoderSettings. Problems whose reference solution fails their own tests are left out first
+    (`orchestrator.judgeable`). The checkpoint's policy engine decodes on `device` ("cpu" or "cuda")."""
+    from actors.engines import EngineOptions
+    from actors.policy import policy_for
     from actors.prompts import encode_prompt, eval_messages
     from orchestrator.judgeable import keep_judgeable
 
-    problems, unjudgeable = keep_judgeable(problems, workers=pool.num_workers, timeout_s=pool.settings.test_timeout_s,
-                                           memory_mb=pool.settings.memory_mb, what="eval problems", out=log)
-
-    causal = model_kind(model_dir) == "causal"
+    policy = policy_for(model_dir)
+    check_policy_settings(policy, model_dir, settings)
     raw = json.loads((Path(model_dir) / "config.json").read_text())
     positions = int(raw.get("max_position_embeddings") or raw.get("max_sequence_length") or 0)  # Qwen2 / LLaDA
-    room = positions - decode.max_new_tokens
+    room = positions - settings.max_new_tokens
     if room < 1:
-        raise UserError(f"--max-new-tokens {decode.max_new_tokens}: the model only has {positions} positions")
-    policy = None
-    if causal:  # an AR checkpoint (AR-GRPO): decoded through vLLM
-        from actors.vllm_engine import VllmEngine, require_vllm
-
-        try:
-            require_vllm()
-        except ImportError as e:
-            raise UserError(f"{model_dir} holds a causal model, decoded through vLLM: {e}") from None
-        decoder_name = "vllm"
-        tokenizer = build_tokenizer(str(model_dir))
-        model = VllmEngine(str(model_dir), max_model_len=positions, seed=decode.seed)
-    else:  # a dLLM: its family's loader and decoder (actors/policy.py), on `device`
-        import torch
-
-        from actors.policy import policy_for
-
-        policy = policy_for(model_dir)
-        try:
-            policy.check_settings(decode.decoder_settings())
-        except ValueError as e:
-            raise UserError(f"{model_dir} holds a {policy.family} model: --{e}") from None
-        decoder_name = f"{policy.family} {decode.decoder} decoder on {device}"
-        model, tokenizer = policy.load(str(model_dir), dtype=torch.bfloat16 if device == "cuda" else None)
-        model.to(device).eval()
-    prompt_ids = [encode_prompt(tokenizer, eval_messages(p), min(decode.max_prompt_tokens, room)) for p in problems]
+        raise UserError(f"--max-new-tokens {settings.max_new_tokens}: the model only has {positions} positions")
+    problems, unjudgeable = keep_judgeable(problems, workers=pool.num_workers, timeout_s=pool.settings.test_timeout_s,
+                                           memory_mb=pool.settings.memory_mb, what="eval problems", out=log)
+    try:
+        engine = policy.engine(model_dir, settings, device=device,
+                               options=EngineOptions(max_model_len=positions, seed=options.seed))
+    except ImportError as e:  # vLLM missing, for a causal checkpoint
+        raise UserError(f"{model_dir} holds a {policy.name} model, decoded through vLLM: {e}") from None
+    decoder_name = f"{policy.family} {engine.name} decoder on {device}"
+    prompt_ids = [encode_prompt(engine.tokenizer, eval_messages(p), min(options.max_prompt_tokens, room))
+                  for p in problems]
     results = []
     for temperature in temperatures:
         n = 1 if temperature == 0 else samples
         t0 = time.perf_counter()
-        if causal:
-            decoded = _decode_all_vllm(model, tokenizer, prompt_ids, n, temperature, decode)
-        else:
-            decoded = _decode_all(model, tokenizer, prompt_ids, n, temperature, decode, policy)
+        decoded = _decode_all(engine, prompt_ids, n, temperature, options)
         scores = pool.score([p for p in problems for _ in range(n)], decoded.texts)
         passed = np.array([s["status"] == "passed" for s in scores]).reshape(len(problems), n)
         res = EvalResult(temperature=temperature, samples=n, problems=len(problems), unjudgeable=sorted(unjudgeable))
@@ -217,7 +181,7 @@ def evaluate(model_dir: str | Path, problems: list[dict], pool, *, temperatures:
         res.local_arness = float(np.mean(decoded.local_arness))
         res.global_arness = float(np.mean(decoded.global_arness))
         res.decode_s, res.forwards = decoded.decode_s, decoded.forwards
-        res.tokens_per_s = len(decoded.texts) * decode.max_new_tokens / max(decoded.decode_s, 1e-9)
+        res.tokens_per_s = len(decoded.texts) * settings.max_new_tokens / max(decoded.decode_s, 1e-9)
         res.tokens_per_forward = decoded.row_tokens / max(decoded.row_forwards, 1)
         res.wall_s = time.perf_counter() - t0
         log(f"eval: T={temperature:g}, {len(problems)} problems x {n}: pass@1 {res.pass_at[1]:.3f}, "
@@ -227,69 +191,26 @@ def evaluate(model_dir: str | Path, problems: list[dict], pool, *, temperatures:
     return results
 
 
-def _decode_all(model, tokenizer, prompt_ids: list[list[int]], n: int, temperature: float,
-                decode: DecodeSettings, policy=None) -> _Decoded:
-    """Texts in problem-major order (problem 0 sample 0..n-1, ...), per-batch AR-ness, decode time and forwards.
-
-    reference: every row of the batch starting at job `start` gets the seed derived_seed(seed, "eval", start)
-    (one generator for the batch, as before the fast decoder existed); fast: job j gets derived_seed(seed,
-    "eval", j), its own generator. `policy`: the model's family (actors.policy; None: Dream)."""
-    import torch
-
+def _decode_all(engine, prompt_ids: list[list[int]], n: int, temperature: float, options: EvalOptions) -> _Decoded:
+    """Texts in problem-major order (problem 0 sample 0..n-1, ...), per-batch AR-ness, decode time and forwards;
+    job j gets the row seed derived_seed(seed, "eval", j) (`engine`: actors/engines.py)."""
     from actors.dllm import ar_ness, derived_seed
-    from actors.policy import policy_for
-
-    policy = policy or policy_for("dream")
-
-    settings = decode.decoder_settings()
-    jobs = [ids for ids in prompt_ids for _ in range(n)]
-    result = _Decoded()
-    with torch.no_grad():
-        for start in range(0, len(jobs), decode.batch_size):
-            batch = jobs[start:start + decode.batch_size]
-            if decode.decoder == "fast":
-                seeds = [derived_seed(decode.seed, "eval", start + row) for row in range(len(batch))]
-            else:
-                seeds = [derived_seed(decode.seed, "eval", start)] * len(batch)
-            t0 = time.perf_counter()
-            out = policy.decode(model, tokenizer, batch, settings, temperature=temperature, seeds=seeds)
-            result.decode_s += time.perf_counter() - t0
-            result.forwards += out.forwards
-            result.row_forwards += sum(out.row_forwards)
-            result.row_tokens += sum(out.row_tokens)
-            result.texts += list(out.texts)
-            local, global_ = ar_ness(out.order, k=1)
-            result.local_arness += [local] * len(batch)
-            result.global_arness += [global_] * len(batch)
-    return result
-
-
-def _decode_all_vllm(engine, tokenizer, prompt_ids: list[list[int]], n: int, temperature: float,
-                     decode: DecodeSettings) -> _Decoded:
-    """_decode_all for a causal model on a `VllmEngine`: job j (problem-major) is one request seeded
-    derived_seed(seed, "eval", j); strictly left to right, so both AR-nesses are 1."""
-    from actors.dllm import derived_seed
-    from actors.dllm.decoding import decode_completions
-    from actors.dllm.tokenizer import EOS, end_token_ids
-    from actors.vllm_engine import padded_ids
 
     jobs = [ids for ids in prompt_ids for _ in range(n)]
     result = _Decoded()
-    fill, K, stop_ids = tokenizer.convert_tokens_to_ids(EOS), decode.max_new_tokens, end_token_ids(tokenizer)
-    for start in range(0, len(jobs), decode.batch_size):
-        batch = jobs[start:start + decode.batch_size]
+    for start in range(0, len(jobs), options.batch_size):
+        batch = jobs[start:start + options.batch_size]
         t0 = time.perf_counter()
-        rows = engine.generate(batch, temperature=temperature, top_p=decode.top_p, max_tokens=K,
-                               stop_ids=stop_ids,
-                               seeds=[derived_seed(decode.seed, "eval", start + r) for r in range(len(batch))])
+        out = engine.generate(batch, [derived_seed(options.seed, "eval", start + row) for row in range(len(batch))],
+                              temperature)
         result.decode_s += time.perf_counter() - t0
-        tokens = [len(r.token_ids) for r in rows]
-        result.forwards += max(tokens)
-        result.row_forwards += sum(tokens)
-        result.row_tokens += sum(tokens)
-        result.texts += decode_completions(tokenizer, padded_ids(rows, K, fill))
-        result.local_arness += [1.0] * len(batch)
-        result.global_arness += [1.0] * len(batch)
+        result.forwards += out.forwards
+        result.row_forwards += sum(out.row_forwards)
+        result.row_tokens += sum(out.row_tokens)
+        result.texts += list(out.texts)
+        local, global_ = ar_ness(out.order, k=1)
+        result.local_arness += [local] * len(batch)
+        result.global_arness += [global_] * len(batch)
     return result
 
 
@@ -330,36 +251,44 @@ def parse_temperatures(text: str) -> list[float]:
     return values
 
 
-DECODER_CHOICES = ("reference", "fast")
-CACHE_CHOICES = ("none", "prefix", "dual")
+def _flag(field: str) -> str:
+    return "--" + field.replace("_", "-")
 
 
-def decoder_options(decoder: str, *, steps: int | None, threshold: float | None, factor: float | None,
-                    block_length: int | None, cache: str | None) -> dict:
-    """The decoder flags of `diffurl eval` (None: not given) -> DecodeSettings keyword arguments, or a one-line
-    UserError naming the flag: a bad value, a fast-only flag with the reference decoder, --steps with fast."""
-    if decoder not in DECODER_CHOICES:
-        raise UserError(f"--decoder {decoder}: expected one of {', '.join(DECODER_CHOICES)}")
-    if cache is not None and cache not in CACHE_CHOICES:
-        raise UserError(f"--cache {cache}: expected one of {', '.join(CACHE_CHOICES)}")
-    if threshold is not None and not threshold > 0:
-        raise UserError(f"--threshold {threshold:g}: must be > 0 (> 1: one token per forward)")
-    if factor is not None and not factor > 0:
-        raise UserError(f"--factor {factor:g}: must be > 0")
-    if block_length is not None and block_length < 1:
-        raise UserError(f"--block-length {block_length}: must be >= 1 (default: the whole completion)")
-    if steps is not None and steps < 1:
-        raise UserError(f"--steps {steps}: must be >= 1")
-    fast_only = {"--threshold": threshold, "--factor": factor, "--block-length": block_length, "--cache": cache}
-    if decoder == "reference":
-        given = [flag for flag, value in fast_only.items() if value is not None]
-        if given:
-            raise UserError(f"{', '.join(given)}: only with --decoder fast (the reference decoder takes --steps)")
-        return {"decoder": decoder}
-    if steps is not None:
-        raise UserError("--steps: only with --decoder reference (the fast decoder takes --threshold or --factor)")
-    return {"decoder": decoder, "threshold": 0.9 if threshold is None else threshold, "factor": factor,
-            "block_length": block_length, "cache": cache or "none"}
+def decoder_settings_from_flags(flags: dict, max_new_tokens: int):
+    """The decoder flags of `diffurl eval` ({DecoderSettings field: value}, None: not given) -> DecoderSettings
+    (the defaults for what is not given), or a one-line UserError naming the flag: a bad value, or a flag the
+    chosen decoder does not read (threshold, factor, cache: fast only; steps: reference only)."""
+    from actors.decoder_settings import DecoderSettings, SettingsError
+
+    given = {name: value for name, value in flags.items() if value is not None}
+    try:
+        settings = DecoderSettings.from_values({**given, "max_new_tokens": max_new_tokens})
+    except SettingsError as e:
+        raise UserError(f"{_flag(e.field)} {_show(e.value)}: {e.why.replace('max_new_tokens', '--max-new-tokens')}") from None
+    unread = settings.unread(given)
+    if unread:
+        other = "fast" if settings.decoder == "reference" else "reference"
+        raise UserError(f"{', '.join(map(_flag, unread))}: only with --decoder {other} (the {settings.decoder} "
+                        f"decoder takes {'--steps' if other == 'fast' else '--threshold or --factor'})")
+    return settings
+
+
+def _show(value) -> str:
+    return f"{value:g}" if isinstance(value, float) else str(value)
+
+
+def check_policy_settings(policy, model_dir, settings) -> None:
+    """UserError naming the flag when the checkpoint's family cannot decode with `settings` (its Policy's
+    check_settings, actors/policy.py)."""
+    from actors.decoder_settings import SettingsError
+
+    try:
+        policy.check_settings(settings)
+    except SettingsError as e:
+        raise UserError(f"{model_dir} holds a {policy.name} model: {_flag(e.field)} {_show(e.value)}: {e.why}") from None
+    except ValueError as e:
+        raise UserError(f"{model_dir} holds a {policy.name} model: --{e}") from None
 
 
 def resolve_device(device: str) -> str:
@@ -376,43 +305,40 @@ def resolve_device(device: str) -> str:
 
 
 def eval_command(checkpoint: str, problems_spec: str, *, temperatures: str, samples: int, limit: int | None,
-                 max_new_tokens: int | None, steps: int | None, alg: str, batch_size: int, sandbox_workers: int,
-                 seed: int, out: str | None, decoder: str = "reference", threshold: float | None = None,
-                 factor: float | None = None, block_length: int | None = None, cache: str | None = None,
-                 top_p: float = 0.95, device: str = "auto") -> int:
-    """`diffurl eval` with the values of its flags; `max_new_tokens` None: 256 for HumanEval, else 48;
-    `steps` None: one token per step. The fast-only flags (threshold, factor, block_length, cache) are None
-    when not given: 0.9, no factor rule, one block, no cache."""
+                 batch_size: int, sandbox_workers: int, seed: int, out: str | None, decoder_flags: dict,
+                 device: str = "auto") -> int:
+    """`diffurl eval` with the values of its flags; `decoder_flags`: {DecoderSettings field: value or None (not
+    given)}, max_new_tokens None meaning 256 for HumanEval, else 48; DecoderSettings' defaults for the rest."""
     import ray
 
+    from actors.policy import policy_for
     from sandbox_workers import SandboxPool
 
     if samples < 1:
         raise UserError(f"--samples {samples}: must be >= 1")
-    if max_new_tokens is not None and max_new_tokens < 1:
-        raise UserError(f"--max-new-tokens {max_new_tokens}: must be >= 1")
     if batch_size < 1:
         raise UserError(f"--batch-size {batch_size}: must be >= 1")
-    if not 0 < top_p <= 1:
-        raise UserError(f"--top-p {top_p:g}: must be in (0, 1]")
     device = resolve_device(device)
-    options = decoder_options(decoder, steps=steps, threshold=threshold, factor=factor, block_length=block_length,
-                              cache=cache)
     temperature_list = parse_temperatures(temperatures)
     model_dir = resolve_checkpoint(checkpoint)
     problems = load_eval_problems(problems_spec, limit)
     humaneval = "question" not in problems[0]
-    max_new = max_new_tokens or (256 if humaneval else 48)
-    decode = DecodeSettings(max_new_tokens=max_new, steps=steps or max_new, alg=alg, top_p=top_p,
-                            batch_size=batch_size, seed=seed, **options)
+    flags = dict(decoder_flags)
+    max_new = flags.pop("max_new_tokens", None) or (256 if humaneval else 48)
+    settings = decoder_settings_from_flags(flags, max_new)
+    try:
+        policy = policy_for(model_dir)
+    except (OSError, ValueError) as e:
+        raise UserError(f"checkpoint {model_dir}: {e}") from None
+    check_policy_settings(policy, model_dir, settings)
     started = not ray.is_initialized()
     if started:
         ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, namespace="diffurl-eval")
     pool = SandboxPool(num_workers=sandbox_workers, require_format=False, name_prefix="eval-sandbox")
     try:
         print(f"eval: {model_dir} on {len(problems)} problems ({problems_spec})")
-        results = evaluate(model_dir, problems, pool, temperatures=temperature_list, samples=samples, decode=decode,
-                           device=device)
+        results = evaluate(model_dir, problems, pool, temperatures=temperature_list, samples=samples,
+                           settings=settings, options=EvalOptions(batch_size=batch_size, seed=seed), device=device)
     finally:
         pool.shutdown()
         if started:

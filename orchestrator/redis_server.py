@@ -23,12 +23,11 @@ import subprocess
 import threading
 import time
 from pathlib import Path
-from urllib.parse import urlsplit, urlunsplit
 
 import redis
-from redis.backoff import ExponentialBackoff
-from redis.retry import Retry
 
+from actors.stream import StreamConnectionError, redact
+from actors.stream import connect as stream_connect
 from orchestrator.errors import UserError
 
 AVOID_PORTS = (6379,)
@@ -160,40 +159,12 @@ class EmbeddedRedis:
         return lines[-1] if lines else "no log"
 
 
-RECONNECT_RETRIES = 70  # with the 2 s backoff cap: a command waits about 2 minutes for Redis to come back
-
-
 def connect(url: str, retries: int = 20, delay_s: float = 0.25) -> redis.Redis:
-    """A client (bytes responses) for `url`, once PING answers; UserError if it never does."""
+    """A client (bytes responses) for `url`, once PING answers (actors.stream.connect); UserError if it never does."""
     try:
-        client = redis.Redis.from_url(url, decode_responses=False, socket_connect_timeout=2.0,
-                                      health_check_interval=30)
-    except ValueError as exc:
-        raise UserError(f"redis.url={redact(url)}: {exc}; expected redis://[:password@]host:port/db") from None
-    for attempt in range(retries + 1):
-        try:
-            client.ping()
-            # from now on every command waits out a server restart (about 2 minutes) instead of failing
-            client.set_retry(Retry(ExponentialBackoff(cap=2.0, base=0.1), RECONNECT_RETRIES))
-            return client
-        except redis.exceptions.AuthenticationError as exc:
-            raise UserError(f"redis.url={redact(url)}: authentication failed ({exc})") from None
-        except redis.exceptions.ResponseError as exc:
-            raise UserError(f"redis.url={redact(url)}: server refused the connection ({exc})") from None
-        except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError, OSError) as exc:
-            if attempt == retries:
-                raise UserError(f"redis.url={redact(url)}: cannot connect after {retries + 1} tries ({exc})") from None
-            time.sleep(delay_s)
-    raise AssertionError("unreachable")
-
-
-def redact(url: str) -> str:
-    """`url` with its password replaced by ***, for messages."""
-    parts = urlsplit(url)
-    if parts.password is None:
-        return url
-    netloc = parts.netloc.replace(f":{parts.password}@", ":***@", 1)
-    return urlunsplit(parts._replace(netloc=netloc))
+        return stream_connect(url, retries=retries, delay_s=delay_s)
+    except StreamConnectionError as exc:
+        raise UserError(str(exc)) from None
 
 
 _prctl = ctypes.CDLL(None, use_errno=True).prctl  # looked up now: the forked child must not dlopen

@@ -25,7 +25,7 @@ from orchestrator.config import check_paths, config_to_yaml, load_config, save_c
 from orchestrator.data import load_prompts
 from orchestrator.errors import RunFailed, UserError, one_line
 from orchestrator.metrics import metric_name
-from orchestrator.plan import ACTOR_ENV, format_plan
+from orchestrator.placement import ACTOR_ENV, format_plan
 from orchestrator.redis_server import EVERY_INTERFACE, LOOPBACK, EmbeddedRedis, connect, free_port
 from orchestrator.rundir import RunDir
 
@@ -33,7 +33,7 @@ from orchestrator.rundir import RunDir
 def train(cfg, *, dry_run: bool = False, out=print) -> Path | None:
     """`diffurl train CONFIG`: a new run directory, Redis, Ray and the actors, then the loop."""
     if dry_run:  # with ray.address: planned against that cluster's resources
-        from orchestrator.plan import cluster_resources
+        from orchestrator.placement import cluster_resources
 
         cluster = None
         if cfg.ray.address:
@@ -243,26 +243,20 @@ def tokenizer_corpus(problems: list[dict]) -> list[str]:
 
 
 def prepare_model(cfg, run: RunDir, problems: list[dict]) -> Path:
-    """The initial policy as an HF directory every actor loads: `model.path`, or a freshly built tiny model
-    (a dLLM, or a causal Qwen2 for learner.objective=ar_grpo)."""
-    from actors.dllm import save_model
-
+    """The initial policy as an HF directory every actor loads: `model.path`, or a freshly built tiny model of
+    the run's policy family (orchestrator.config.policy_family: model.tiny.family, or a causal Qwen2 for
+    learner.objective=ar_grpo, all with the same tokenizer recipe)."""
     if cfg.model.path:
         path = Path(cfg.model.path)
         if not (path / "config.json").is_file():
             raise UserError(f"model.path={cfg.model.path}: not a model directory (no config.json there)")
         return path
-    from actors.causal import build_causal_model
     from actors.policy import policy_for
+    from orchestrator.config import policy_family
 
-    spec = cfg.model.tiny.spec(tokenizer_corpus(problems), cfg.run.seed)
-    if cfg.learner.objective == "ar_grpo":  # AR-GRPO: a tiny causal Qwen2 with the same tokenizer
-        model, tokenizer = build_causal_model(spec)
-        save_model(model, tokenizer, run.init_model)
-    else:  # a tiny dLLM of model.tiny.family
-        policy = policy_for(cfg.model.tiny.family)
-        model, tokenizer = policy.build_tiny(spec)
-        policy.save(model, tokenizer, run.init_model)
+    policy = policy_for(policy_family(cfg))
+    model, tokenizer = policy.build_tiny(cfg.model.tiny.spec(tokenizer_corpus(problems), cfg.run.seed))
+    policy.save(model, tokenizer, run.init_model)
     return run.init_model
 
 

@@ -20,11 +20,11 @@ from dataclasses import dataclass, field
 import torch
 import torch.nn.functional as F
 
+from ..decoder_settings import ALGORITHMS
 from .model import completion_logits
 from .padding import left_pad
 from .tokenizer import IM_END
 
-ALGORITHMS = ("origin", "maskgit_plus", "topk_margin", "entropy")
 
 
 @dataclass

@@ -1,5 +1,6 @@
 """The fast masked-diffusion decoder: confidence-threshold parallel decoding, blocks and an approximate KV cache
-(DECODING.md; Fast-dLLM, arXiv 2505.22618, sections 3.2-3.3), per row and batch-safe with left padding.
+(DECODING.md; Fast-dLLM, arXiv 2505.22618, sections 3.2-3.3), per row and batch-safe with left padding, for both
+families: Dream/DiffuCoder (the default) and LLaDA (llada_decoding.LLADA, as Fast-dLLM's llada/generate.py).
 
 Canvas = left-padded prompt ++ [MASK] * K, as in the reference decoder. The completion is decoded in blocks of
 `block_length` positions (None: one block, the whole completion), left to right. At every forward, over the
@@ -13,7 +14,8 @@ still-masked positions of the current block of each row taking part:
     a benchmark can force the parallelism a trained model shows on a random one, which is never confident);
   - factor rule (`factor` set): sort p descending and reveal the longest prefix whose n-th value is
     >= 1 - factor / (n + 1) (n = 1, 2, ...; the first is always revealed).
-Revealed tokens are never re-masked. The `<|mask|>` logit is removed, as in the reference decoder.
+Revealed tokens are never re-masked. The mask token's logit is removed (Dream: the tokenizer's `<|mask|>`, as
+in the reference decoder; LLaDA: the config's mask_token_id), so a revealed position always holds a real token.
 
 Blocks move in step over the batch: a row that has finished the current block sits out the forwards until
 the others have too. A row leaves the batch for good when it has no mask left or (`stop_at_end`) when it has
@@ -21,14 +23,19 @@ revealed an end token with nothing masked before it: its remaining positions bec
 filler the warm start trains on, and the text (cut at the first end token) cannot change any more.
 
 Cache (`cache`): each block starts with a full bidirectional forward over the rows' whole canvas (exact: the
-uncached forward), which also records every layer's keys and values.
+uncached forward), which also records every layer's keys and values (`_LayerKV`).
   - none:   every forward is that full forward;
-  - prefix: inner forwards feed the block's predecessor position and everything after it, and take the keys
-            and values of the positions before from the block start (stale inside the block);
-  - dual:   inner forwards feed only the predecessor and the block; the suffix's keys and values come from
-            the block start too.
-Dream's head is shifted (logit j predicts token j + 1), so the position before the block is always fed: its
-output predicts the block's first token.
+  - prefix: inner forwards feed the block's window and everything after it, and take the keys and values of
+            the positions before from the block start (stale inside the block);
+  - dual:   inner forwards feed only the window; the suffix's keys and values come from the block start too.
+The window is the block, preceded by `family.shift` positions: Dream's head is shifted (logit j predicts token
+j + 1), so the position before the block is fed too, its output predicting the block's first token; LLaDA's
+head is not (logit j predicts token j), so its window is the block alone, as in Fast-dLLM.
+
+The family adapter (`DreamFast`, llada_decoding.LLADA) is all that differs between the families: `shift`, the
+mask id, and how one forward is run over the whole canvas or over a window with cached keys/values. Positions
+come from the padding mask for both (`attention_inputs` / `position_ids_from_mask`), so a row's real-position
+logits do not depend on its left padding.
 """
 
 from __future__ import annotations
@@ -37,17 +44,18 @@ import time
 
 import torch
 
+from ..decoder_settings import CACHES
 from .decoding import (ALGORITHMS, GenerateResult, _check_options, alg_confidence, filtered_probs, finish,
                        start_canvas)
-from .padding import attention_inputs
+from .padding import attention_inputs, position_ids_from_mask
 from .seeding import derived_seed
 from .tokenizer import IM_END
 
-CACHES = ("none", "prefix", "dual")
 
 
 class _LayerKV:
-    """What transformers' attention layers ask of a cache, for one forward: `update(k, v, layer)`.
+    """What the attention layers (transformers' Qwen2, LladaModel) ask of a cache, for one forward:
+    `update(k, v, layer)`.
 
     Recording (`stored` None): keeps each layer's keys (after RoPE) and values and returns them unchanged, so the
     forward is exactly the uncached one. Replaying: returns the stored keys/values followed by the new ones;
@@ -71,6 +79,34 @@ def _forward(model, input_ids, mask4d, position_ids, keep: torch.Tensor, kv: _La
     out = model(input_ids=input_ids, attention_mask=mask4d, position_ids=position_ids, use_cache=False,
                 past_key_values=kv, logits_to_keep=keep)
     return out.logits
+
+
+class DreamFast:
+    """The family adapter of the fast decoder, for Dream/DiffuCoder (transformers' Qwen2 with the shifted head);
+    LLaDA's is llada_decoding.LLADA, with the same attributes:
+
+    shift: logits at position j predict token j + shift (Dream 1, LLaDA 0);
+    mask_id(model, tokenizer): the token whose logit is removed;
+    full(model, input_ids [R, L], attention_mask [R, L], position_ids [R, L], keep, kv) and
+    window(model, input_ids [R, W], key_mask bool [R, C+W] (cached keys first), position_ids [R, W], keep, kv):
+    the logits [R, len(keep), V] of the fed positions `keep`; `kv` (a `_LayerKV`; None for a full forward
+    without cache) records or replays every layer's keys and values. Dream's full forward masks padded queries
+    too (attention_inputs' 4-D mask); a window never holds padding, so its mask is the key mask alone."""
+
+    shift = 1
+
+    def mask_id(self, model, tokenizer) -> int:
+        return tokenizer.mask_token_id
+
+    def full(self, model, input_ids, attention_mask, position_ids, keep, kv):
+        return _forward(model, input_ids, attention_inputs(attention_mask)[1], position_ids, keep, kv)
+
+    def window(self, model, input_ids, key_mask, position_ids, keep, kv):
+        mask4d = key_mask[:, None, None, :].expand(-1, 1, input_ids.shape[1], -1)
+        return _forward(model, input_ids, mask4d, position_ids, keep, kv)
+
+
+DREAM = DreamFast()  # the default family
 
 
 class _BlockCache:
@@ -175,21 +211,24 @@ def generate_fast(
     min_tokens: int = 1,
     stop_at_end: bool = True,
     seed: int | list[int] | None = None,
+    family=DREAM,
 ) -> GenerateResult:
     """prompts: chat-formatted strings or token-id lists -> GenerateResult (see the module docstring).
 
     seed: one per row, or one for the call (row r gets derived_seed(seed, "row", r)), or None (random).
+    family: the model's (DREAM, or llada_decoding.LLADA).
     `order` holds the forward index at which each position was revealed; `forwards` counts batch forwards."""
     _check_options(max_new_tokens, 1, alg, temperature, top_p, top_k)
     _check_fast_options(threshold, factor, block_length, cache, min_tokens)
     started = time.perf_counter()
     device = next(model.parameters()).device
-    mask_id, fill_id = tokenizer.mask_token_id, tokenizer.eos_token_id
-    end_ids = torch.tensor([tokenizer.eos_token_id, tokenizer.convert_tokens_to_ids(IM_END)], device=device)
+    mask_id, fill_id = family.mask_id(model, tokenizer), tokenizer.eos_token_id
+    ends = (tokenizer.eos_token_id, tokenizer.convert_tokens_to_ids(IM_END))
+    end_ids = torch.tensor([i for i in ends if i is not None], device=device)
     prompt_ids, canvas, attention_mask = start_canvas(tokenizer, prompts, max_new_tokens, device)  # [B, P+K]
     batch, length = canvas.shape[0], max_new_tokens
     width = canvas.shape[1] - length  # P, the padded prompt
-    position_ids, full_mask4d = attention_inputs(attention_mask)
+    position_ids = position_ids_from_mask(attention_mask)
     generators = _row_generators(seed, batch, device)
     masked = torch.ones(batch, length, dtype=torch.bool, device=device)
     finished = torch.zeros(batch, dtype=torch.bool, device=device)
@@ -201,8 +240,9 @@ def generate_fast(
     forwards = 0
     for start in range(0, length, block):
         end = min(start + block, length)
-        lo, hi = width + start - 1, width + end  # canvas window: the block's predecessor and the block
-        w0, w1 = lo, (hi if cache == "dual" else width + length)
+        w0 = width + start - family.shift  # the fed window [w0, w1): the block (after Dream's predecessor) ...
+        w1 = width + end if cache == "dual" else width + length  # ... and, but for dual, everything after it
+        keep = torch.arange(0, end - start, device=device)  # the window positions whose logits are read
         block_cache = None
         while True:
             rows = (~finished & masked[:, start:end].any(dim=1)).nonzero().squeeze(1)  # [R]
@@ -210,16 +250,13 @@ def generate_fast(
                 break
             if block_cache is None or cache == "none":  # the block start (or no cache): the exact full forward
                 kv = None if cache == "none" else _LayerKV()
-                keep = torch.arange(lo, hi - 1, device=device)
-                logits = _forward(model, canvas[rows], full_mask4d[rows], position_ids[rows], keep, kv)
+                logits = family.full(model, canvas[rows], attention_mask[rows], position_ids[rows], keep + w0, kv)
                 if kv is not None:
                     block_cache = _BlockCache(kv, rows, attention_mask[rows], w0, w1)
             else:
                 kv, key_mask = block_cache.select(rows)
-                window = torch.cat([key_mask, attention_mask[rows, w0:w1].bool()], dim=1)  # [R, C+W] keys
-                mask4d = window[:, None, None, :].expand(-1, 1, w1 - w0, -1)
-                keep = torch.arange(0, end - start, device=device)
-                logits = _forward(model, canvas[rows, w0:w1], mask4d, position_ids[rows, w0:w1], keep, kv)
+                keys = torch.cat([key_mask, attention_mask[rows, w0:w1].bool()], dim=1)  # [R, C+W]
+                logits = family.window(model, canvas[rows, w0:w1], keys, position_ids[rows, w0:w1], keep, kv)
             logits = logits.float()
             logits[..., mask_id] = torch.finfo(logits.dtype).min
             candidates = masked[rows, start:end]  # [R, W]
@@ -255,4 +292,4 @@ def _finish_at_end(canvas, masked, order, rows, width, end_ids, fill_id, forward
     masked[done] = False
 
 
-__all__ = ["ALGORITHMS", "CACHES", "generate_fast"]
+__all__ = ["ALGORITHMS", "CACHES", "DREAM", "DreamFast", "generate_fast"]

@@ -32,7 +32,11 @@ positions and padded keys are invisible, so a row's real-position logits are the
 Dropout (attention, residual, embedding) is applied as the release places it, only in train mode; the
 released config sets all three to 0.0. Not supported (a ValueError names the key): block types other than
 "llama", layer norms other than "rms", activations other than "silu", ALiBi / no RoPE (the release asserts
-both for MDM), q/k layer norms, block_group_size != 1 (its weights live under other names), KV cache.
+both for MDM), q/k layer norms, block_group_size != 1 (its weights live under other names).
+
+KV cache (the fast decoder's, not the release's autoregressive one): `past_key_values` hands every layer's
+keys (after RoPE) and values to an `update(k, v, layer_idx)` object that records them or puts cached ones
+before them (see LladaModel); bidirectional attention does not care about key order, the key mask follows it.
 """
 
 from __future__ import annotations
@@ -290,7 +294,8 @@ class _LlamaBlock(nn.Module):
         self.up_proj = nn.Linear(d_model, config.ffn_hidden_size, bias=bias)
         self.ff_out = nn.Linear(config.ffn_hidden_size, d_model, bias=bias)
 
-    def forward(self, x: torch.Tensor, sin: torch.Tensor, cos: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, sin: torch.Tensor, cos: torch.Tensor, bias: torch.Tensor | None,
+                kv=None, layer_idx: int = 0) -> torch.Tensor:
         cfg = self.config
         batch, length, d_model = x.shape
         normed = self.attn_norm(x)
@@ -299,6 +304,8 @@ class _LlamaBlock(nn.Module):
         v = self.v_proj(normed).view(batch, length, cfg.effective_n_kv_heads, cfg.head_dim).transpose(1, 2)
         q = _apply_rope(q, sin, cos, cfg.rope_full_precision)
         k = _apply_rope(k, sin, cos, cfg.rope_full_precision)
+        if kv is not None:  # records this layer's keys / values, or puts the cached ones before them
+            k, v = kv.update(k, v, layer_idx)
         groups = cfg.n_heads // cfg.effective_n_kv_heads
         if groups > 1:  # kv head j serves query heads j*groups .. (j+1)*groups-1
             k = k.repeat_interleave(groups, dim=1)
@@ -335,6 +342,15 @@ class LladaModel(nn.Module):
 
     forward(input_ids [B, L], attention_mask [B, L] of 0/1 or None, position_ids [B or 1, L] or None)
     -> LladaOutput(logits [B, L, num_embeddings]), unshifted: logits[:, i] predict input position i.
+
+    Two options serve the fast decoder (fast_decoding.py) and leave the forward above untouched when unset:
+      - past_key_values: an object with `update(k, v, layer_idx) -> (k, v)` (fast_decoding's `_LayerKV`), called
+        by every layer with its keys (after RoPE, before the grouped kv heads are repeated) and values of the
+        fed positions; what it returns is attended to. A recording cache returns them unchanged (the exact
+        forward); a replaying one puts C cached positions before them, and attention_mask is then the key mask
+        [B, C + L] in that order.
+      - logits_to_keep: indices [N] (or an int n: the last n) of the positions whose logits are returned
+        ([B, N, V]); the others skip the head, which is most of the cost at LLaDA-8B's 126k vocabulary.
     """
 
     def __init__(self, config: LladaConfig):
@@ -356,6 +372,8 @@ class LladaModel(nn.Module):
         input_ids: torch.Tensor,
         attention_mask: torch.Tensor | None = None,
         position_ids: torch.Tensor | None = None,
+        past_key_values=None,
+        logits_to_keep: int | torch.Tensor | None = None,
     ) -> LladaOutput:
         cfg = self.config
         if input_ids.dim() != 2:
@@ -372,9 +390,11 @@ class LladaModel(nn.Module):
         elif position_ids.dim() != 2 or position_ids.shape[-1] != length or position_ids.shape[0] not in (1, batch):
             raise ValueError(f"LladaModel: position_ids must be [B or 1, {length}], got {tuple(position_ids.shape)}")
         sin, cos = rope_tables(position_ids.to(input_ids.device), cfg.head_dim, cfg.rope_theta)
-        bias = self._padding_bias(attention_mask, input_ids.shape, x.dtype)
-        for block in transformer.blocks:
-            x = block(x, sin, cos, bias)
+        bias = self._padding_bias(attention_mask, input_ids.shape, x.dtype, cached=past_key_values is not None)
+        for index, block in enumerate(transformer.blocks):
+            x = block(x, sin, cos, bias, past_key_values, index)
+        if logits_to_keep is not None:
+            x = x[:, -logits_to_keep:] if isinstance(logits_to_keep, int) else x[:, logits_to_keep]
         x = transformer.ln_f(x)
         logits = F.linear(x, transformer.wte.weight) if cfg.weight_tying else transformer.ff_out(x)
         if cfg.scale_logits:
@@ -382,11 +402,15 @@ class LladaModel(nn.Module):
         return LladaOutput(logits=logits)
 
     @staticmethod
-    def _padding_bias(attention_mask: torch.Tensor | None, shape: torch.Size, dtype: torch.dtype) -> torch.Tensor | None:
-        """attention_mask [B, L] 0/1 -> additive key bias [B, 1, 1, L] (finfo.min on padding), or None."""
+    def _padding_bias(attention_mask: torch.Tensor | None, shape: torch.Size, dtype: torch.dtype,
+                      cached: bool = False) -> torch.Tensor | None:
+        """attention_mask [B, K] 0/1 over the keys (K = L, or more with a cache) -> additive key bias
+        [B, 1, 1, K] (finfo.min on padding), or None."""
         if attention_mask is None:
             return None
-        if tuple(attention_mask.shape) != tuple(shape):
+        (batch, length), keys = shape, attention_mask.shape[-1]
+        wrong_keys = keys < length or (keys > length and not cached)
+        if attention_mask.dim() != 2 or attention_mask.shape[0] != batch or wrong_keys:
             raise ValueError(f"LladaModel: attention_mask must be {tuple(shape)}, got {tuple(attention_mask.shape)}")
         if not ((attention_mask == 0) | (attention_mask == 1)).all():
             raise ValueError("LladaModel: attention_mask must hold only 0 (padding) and 1 (real token)")
@@ -405,8 +429,9 @@ def _read_json(path: Path) -> dict:
 
 
 def is_llada_dir(path: str | Path) -> bool:
-    """True when path/config.json says model_type "llada" or lists LLaDAModelLM among its architectures."""
-    config_file = Path(path) / CONFIG_FILE
+    """True when path/config.json (or `path` itself, a config file) says model_type "llada" or lists LLaDAModelLM
+    among its architectures."""
+    config_file = Path(path) if Path(path).is_file() else Path(path) / CONFIG_FILE
     if not config_file.is_file():
         return False
     try:

@@ -1,8 +1,22 @@
-"""LLaDA's own reference decoder, as the released `generate.py` does it, in pure torch.
+"""LLaDA's decoders in pure torch: its own reference decoder, as the released `generate.py` does it, and the
+fast decoder (Fast-dLLM) through `LLADA`, LLaDA's adapter of fast_decoding.generate_fast.
 
-Follows ML-GSAI/LLaDA `generate.py` at its newest stored version (commit 65cbed2, "debug model name in
-generate.py", the one whose `generate` takes `attention_mask`, `logits_eos_inf` and `confidence_eos_eot_inf`).
-Written from reading that file, not copied. What matches it, step for step:
+`decode_llada` is what `actors.dllm.decode` is for Dream: DecoderSettings.decoder "reference" runs
+`generate_llada` below (one generator for the batch), "fast" runs fast_decoding.generate_fast with `LLADA`
+(threshold / factor rule, blocks, cache none | prefix | dual, one generator per row seeded by its own seed),
+as NVlabs/Fast-dLLM's llada/generate.py (`generate_with_prefix_cache`, `generate_with_dual_cache`,
+`get_transfer_index` with threshold / factor) does it: no logit shift, so a block's window is the block alone;
+prefix feeds the block and everything after it, dual the block only, the other keys/values recorded by the
+block's first (full, exact) forward. Where ours differs from Fast-dLLM's: sampling is fast_decoding's (the
+filtered distribution drawn per row, not Gumbel-max from the global RNG), the mask token's logit is removed,
+a finished row (end token with nothing masked before it) leaves the batch, positions come from the padding
+mask (left padding, as `forward_from_mask`), and keys/values are cached per layer before the grouped kv heads
+are repeated. A row's end tokens are the tokenizer's eos and `<|im_end|>` when it has one (LLaDA-8B's
+`<|eot_id|>` is not among them: such a row goes on until eos or its last mask).
+
+The reference decoder follows ML-GSAI/LLaDA `generate.py` at its newest stored version (commit 65cbed2, "debug
+model name in generate.py", the one whose `generate` takes `attention_mask`, `logits_eos_inf` and
+`confidence_eos_eot_inf`). Written from reading that file, not copied. What matches it, step for step:
 
 - canvas = prompt ++ gen_length mask tokens; an attention mask, when given, is extended with ones;
 - gen_length // block_length blocks, left to right, steps // num_blocks steps each; the tokens revealed per
@@ -37,9 +51,10 @@ from functools import partial
 import torch
 import torch.nn.functional as F
 
+from .decoders import decode_fast
 from .decoding import GenerateResult, finish, start_canvas
 from .llada import forward_from_mask
-from .seeding import derived_seed
+from .seeding import batch_seed
 
 REMASKING = ("low_confidence", "random")
 
@@ -155,16 +170,44 @@ def generate_llada(model, prompt_ids: torch.Tensor, *, mask_id: int, attention_m
                            forwards=forwards, steps=num_blocks * block_steps)
 
 
-# rollout.alg -> generate.py's remasking: maskgit_plus keeps the most probable x0 (generate.py's low_confidence
-# rule), origin a uniform draw (its random rule); Dream's entropy and top-k margin rankings have no LLaDA twin.
+# rollout.alg -> generate.py's remasking (the reference decoder): maskgit_plus keeps the most probable x0 (its
+# low_confidence rule), origin a uniform draw (its random rule); Dream's entropy and top-k margin rankings have no
+# generate.py twin. The fast decoder takes every alg (fast_decoding ranks by it; maskgit_plus is Fast-dLLM's).
 REMASKING_OF_ALG = {"maskgit_plus": "low_confidence", "origin": "random"}
 
 
-def check_llada_settings(settings) -> str:
-    """The generate.py remasking of a DecoderSettings, or ValueError naming what LLaDA's decoder lacks."""
+class LladaFast:
+    """LLaDA's adapter of the fast decoder (see fast_decoding.DreamFast for the attributes): no shift (logits at
+    position j predict token j), the config's mask_token_id, and one call `model(ids, key mask, positions,
+    past_key_values, logits_to_keep)` for the whole canvas and a window alike (LladaModel masks padded keys
+    only, as the release does)."""
+
+    shift = 0
+
+    def mask_id(self, model, tokenizer) -> int:
+        mask_id = model.config.mask_token_id
+        if mask_id != tokenizer.mask_token_id:
+            raise ValueError(f"LLaDA: config mask_token_id {mask_id} != tokenizer mask_token_id "
+                             f"{tokenizer.mask_token_id}")
+        return mask_id
+
+    def full(self, model, input_ids, attention_mask, position_ids, keep, kv):
+        return model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
+                     past_key_values=kv, logits_to_keep=keep).logits
+
+    window = full  # key_mask [R, C+W] in place of the attention mask
+
+
+LLADA = LladaFast()
+
+
+def check_llada_settings(settings) -> str | None:
+    """The generate.py remasking of a DecoderSettings (None for decoder=fast), or ValueError naming what LLaDA's
+    decoders lack."""
+    if settings.decoder == "fast":  # DecoderSettings has range-checked every knob (alg_temp 0 included); the
+        return None  # fast decoder reads them all for LLaDA as for Dream (steps and alg_temp are unread)
     if settings.decoder != "reference":
-        raise ValueError(f"decoder {settings.decoder!r}: LLaDA decodes with its own reference decoder (generate.py) "
-                         f"only so far; use decoder=reference")
+        raise ValueError(f"decoder {settings.decoder!r}: LLaDA decodes with decoder=reference (generate.py) or fast")
     if settings.alg not in REMASKING_OF_ALG:
         raise ValueError(f"alg {settings.alg!r}: LLaDA's decoder remasks by low confidence (alg maskgit_plus) or at "
                          f"random (alg origin)")
@@ -182,16 +225,19 @@ def check_llada_settings(settings) -> str:
 
 
 def decode_llada(model, tokenizer, prompts: list, settings, *, temperature: float, seeds: list[int]) -> GenerateResult:
-    """What `actors.dllm.decode` is for Dream: `prompts` (chat strings or id lists) left-padded into one batch,
-    decoded by `generate_llada` with settings.max_new_tokens, steps (None: one per token) and block_length (None:
-    one block), one generator for the batch seeded as the reference Dream decoder's is."""
+    """What `actors.dllm.decode` is for Dream: `prompts` (chat strings or id lists) left-padded into one batch.
+    decoder=fast: fast_decoding.generate_fast with LLaDA's adapter, row r from its own generator seeded seeds[r].
+    decoder=reference: `generate_llada` with settings.max_new_tokens, steps (None: one per token) and block_length
+    (None: one block), one generator for the batch seeded as the reference Dream decoder's is."""
     remasking = check_llada_settings(settings)
+    if settings.decoder == "fast":
+        return decode_fast(model, tokenizer, prompts, settings, temperature=temperature, seeds=seeds, family=LLADA)
     started = time.perf_counter()
     length = settings.max_new_tokens
     device = next(model.parameters()).device
     prompt_ids, canvas, attention_mask = start_canvas(tokenizer, prompts, length, device)
     width = canvas.shape[1] - length
-    seed = seeds[0] if len(set(seeds)) == 1 else derived_seed("batch", *seeds)
+    seed = batch_seed(seeds)
     generator = torch.Generator(device=device).manual_seed(seed)
     out = generate_llada(partial(forward_from_mask, model), canvas[:, :width], mask_id=tokenizer.mask_token_id,
                          attention_mask=attention_mask[:, :width], steps=settings.steps or length, gen_length=length,

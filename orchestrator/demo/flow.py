@@ -18,11 +18,11 @@ import time
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
-from orchestrator.config import REPO_ROOT, check_paths, load_config
+from orchestrator.config import REPO_ROOT, check_paths, decoder_settings, load_config, policy_family
 from orchestrator.demo.tasks import FAMILY_VERSION, write_splits
 from orchestrator.demo.warmstart import WarmStartSettings, warm_start
 from orchestrator.errors import UserError
-from orchestrator.evaluate import (DecodeSettings, EvalResult, evaluate, format_table, load_eval_problems,
+from orchestrator.evaluate import (EvalOptions, EvalResult, evaluate, format_table, load_eval_problems,
                                    resolve_checkpoint, results_to_json)
 from orchestrator.metrics import read_metrics
 from orchestrator.rundir import RunDir
@@ -64,10 +64,7 @@ def run_demo(settings: DemoSettings, out=print) -> DemoResult:
     cache = Path(settings.cache_root)
     splits = _task_splits(cache, settings.task_seed, out)
     chosen = load_config(settings.config, list(settings.overrides))
-    causal = chosen.learner.objective == "ar_grpo"
-    if causal != settings.warm.causal:  # AR-GRPO starts from a causal Qwen2 warm-started the same way
-        settings = replace(settings, warm=replace(settings.warm, causal=causal))
-    family = chosen.model.tiny.family  # the dLLM family warm-started (model.tiny.family: dream or llada)
+    family = policy_family(chosen)  # model.tiny.family, or (AR-GRPO) a causal Qwen2 warm-started the same way
     if family != settings.warm.model.family:
         settings = replace(settings, warm=replace(settings.warm, model=replace(settings.warm.model, family=family)))
     model_dir = warm_start(settings.warm, cache, splits["train"], log=out)
@@ -79,8 +76,9 @@ def run_demo(settings: DemoSettings, out=print) -> DemoResult:
             f"completion length {settings.warm.completion_tokens}")
     heldout = load_eval_problems(str(splits["heldout"]), settings.heldout_limit)
     ro = cfg.rollout
-    decode = DecodeSettings(max_new_tokens=ro.max_new_tokens, steps=ro.steps, alg=ro.alg, top_p=ro.top_p,
-                            max_prompt_tokens=cfg.data.max_prompt_tokens, seed=cfg.run.seed)
+    # evals decode with the reference decoder (the paper's; LLaDA's generate.py) and the rollouts' other settings
+    decode = (replace(decoder_settings(cfg), decoder="reference"),
+              EvalOptions(max_prompt_tokens=cfg.data.max_prompt_tokens, seed=cfg.run.seed))
     temperatures = [0.0] + ([ro.temperature] if ro.temperature > 0 else [])
     started, _ = init_ray(cfg, "demo")
     try:
@@ -99,10 +97,12 @@ def run_demo(settings: DemoSettings, out=print) -> DemoResult:
 
 
 def _method(cfg) -> str:
+    from actors.policy import policy_for
+
+    name = policy_for(policy_family(cfg)).name
     if cfg.learner.objective == "ar_grpo":
-        return f"AR-GRPO (causal Qwen2, {cfg.rollout.engine} rollouts)"
-    family = "LLaDA, " if cfg.model.tiny.family == "llada" else ""
-    return f"coupled-GRPO ({family}estimator={cfg.learner.estimator}, {cfg.rollout.decoder} decoder)"
+        return f"AR-GRPO ({name}, {cfg.rollout.engine} rollouts)"
+    return f"coupled-GRPO ({name}, estimator={cfg.learner.estimator}, {cfg.rollout.decoder} decoder)"
 
 
 def _task_splits(cache: Path, seed: int, out) -> dict[str, Path]:
@@ -121,7 +121,9 @@ def _evaluate(cfg, model_dir, problems, temperatures, samples, decode, out) -> l
     pool = SandboxPool(num_workers=cfg.sandbox.num_workers, require_format=False, name_prefix="eval-sandbox",
                        test_timeout_s=cfg.sandbox.test_timeout_s, memory_mb=cfg.sandbox.memory_mb)
     try:
-        return evaluate(model_dir, problems, pool, temperatures=temperatures, samples=samples, decode=decode, log=out)
+        settings, options = decode
+        return evaluate(model_dir, problems, pool, temperatures=temperatures, samples=samples, settings=settings,
+                        options=options, log=out)
     finally:
         pool.shutdown()
 

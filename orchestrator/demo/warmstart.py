@@ -11,8 +11,9 @@ model learns to end where a rollout's decoder cuts. The policy ends partly right
 buggy answer of every template, and only execution rewards tell them apart. Training stops after a fixed
 number of steps (chosen on the RL split, before any RL, when the demonstrations were all correct).
 
-`causal=True` trains the AR-GRPO baseline's causal Qwen2 the same way (same tokenizer recipe, prompts and
-demonstrations, buggy half included) with next-token cross entropy.
+The model is of `model.family`'s policy (actors/policy.py): a tiny Dream or LLaDA trained with the masked-diffusion
+SFT loss under its head, or (`causal`) the AR-GRPO baseline's causal Qwen2, trained the same way (same tokenizer
+recipe, prompts and demonstrations, buggy half included) with next-token cross entropy up to <|im_end|>.
 
 The result is cached in `<cache_root>/warmstart-<hash>/`, the hash covering the settings, the task family
 version and the training file, so a second demo skips it.
@@ -31,8 +32,7 @@ from pathlib import Path
 
 import torch
 
-from actors.causal import build_causal_model, causal_sft_loss
-from actors.dllm import completion_mask_from_ids, derived_seed, left_pad, lr_lambda, save_model, sft_loss
+from actors.dllm import derived_seed, left_pad, lr_lambda
 from actors.policy import policy_for
 from actors.dllm.tokenizer import EOS, IM_END, end_token_ids
 from actors.prompts import build_chat_prompt, encode_prompt
@@ -64,9 +64,6 @@ class WarmStartSettings:
     # this fraction of the demonstrations carries one plausible bug (`orchestrator.demo.tasks.buggy_reference`), so the
     # policy holds the right and the buggy answer of every template and execution rewards have something to fix
     buggy_fraction: float = 0.5
-    # a causal Qwen2 (the AR-GRPO baseline) trained with next-token cross entropy on the same demonstrations,
-    # tokenizer and prompts, up to and including <|im_end|> (where vLLM stops); False: the dLLM, diffusion SFT
-    causal: bool = False
 
     def key(self, train_path: Path) -> str:
         payload = json.dumps({"settings": dataclasses.asdict(self), "family": FAMILY_VERSION, "recipe": RECIPE_VERSION,
@@ -96,7 +93,7 @@ def warm_start(settings: WarmStartSettings, cache_root: str | Path, train_path: 
     model, tokenizer, report = train_warm_start(settings, problems, log=log)
     tmp = out.with_name(out.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
-    save_warm_model(model, tokenizer, tmp, None if settings.causal else policy_for(settings.model.family))
+    policy_for(settings.model.family).save(model, tokenizer, tmp)
     report.update(settings=dataclasses.asdict(settings), train_path=str(train_path),
                   wall_s=round(time.perf_counter() - t0, 1))
     (tmp / DONE_FILE).write_text(json.dumps(report, indent=2))
@@ -104,14 +101,6 @@ def warm_start(settings: WarmStartSettings, cache_root: str | Path, train_path: 
     tmp.rename(out)
     log(f"warm start: saved to {out} ({report['wall_s']:.0f} s)")
     return out
-
-
-def save_warm_model(model, tokenizer, path, policy) -> None:
-    """The causal Qwen2 (policy None) or the dLLM in its family's format."""
-    if policy is None:
-        save_model(model, tokenizer, path)
-    else:
-        policy.save(model, tokenizer, path)
 
 
 def sft_texts(problem: dict, buggy_fraction: float = 0.0, seed: int = 0) -> tuple[list[dict], str]:
@@ -131,14 +120,13 @@ def train_warm_start(settings: WarmStartSettings, problems: list[dict], log=prin
     for p in problems:
         messages, completion = sft_texts(p, s.buggy_fraction, s.seed)
         corpus += [m["content"] for m in messages] + [completion]
-    policy = None if s.causal else policy_for(s.model.family)  # the dLLM family (Dream or LLaDA)
-    spec = s.model.spec(corpus, s.seed)
-    model, tokenizer = build_causal_model(spec) if s.causal else policy.build_tiny(spec)
+    policy = policy_for(s.model.family)  # Dream, LLaDA or the AR baseline's causal Qwen2
+    model, tokenizer = policy.build_tiny(s.model.spec(corpus, s.seed))
     with tempfile.TemporaryDirectory() as saved:
         # Train on the tokenizer exactly as rollout workers and `diffurl eval` will load it from the model dir
         # (a reloaded dir may tokenize differently from the in-memory tokenizer, e.g. digits one by one).
-        save_warm_model(model, tokenizer, saved, policy)
-        model, tokenizer = build_causal_model(saved) if s.causal else policy.load(saved)
+        policy.save(model, tokenizer, saved)
+        model, tokenizer = policy.load(saved)
     end_ids = end_token_ids(tokenizer)
     prompts, completions = encode_examples(tokenizer, problems, s.max_prompt_tokens, s.completion_tokens,
                                            s.buggy_fraction, s.seed)
@@ -156,13 +144,8 @@ def train_warm_start(settings: WarmStartSettings, problems: list[dict], log=prin
         completion_ids = completions[rows]  # [B, K]
         input_ids = torch.cat([prompt_ids, completion_ids], dim=1)  # [B, P+K]
         attention_mask = torch.cat([prompt_mask, torch.ones_like(completion_ids)], dim=1)  # [B, P+K]
-        if s.causal:
-            loss = causal_sft_loss(model, input_ids, attention_mask,
-                                   completion_mask_from_ids(completion_ids, end_ids))
-        else:
-            loss = sft_loss(model, input_ids, attention_mask, torch.ones_like(completion_ids, dtype=torch.bool),
-                            seed=derived_seed(s.seed, "sft", step), mask_id=tokenizer.mask_token_id,
-                            logits_fn=policy.completion_logits)
+        loss = policy.sft_loss(model, input_ids, attention_mask, completion_ids, seed=derived_seed(s.seed, "sft", step),
+                               end_ids=end_ids)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)

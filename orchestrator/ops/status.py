@@ -20,7 +20,8 @@ from orchestrator.errors import UserError
 from orchestrator.metrics import read_metrics
 from orchestrator.redis_server import connect, redact
 from orchestrator.rundir import RunDir
-from orchestrator.stream import WORKER_ROLES, RunState, TrajectoryStream
+from actors.stream import TrajectoryStream
+from orchestrator.stream import WORKER_ROLES, RunState
 
 ALIVE_WITHIN_S = 60.0  # a worker whose last heartbeat is older than this counts as not alive
 

@@ -55,7 +55,7 @@ def test_shrunk_ar_demo_warm_starts_a_causal_qwen2_and_runs_ar_grpo_with_vllm_ro
 
     (warm_dir,) = (tmp_path / "cache").glob("warmstart-*")
     assert model_kind(warm_dir) == "causal"
-    assert json.loads((warm_dir / "warmstart.json").read_text())["settings"]["causal"] is True
+    assert json.loads((warm_dir / "warmstart.json").read_text())["settings"]["model"]["family"] == "causal"
     saved = json.loads((result.run_dir / "demo_results.json").read_text())
     assert saved["objective"] == "ar_grpo" and saved["engine"] == "vllm"
     assert all(r["local_arness"] == 1.0 for r in saved["before"] + saved["after"])

@@ -9,7 +9,7 @@ from actors.dllm.estimators import token_scores as dream_token_scores
 from actors.dllm import DecoderSettings
 from actors.dllm.llada import save_llada
 from actors.dllm.llada_decoding import decode_llada
-from actors.policy import DreamPolicy, LladaPolicy, family_of, policy_for
+from actors.policy import CausalPolicy, DreamPolicy, LladaPolicy, family_of, policy_for
 from tests.tiny_model import build_tiny, random_rows, tiny_llada
 
 
@@ -38,8 +38,7 @@ def test_family_of_reads_config_json(tmp_path, llada):
     causal = tmp_path / "causal"
     causal.mkdir()
     (causal / "config.json").write_text(json.dumps({"model_type": "qwen2", "architectures": ["Qwen2ForCausalLM"]}))
-    with pytest.raises(ValueError, match="causal model, not a diffusion LM"):
-        family_of(causal)
+    assert family_of(causal) == "causal" and isinstance(policy_for(causal), CausalPolicy)
     with pytest.raises(FileNotFoundError, match="config.json"):
         family_of(tmp_path)
 
@@ -160,12 +159,21 @@ def test_llada_sampling_is_seeded_by_the_rows_seeds(llada):
 
 
 @pytest.mark.parametrize("change, message", [
-    (dict(decoder="fast"), "decoder 'fast'"), (dict(alg="entropy"), "alg 'entropy'"),
-    (dict(top_p=0.95), "top_p"), (dict(block_length=3), "block_length 3"), (dict(steps=3), "steps 3"),
+    (dict(alg="entropy"), "alg 'entropy'"), (dict(top_p=0.95), "top_p"), (dict(steps=3), "steps 3"),
 ])
 def test_what_llada_s_decoder_cannot_do_is_one_clear_error(llada, change, message):
     model, tokenizer = llada
     settings = DecoderSettings(**{**LLADA_SETTINGS.__dict__, **change})
     with pytest.raises(ValueError, match=message):
         LladaPolicy().check_settings(settings)
-    DreamPolicy().check_settings(settings)  # Dream's decoders take all of these
+    DreamPolicy().check_settings(DecoderSettings(**{**settings.__dict__, "block_length": None}))  # Dream takes these
+
+
+def test_blocks_of_the_reference_decoder_are_llada_s_only():
+    settings = DecoderSettings(max_new_tokens=8, steps=8, alg="maskgit_plus", top_p=1.0, block_length=3)
+    with pytest.raises(ValueError, match="block_length 3"):  # generate.py's blocks must divide the canvas
+        LladaPolicy().check_settings(settings)
+    LladaPolicy().check_settings(DecoderSettings(**{**settings.__dict__, "block_length": 4}))
+    with pytest.raises(ValueError, match="blocks are for decoder=fast"):  # the paper's decoder has none
+        DreamPolicy().check_settings(settings)
+    DreamPolicy().check_settings(DecoderSettings(**{**settings.__dict__, "decoder": "fast"}))

@@ -13,7 +13,8 @@ from PIL import Image
 from orchestrator.ops.plot import plot_run
 from orchestrator.redis_server import free_port
 from orchestrator.ops.status import ALIVE_WITHIN_S
-from orchestrator.stream import RunState, TrajectoryStream
+from actors.stream import TrajectoryStream
+from orchestrator.stream import RunState
 from orchestrator.cli import main
 from sandbox_workers.worker import Heartbeat
 from tests.orchestrator.test_redis_stream import sample_trajectory

@@ -11,7 +11,8 @@ from actors.dllm import build_model, save_model
 from actors.prompts import HUMANEVAL_INSTRUCTION, eval_messages
 from orchestrator.errors import UserError
 from orchestrator.cli import main
-from orchestrator.evaluate import (DecodeSettings, EvalResult, _decode_all, format_table, load_eval_problems,
+from actors.decoder_settings import DecoderSettings
+from orchestrator.evaluate import (EvalOptions, EvalResult, _decode_all, format_table, load_eval_problems,
                                    parse_temperatures, pass_at_k, resolve_checkpoint)
 
 
@@ -102,37 +103,38 @@ def test_eval_of_a_missing_problems_file_exits_2(random_model_dir, tmp_path, cap
 
 # ----------------------------------------------------------------------------------------- decoders
 
-def _eval_prompts(model_dir, count: int):
+def _eval_prompts(model_dir, count: int, settings):
+    from actors.policy import policy_for
     from actors.prompts import encode_prompt
 
-    model, tokenizer = build_model(str(model_dir))
-    model.eval()
+    engine = policy_for(model_dir).engine(model_dir, settings)
     problems = load_eval_problems("humaneval", limit=count)
-    return model, tokenizer, [encode_prompt(tokenizer, eval_messages(p), 64) for p in problems]
+    return engine, [encode_prompt(engine.tokenizer, eval_messages(p), 64) for p in problems]
 
 
-def test_reference_eval_decodes_exactly_as_one_generate_call_per_batch_with_the_old_seed(random_model_dir):
+def test_reference_eval_decodes_exactly_as_one_generate_call_per_batch_seeded_from_its_rows(random_model_dir):
     from actors.dllm import derived_seed, generate
+    from actors.dllm.seeding import batch_seed
 
-    model, tokenizer, prompt_ids = _eval_prompts(random_model_dir, 2)
-    decode = DecodeSettings(max_new_tokens=8, steps=8, batch_size=3, seed=5)
-    decoded = _decode_all(model, tokenizer, prompt_ids, 2, 0.7, decode)
+    engine, prompt_ids = _eval_prompts(random_model_dir, 2, DecoderSettings(max_new_tokens=8, steps=8))
+    decoded = _decode_all(engine, prompt_ids, 2, 0.7, EvalOptions(batch_size=3, seed=5))
     jobs = [ids for ids in prompt_ids for _ in range(2)]
     expected = []
     for start in (0, 3):
-        expected += generate(model, tokenizer, jobs[start:start + 3], max_new_tokens=8, steps=8, temperature=0.7,
-                             top_p=0.95, alg="entropy", seed=derived_seed(5, "eval", start)).texts
+        rows = range(start, min(start + 3, len(jobs)))
+        expected += generate(engine.model, engine.tokenizer, jobs[start:start + 3], max_new_tokens=8, steps=8,
+                             temperature=0.7, top_p=0.95, alg="entropy",
+                             seed=batch_seed([derived_seed(5, "eval", j) for j in rows])).texts
     assert decoded.texts == expected
     assert decoded.forwards == 16 and decoded.decode_s > 0 and decoded.row_tokens == decoded.row_forwards == 32
 
 
 def test_fast_eval_completions_do_not_depend_on_the_batch_size(random_model_dir):
-    model, tokenizer, prompt_ids = _eval_prompts(random_model_dir, 2)
+    settings = DecoderSettings(max_new_tokens=8, decoder="fast", threshold=0.5, block_length=4, cache="prefix")
+    engine, prompt_ids = _eval_prompts(random_model_dir, 2, settings)
     texts = []
     for batch_size in (1, 4):
-        decode = DecodeSettings(max_new_tokens=8, batch_size=batch_size, decoder="fast", threshold=0.5,
-                                block_length=4, cache="prefix")
-        decoded = _decode_all(model, tokenizer, prompt_ids, 2, 1.0, decode)
+        decoded = _decode_all(engine, prompt_ids, 2, 1.0, EvalOptions(batch_size=batch_size))
         assert decoded.forwards >= 2 and decoded.row_tokens >= 1
         texts.append(decoded.texts)
     assert texts[0] == texts[1] and len(texts[0]) == 4

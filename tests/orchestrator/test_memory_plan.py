@@ -1,4 +1,4 @@
-"""The dry run's memory estimate (orchestrator/memory_plan.py) and its plan (orchestrator/plan.py)."""
+"""The dry run's memory estimate (orchestrator/memory_plan.py) and its plan (orchestrator/placement.py)."""
 import json
 import math
 from pathlib import Path
@@ -6,11 +6,11 @@ from pathlib import Path
 import pytest
 
 from orchestrator.config import load_config
-from orchestrator.devices import check_capacity, resolve_devices
+from orchestrator.placement import check_capacity, resolve_devices
 from orchestrator.errors import UserError
 from orchestrator.memory_plan import (ModelShape, learner_memory, model_shape, parameter_count, rollout_memory,
                                       rollout_rows)
-from orchestrator.plan import format_plan
+from orchestrator.placement import format_plan
 
 REPO = Path(__file__).resolve().parents[2]
 PAPER = REPO / "configs" / "diffucoder_7b.yaml"

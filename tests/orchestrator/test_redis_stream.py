@@ -13,7 +13,8 @@ from orchestrator import redis_server
 from orchestrator.errors import UserError
 from orchestrator.redis_server import EmbeddedRedis, connect, free_port, redact
 from actors.trajectory import CompletionReward, DecodeStats, RolloutOutcome, RolloutStatus, Trajectory
-from orchestrator.stream import RunState, TrajectoryStream, encode_record
+from actors.stream import TrajectoryStream, encode_record
+from orchestrator.stream import RunState
 
 
 def stream_for(client, **kwargs) -> TrajectoryStream:

@@ -13,11 +13,12 @@ from actors.dllm import build_model, decode, save_model
 from actors.groups import LearnerGroup, RolloutGroup
 from actors.learner import LearnerImpl
 from actors.prompts import build_chat_prompt, encode_prompt
-from actors.rollout import GroupJob, decoder_settings
+from actors.decoder_settings import DecoderSettings
+from actors.rollout import GroupJob
 from actors.trajectory import CompletionReward, DecodeStats, RolloutStatus, Trajectory
 from orchestrator.config import load_config
 from orchestrator.redis_server import EmbeddedRedis, free_port
-from orchestrator.stream import TrajectoryStream
+from actors.stream import TrajectoryStream
 from tests.tiny_model import PEAKED, tiny_spec
 
 pytestmark = pytest.mark.integration
@@ -152,7 +153,7 @@ def _decode_in_a_worker(model_dir: str, weights: dict, problem: dict, cfg, group
     model, tokenizer = build_model(model_dir)
     model.load_state_dict(weights)
     prompt, r = encode_prompt(tokenizer, problem["messages"], cfg.data.max_prompt_tokens), cfg.rollout
-    out = decode(model.eval(), tokenizer, [prompt] * group_size, decoder_settings(r), temperature=0.0,
+    out = decode(model.eval(), tokenizer, [prompt] * group_size, DecoderSettings.from_values(r), temperature=0.0,
                  seeds=[5] * group_size)  # T=0: the seeds do not matter
     return out.completion_ids.tolist()
 

@@ -46,13 +46,13 @@ def test_a_llada_model_trains_with_its_own_decoder_and_saves_its_own_format(tmp_
     assert all(r["decode_forwards"] == 8 for r in rows)  # generate.py: 2 blocks x 4 steps, one forward each
 
 
-def test_a_llada_model_with_the_fast_decoder_exits_2_with_one_line_before_anything_starts(tmp_path, llada_dir):
-    cmd = DIFFURL + ["train", "configs/demo.yaml", *SMALL, *LLADA, f"model.path={llada_dir}", "rollout.decoder=fast",
+def test_a_llada_setting_its_decoder_lacks_exits_2_with_one_line_before_anything_starts(tmp_path, llada_dir):
+    cmd = DIFFURL + ["train", "configs/demo.yaml", *SMALL, *LLADA, f"model.path={llada_dir}", "rollout.alg=entropy",
                      f"run.root_dir={tmp_path}"]
     proc = subprocess.run(cmd, cwd=REPO, env=_env(), capture_output=True, text=True, timeout=120)
     assert proc.returncode == 2, proc.stderr[-2000:]
     lines = proc.stderr.strip().splitlines()
-    assert len(lines) == 1 and "rollout.decoder 'fast': LLaDA decodes with its own reference decoder" in lines[0]
+    assert len(lines) == 1 and "rollout.alg 'entropy': LLaDA's decoder remasks by low confidence" in lines[0]
     assert not any(tmp_path.iterdir())
 
 

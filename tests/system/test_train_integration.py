@@ -12,7 +12,7 @@ import pytest
 
 from orchestrator.metrics import REQUIRED_STEP_METRICS
 from orchestrator.redis_server import EmbeddedRedis, connect
-from orchestrator.stream import TrajectoryStream
+from actors.stream import TrajectoryStream
 from tests.ray_head import start_ray_head
 
 REPO = Path(__file__).resolve().parents[2]

@@ -8,9 +8,9 @@ import pytest
 import ray
 import torch
 
-from actors.groups import BroadcastSync, LearnerGroup, ObjectStoreSync, RolloutGroup
-from actors.weight_sync import layout_of, plan_buckets, state_digest
-from orchestrator.stream import TrajectoryStream
+from actors.groups import LearnerGroup, RolloutGroup
+from actors.weight_sync import BroadcastSync, ObjectStoreSync, layout_of, plan_buckets, state_digest
+from actors.stream import TrajectoryStream
 from tests.system.test_learner_weights import _cfg, _publish_groups, model_dir, redis_url  # noqa: F401 (fixtures)
 
 
