@@ -196,6 +196,12 @@ class MetricsConfig:
 
 
 @dataclass
+class DemoConfig:
+    """What `diffurl demo` (orchestrator/demo) reads beyond a run's config; `diffurl train` ignores it."""
+    warm_start_steps: Optional[int] = None  # SFT steps of the warm start; null: the recipe's (1300, chosen for Dream)
+
+
+@dataclass
 class ChaosConfig:
     """Fault injection for the chaos tests; leave unset in real runs."""
     rollout_exit_at_group: Optional[int] = None  # the rollout worker running this group index dies (first try)
@@ -216,6 +222,7 @@ class Config:
     ray: RayConfig = field(default_factory=RayConfig)
     metrics: MetricsConfig = field(default_factory=MetricsConfig)
     chaos: ChaosConfig = field(default_factory=ChaosConfig)
+    demo: DemoConfig = field(default_factory=DemoConfig)
 
 
 def load_config(path: str | os.PathLike, overrides: list[str] = ()) -> Config:
@@ -400,6 +407,8 @@ def validate(cfg: Config) -> None:
         ("learner.kl_beta", le.kl_beta, le.kl_beta >= 0, "must be >= 0"),
         ("learner.ref_update_every", le.ref_update_every, le.ref_update_every >= 1, "must be >= 1"),
         ("learner.ref_mix", le.ref_mix, 0 <= le.ref_mix <= 1, "must be in [0, 1]"),
+        ("demo.warm_start_steps", cfg.demo.warm_start_steps,
+         cfg.demo.warm_start_steps is None or cfg.demo.warm_start_steps >= 1, "must be null or >= 1"),
         ("chaos.driver_kill_at_step", cfg.chaos.driver_kill_at_step,
          cfg.chaos.driver_kill_at_step is None or 1 <= cfg.chaos.driver_kill_at_step <= run.steps,
          f"must be null or in 1..run.steps={run.steps}"),

@@ -568,6 +568,26 @@ def tiny_llada_config(sizes: dict, tokenizer: PreTrainedTokenizerFast) -> LladaC
         eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id))
 
 
+def qwen2_pretokenization(tokenizer: PreTrainedTokenizerFast) -> PreTrainedTokenizerFast:
+    """Give a BPE tokenizer Qwen2's normalizer and pre-tokenizer (NFC; Qwen2's split regex, digits one by one;
+    then byte-level), in place. The tiny Dream's tokenizer gets exactly this when its directory is reloaded
+    (AutoTokenizer resolves model_type qwen2 to Qwen2Tokenizer, which rebuilds the pipeline over the trained
+    vocab and merges); the tiny LLaDA's directory is reloaded as a plain PreTrainedTokenizerFast, which keeps
+    the trained ByteLevel pre-tokenizer (numbers as multi-digit BPE tokens: ' 21' + '7'), and the warm start
+    then fails to learn to copy constants. Set here, the pipeline is saved in tokenizer.json and every reload
+    keeps it, so both families tokenize every prompt and answer identically."""
+    from tokenizers import Regex, normalizers, pre_tokenizers
+    from transformers.models.qwen2.tokenization_qwen2 import PRETOKENIZE_REGEX
+
+    backend = tokenizer.backend_tokenizer
+    backend.normalizer = normalizers.NFC()
+    backend.pre_tokenizer = pre_tokenizers.Sequence([
+        pre_tokenizers.Split(Regex(PRETOKENIZE_REGEX), behavior="isolated", invert=False),
+        pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
+    ])
+    return tokenizer
+
+
 def build_tiny_llada(spec: dict, dtype: torch.dtype | None = None) -> tuple[LladaModel, PreTrainedTokenizerFast]:
     """A tiny LLaDA from the spec `actors.dllm.build_model` takes ({"config": Qwen2-named sizes, "tokenizer",
     "seed"}): `tiny_llada_config` over this project's BPE tokenizer (its `<|mask|>` as the mask token), weights
@@ -577,7 +597,7 @@ def build_tiny_llada(spec: dict, dtype: torch.dtype | None = None) -> tuple[Llad
     unknown = set(spec) - {"config", "tokenizer", "seed"}
     if unknown or "config" not in spec or "tokenizer" not in spec:
         raise ValueError(f"tiny LLaDA spec: needs 'config' and 'tokenizer' (and 'seed'), got {sorted(spec)}")
-    tokenizer = build_tokenizer(spec["tokenizer"])
+    tokenizer = qwen2_pretokenization(build_tokenizer(spec["tokenizer"]))
     config = tiny_llada_config(spec["config"], tokenizer)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(int(spec.get("seed", 0)))

@@ -67,6 +67,8 @@ def run_demo(settings: DemoSettings, out=print) -> DemoResult:
     family = policy_family(chosen)  # model.tiny.family, or (AR-GRPO) a causal Qwen2 warm-started the same way
     if family != settings.warm.model.family:
         settings = replace(settings, warm=replace(settings.warm, model=replace(settings.warm.model, family=family)))
+    if chosen.demo.warm_start_steps is not None and chosen.demo.warm_start_steps != settings.warm.steps:
+        settings = replace(settings, warm=replace(settings.warm, steps=chosen.demo.warm_start_steps))
     model_dir = warm_start(settings.warm, cache, splits["train"], log=out)
     cfg = load_config(settings.config, [f"model.path={model_dir}", f"data.train={splits['rl']}",
                                         *settings.overrides])

@@ -72,7 +72,8 @@ def test_shrunk_llada_demo_warm_starts_a_tiny_llada_and_runs_coupled_grpo_with_i
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
     lines: list[str] = []
     settings = DemoSettings(config=str(REPO_ROOT / "configs" / "demo_llada.yaml"),
-                            overrides=[*SHRUNK_RL, f"run.root_dir={tmp_path / 'runs'}"],
+                            overrides=[*SHRUNK_RL, f"run.root_dir={tmp_path / 'runs'}",
+                                       f"demo.warm_start_steps={TINY_WARM.steps}"],
                             cache_root=str(tmp_path / "cache"), warm=TINY_WARM, eval_samples=1, heldout_limit=4)
     result = run_demo(settings, out=lambda line="": lines.append(str(line)))
 
