@@ -4,6 +4,7 @@
     diffurl demo [--config configs/ablation_d1.yaml] [key=value ...]
     diffurl eval CHECKPOINT --problems FILE.jsonl|humaneval [--temperatures 0,0.4] [--samples N]
                  [--decoder fast --threshold 0.9 --block-length N --cache prefix]
+    diffurl data convert SRC --to OUT.jsonl [--format F] [--hard-subset] | diffurl data inspect FILE [--format F]
     diffurl sandbox score --problems P.jsonl --samples S.jsonl [--out R.jsonl] [--workers N]
     diffurl sandbox check
     diffurl submit CONFIG [key=value ...] --address http://HEAD:8265 [--wait]
@@ -58,7 +59,20 @@ def _cmd_eval(args) -> int:
     decoder_flags = {f.name: getattr(args, f.name, None) for f in dataclasses.fields(DecoderSettings)}
     return eval_command(args.checkpoint, args.problems, temperatures=args.temperatures, samples=args.samples,
                         limit=args.limit, batch_size=args.batch_size, sandbox_workers=args.sandbox_workers,
-                        seed=args.seed, out=args.out, decoder_flags=decoder_flags, device=args.device)
+                        seed=args.seed, out=args.out, decoder_flags=decoder_flags, device=args.device,
+                        fmt=args.format)
+
+
+def _cmd_data_convert(args) -> int:
+    from orchestrator.formats import convert_command
+
+    return convert_command(args.src, args.to, args.format, args.hard_subset)
+
+
+def _cmd_data_inspect(args) -> int:
+    from orchestrator.formats import inspect_command
+
+    return inspect_command(args.file, args.format)
 
 
 def _cmd_sandbox_score(args) -> int:
@@ -99,6 +113,8 @@ def _cmd_scale(args) -> int:
 
 
 RUN_DIR_HELP = "the run directory, e.g. runs/demo-20250101-120000"
+FORMAT_HELP = ("auto (default: recognised from the columns), diffurl, acecode, acecode-hard, humaneval, humaneval+, "
+               "mbpp, mbpp-sanitized or mbpp+")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -123,7 +139,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("eval", help="pass@k, format rate and AR-ness of a checkpoint")
     p.add_argument("checkpoint", help="HF model dir, run dir, or checkpoints/stepNNNNNN")
-    p.add_argument("--problems", required=True, help="'humaneval', a HumanEval .jsonl.gz, or a problems JSONL")
+    p.add_argument("--problems", required=True, help="'humaneval' or a file: HumanEval, HumanEval+/MBPP+ "
+                                                     "(EvalPlus), MBPP, AceCode or training problems")
+    p.add_argument("--format", default="auto", help=FORMAT_HELP)
     p.add_argument("--temperatures", default="0,0.4", help="comma-separated, e.g. 0,0.4 (default)")
     p.add_argument("--samples", type=int, default=4, help="samples per problem at T > 0 (pass@k for k <= N)")
     p.add_argument("--limit", type=int, default=None, help="only the first N problems")
@@ -149,6 +167,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", default=None, help="write the results as JSON here")
     p.set_defaults(func=_cmd_eval)
+
+    data = sub.add_parser("data", help="convert or inspect a dataset file (AceCode, HumanEval, MBPP, EvalPlus, ...)")
+    commands = data.add_subparsers(dest="data_command", required=True)
+    p = commands.add_parser("convert", help="write a file in any known format as training problems (JSONL)")
+    p.add_argument("src", help="JSONL, JSON, .gz of either, or Parquet")
+    p.add_argument("--to", required=True, metavar="OUT", help="the training JSONL to write")
+    p.add_argument("--format", default="auto", help=FORMAT_HELP)
+    p.add_argument("--hard-subset", action="store_true",
+                   help="raw AceCode-87K/89K only: the paper's hard subset (DiffuCoder's process_data.py: by the "
+                        "pass rates in `inferences`) with its signature copies")
+    p.set_defaults(func=_cmd_data_convert)
+    p = commands.add_parser("inspect", help="print a file's format, rows, rows skipped and why, tests per problem")
+    p.add_argument("file", help="JSONL, JSON, .gz of either, or Parquet")
+    p.add_argument("--format", default="auto", help=FORMAT_HELP)
+    p.set_defaults(func=_cmd_data_inspect)
 
     sandbox = sub.add_parser("sandbox", help="score code samples in the sandbox; check isolation")
     commands = sandbox.add_subparsers(dest="sandbox_command", required=True)

@@ -86,6 +86,7 @@ class ModelConfig:
 @dataclass
 class DataConfig:
     train: str = "configs/data/toy_train.jsonl"
+    format: str = "auto"  # auto: recognised from data.train's columns; or a name in orchestrator/formats.py
     max_prompt_tokens: int = 200  # longer prompts are left-truncated
     shuffle: bool = True
     canary_fraction: float = 0.0  # this fraction of prompts are canaries (orchestrator/canaries.py); 0: none
@@ -270,7 +271,16 @@ def check_paths(cfg: Config) -> None:
     missing = missing_paths(cfg)
     if missing:
         raise UserError(missing[0])
+    check_data_format(cfg)
     check_model_kind(cfg)
+
+
+def check_data_format(cfg: Config) -> None:
+    """UserError (one line: the columns it has, the formats known) when no known format fits data.train, or
+    data.format names none; reads only the file's first rows (orchestrator/formats.py)."""
+    from orchestrator.formats import recognise
+
+    recognise(cfg.data.train, cfg.data.format, what="data.format")
 
 
 def policy_family(cfg: Config) -> str:
@@ -345,6 +355,10 @@ def check_family_settings(cfg: Config, family: str) -> None:
 def validate(cfg: Config) -> None:
     """Enum values, ranges and cross-field consistency; raises UserError on the first problem."""
     _check_choices(cfg)
+    if cfg.data.format != "auto":
+        from orchestrator.formats import format_named
+
+        format_named(cfg.data.format, "data.format")
     run, ro, le, tiny = cfg.run, cfg.rollout, cfg.learner, cfg.model.tiny
     batch = ro.prompts_per_step * ro.group_size
     checks = [

@@ -1,5 +1,6 @@
-"""Prompt datasets: the one row reader (JSON lines, gzipped or not, and Parquet), problems, and the AceCode-87K
-converter. Chat prompts are built in `actors.prompts`.
+"""Prompt datasets: the one row reader (JSON lines or a JSON array, gzipped or not, and Parquet), problems, and
+the AceCode-87K converter (`diffurl data convert --hard-subset`). Which format a file is in, and how its rows
+become problems: orchestrator/formats.py. Chat prompts are built in `actors.prompts`.
 
 A problem (the schema `diffurl sandbox score` takes) is a dict with
     task_id: str, question: str (the task, with the function signature), entry_point: str,
@@ -26,8 +27,10 @@ from orchestrator.errors import UserError
 from sandbox_workers.judge import compile_problem
 
 REQUIRED_FIELDS = {"task_id": str, "question": str, "entry_point": str, "tests": list}
-JSON_LINES = (".jsonl", ".json", ".jsonl.gz", ".json.gz")  # one JSON object per line
-FORMATS = ".jsonl, .jsonl.gz or .parquet"
+JSON_LINES = (".jsonl", ".json", ".jsonl.gz", ".json.gz")  # one JSON object per line, or one JSON array
+FORMATS = ".jsonl, .json (lines or an array), either gzipped (.gz), or .parquet"
+SIGNATURE_PREFIX = "Please complete the following problem:"  # DiffuCoder's signature copies of AceCode rows
+SIGNATURE_SUFFIX = "/signature"  # ... keep their row's id: here they are `{id}/signature`
 
 # AceCode hard subset, as apple/ml-diffucoder `recipes/process_data.py` (difficulty="hard") selects it.
 ACECODE_MODELS = ("qwen_coder_2.5", "llama3_instruct")
@@ -35,30 +38,20 @@ HARD_MEAN_PERCENTILE = 20  # keep rows whose mean pass rate is <= this percentil
 HARD_STD_PERCENTILE = 40  # ... and whose pass-rate std is >= this percentile of all stds
 
 
-def load_prompts(path: str | Path) -> tuple[list[dict], list[str]]:
-    """Problems from a JSON-lines (.jsonl, .jsonl.gz) or .parquet file, and the skipped rows' reasons."""
-    problems, skipped, seen = [], [], set()
-    for where, row in read_rows(path):
-        if isinstance(row, str):  # the row could not be read as an object: `row` is why
-            skipped.append(f"{where}: {row}")
-            continue
-        problem, reason = _as_problem(row)
-        if reason is None and problem["task_id"] in seen:
-            reason = f"duplicate task_id {problem['task_id']!r}"
-        if reason is not None:
-            skipped.append(f"{where}: {reason}")
-            continue
-        seen.add(problem["task_id"])
-        problems.append(problem)
-    if not problems:
-        first = f"; first: {skipped[0]}" if skipped else ""
-        raise UserError(f"dataset {path}: no usable problems ({len(skipped)} rows skipped{first})")
+def load_prompts(path: str | Path, fmt: str = "auto", log=print) -> tuple[list[dict], list[str]]:
+    """Training problems from a file in any known format (`orchestrator.formats`: the project's own, AceCode,
+    HumanEval, MBPP, EvalPlus; recognised from its columns, or `fmt` as data.format names it), and the skipped
+    rows' reasons. One line naming the format goes to `log`."""
+    from orchestrator.formats import load_problems
+
+    problems, skipped, _ = load_problems(path, fmt, log=log, what="data.format")
     return problems, skipped
 
 
 class RowPlace(NamedTuple):
-    """Where a row stands in its file, counted from 1; prints as `line 3` (JSON lines) or `row 3` (Parquet)."""
-    unit: str  # "line" | "row"
+    """Where a row stands in its file, counted from 1; prints as `line 3` (JSON lines), `item 3` (a JSON array)
+    or `row 3` (Parquet)."""
+    unit: str  # "line" | "item" | "row"
     number: int
 
     def __str__(self) -> str:
@@ -66,7 +59,8 @@ class RowPlace(NamedTuple):
 
 
 def read_rows(path: str | Path) -> Iterator[tuple[RowPlace, dict | str]]:
-    """(where, row) per non-blank row of a JSON-lines (.jsonl, .json, .jsonl.gz) or Parquet file, in file order;
+    """(where, row) per non-blank row of a JSON-lines or JSON-array (.jsonl, .json, .jsonl.gz, .json.gz) or Parquet
+    file, in file order;
     `row` is the reason string instead when that row is not a JSON object. A file that cannot be read at all
     (missing, another format, not UTF-8, broken Parquet) is a UserError naming it."""
     path = Path(path)
@@ -154,10 +148,37 @@ def convert_acecode(in_path: str | Path, out_path: str | Path, hard_only: bool =
     return report
 
 
+def convert(src: str | Path, out: str | Path, fmt: str = "auto", hard_subset: bool = False,
+            log=print) -> ConversionReport:
+    """`diffurl data convert`: a file in any known format -> the project's training JSONL at `out`. With
+    `hard_subset`, raw AceCode rows through `convert_acecode` (the paper's hard subset and its signature copies,
+    as DiffuCoder's process_data.py makes acecode_hard.jsonl); any other format is refused (no `inferences`)."""
+    from orchestrator.formats import load_problems, recognise
+
+    chosen = recognise(src, fmt)
+    if hard_subset:
+        if chosen.name != "acecode":
+            already = " (already DiffuCoder's hard subset)" if chosen.name == "acecode-hard" else ""
+            raise UserError(f"--hard-subset: {src} holds {chosen.name} rows{already}, without 'inferences'; the hard "
+                            f"subset is chosen by the pass rates of {' and '.join(ACECODE_MODELS)} in raw "
+                            "AceCode-87K/89K rows (columns id, question, test_cases, inferences)")
+        log(f"dataset {src}: {chosen.title} ({chosen.name})")
+        return convert_acecode(src, out)
+    problems, skipped, _ = load_problems(src, chosen.name, log=log)
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with out.open("w") as f:
+        for problem in problems:
+            f.write(json.dumps(problem) + "\n")
+    return ConversionReport(read=len(problems) + len(skipped), written=len(problems), skipped=skipped)
+
+
 def _acecode_problem(row: dict) -> tuple[dict | None, list[float], str | None]:
     missing = [k for k in ("id", "question", "test_cases") if not row.get(k)]
     if missing:
         return None, [], f"missing field {missing[0]!r}"
+    if not isinstance(row["question"], str):
+        return None, [], "question is not a string"
     tests = row["test_cases"]
     if not isinstance(tests, list) or not all(isinstance(t, str) for t in tests):
         return None, [], "test_cases is not a list of strings"
@@ -168,7 +189,10 @@ def _acecode_problem(row: dict) -> tuple[dict | None, list[float], str | None]:
     accs = [float(i["pass_rate"]) for i in inferences
             if i.get("model_name") in ACECODE_MODELS and i.get("pass_rate") is not None]
     passing = [i for i in inferences if i.get("pass_rate") == 1.0 and i.get("completion")]
-    problem = {"task_id": str(row["id"]), "question": row["question"], "entry_point": entry_point,
+    task_id = str(row["id"])
+    if row["question"].lstrip().startswith(SIGNATURE_PREFIX):  # a signature copy: same id, a distinct prompt
+        task_id += SIGNATURE_SUFFIX
+    problem = {"task_id": task_id, "question": row["question"], "entry_point": entry_point,
                "tests": list(tests), "reference": passing[0]["completion"] if passing else None,
                "source": row.get("source")}
     return problem, accs, None
@@ -184,9 +208,9 @@ def _signature_variant(problem: dict, row: dict) -> dict | None:
     signature = best.split(":\n")[0].strip()
     if not signature.startswith("def "):
         return None
-    question = (f"Please complete the following problem:\n```\n{signature}:\n    \"\"\"\n    {problem['question']}\n"
+    question = (f"{SIGNATURE_PREFIX}\n```\n{signature}:\n    \"\"\"\n    {problem['question']}\n"
                 f"    \"\"\"\n```\n")
-    return {**problem, "task_id": f"{problem['task_id']}/signature", "question": question}
+    return {**problem, "task_id": problem["task_id"] + SIGNATURE_SUFFIX, "question": question}
 
 
 def _as_problem(row: dict) -> tuple[dict | None, str | None]:
@@ -213,9 +237,15 @@ def _as_problem(row: dict) -> tuple[dict | None, str | None]:
 
 
 def _read_jsonl(path: Path) -> Iterator[tuple[RowPlace, dict | str]]:
+    """JSON lines, or (a file whose text starts with `[`) one JSON array, its items counted as `item N`."""
     opener = gzip.open if path.name.lower().endswith(".gz") else open
     try:
         with opener(path, "rt", encoding="utf-8") as f:
+            head = f.read(4096).lstrip("\ufeff \t\r\n")
+            f.seek(0)
+            if head.startswith("["):
+                yield from _read_json_array(path, f)
+                return
             for number, line in enumerate(f, start=1):
                 if not line.strip():
                     continue
@@ -230,6 +260,19 @@ def _read_jsonl(path: Path) -> Iterator[tuple[RowPlace, dict | str]]:
         raise UserError(f"dataset {path}: not UTF-8 text; expected JSON lines") from None
     except (gzip.BadGzipFile, EOFError) as exc:
         raise UserError(f"dataset {path}: unreadable gzip ({exc})") from None
+
+
+def _read_json_array(path: Path, f) -> Iterator[tuple[RowPlace, dict | str]]:
+    try:
+        items = json.load(f)
+    except json.JSONDecodeError as exc:
+        raise UserError(f"dataset {path}: not valid JSON ({exc.msg}, line {exc.lineno}); expected JSON lines "
+                        "or one JSON array of objects") from None
+    if not isinstance(items, list):
+        raise UserError(f"dataset {path}: expected JSON lines or one JSON array of objects")
+    for number, row in enumerate(items, start=1):
+        why = f"expected an object, got {type(row).__name__}"
+        yield RowPlace("item", number), row if isinstance(row, dict) else why
 
 
 def _read_parquet(path: Path) -> Iterator[tuple[RowPlace, dict | str]]:

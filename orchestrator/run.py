@@ -85,7 +85,7 @@ def _run(cfg, run: RunDir, *, resume: dict | None, out=print) -> Path:
         if resume is not None:
             model_dir = run.checkpoint(resume["tag"]).policy
         else:
-            model_dir = prepare_model(cfg, run, load_prompts(cfg.data.train)[0])
+            model_dir = prepare_model(cfg, run, load_prompts(cfg.data.train, cfg.data.format, log=lambda _: None)[0])
         ray_started, metrics_port = init_ray(cfg, run.run_id, out=out)
         if redis is not None and redis.bind == EVERY_INTERFACE:  # on a cluster: the URL other nodes can reach
             redis.host = ray.util.get_node_ip_address()  # this node's IP as Ray knows it (after ray.init)

@@ -210,7 +210,8 @@ def test_submitted_two_step_job_succeeds_status_and_plot_report_it_and_a_resubmi
 def test_submit_wait_exits_1_when_the_job_fails_on_the_cluster(token_head, tmp_path, monkeypatch, capsys):
     monkeypatch.setenv("RAY_AUTH_TOKEN", TOKEN)
     bad_data = tmp_path / "bad.jsonl"
-    bad_data.write_text('{"task_id": "x"}\n')  # exists (passes the local check), holds no usable problem
+    # a known format's columns (passes the local check), but no usable problem: no tests
+    bad_data.write_text('{"task_id": "x", "question": "q", "entry_point": "f", "tests": []}\n')
     rc = cli.main(["submit", "configs/demo.yaml", f"data.train={bad_data}", f"run.root_dir={tmp_path / 'runs'}",
                       "--address", token_head.dashboard_url, "--wait"])
     captured = capsys.readouterr()
