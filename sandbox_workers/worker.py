@@ -110,6 +110,33 @@ class Scorer:
             self._cache_put(cache_key, result)
         return result
 
+    def output(self, program: str, call: str, entry_point: str, max_bytes: int) -> dict:
+        """Run a data job: `program` (dataset code that makes data, e.g. a CodeI/O task's input generator and
+        reference solution: orchestrator/codeio.py; never a model's completion) in a candidate box, and `call`,
+        a trusted statement calling `entry_point`, in the test box, once; what the program printed comes back.
+
+        This is the one job whose reply carries a value the program computed: up to `max_bytes` (at most the
+        supervisor's MAX_HEAD, 1 MiB) of its stdout, as text, which the caller parses as untrusted data. Returns
+        {status (the call's verdict, or sandbox_error), detail, stdout, stdout_full (the program printed more
+        than was kept), stderr_tail}."""
+        job = {"program": program, "entry_point": entry_point, "preamble": "",
+               "tests": [{"source": call, "check": False}], "timeout": self.settings.test_timeout_s,
+               "stdout_head": max_bytes}
+        oom_kills = self.sandbox.slot.oom_kills()
+        try:
+            reply = self.sandbox.run(job)
+        except SandboxFault as fault:
+            return {"status": "sandbox_error", "detail": str(fault), "stdout": "", "stdout_full": False,
+                    "stderr_tail": ""}
+        verdict = reply["tests"][0]
+        status = verdict["status"]
+        if status == "runtime_error" and verdict.get("sigkill") and self.sandbox.slot.oom_kills() > oom_kills:
+            status = "memory_limit"
+        stdout = reply.get("stdout") if isinstance(reply.get("stdout"), str) else ""
+        return {"status": status, "detail": verdict["detail"], "stdout": stdout,
+                "stdout_full": len(stdout.encode()) >= max_bytes or bool(reply.get("stdout_truncated")),
+                "stderr_tail": str(reply.get("stderr", ""))[-1000:]}
+
     def healthy(self) -> bool:
         """Whether this slot's sandbox runs the self-test's probe job correctly now (after a sandbox_error, this
         tells a broken sandbox from a completion that broke it)."""

@@ -34,6 +34,8 @@ GRACE_S = 0.5
 BOX_WAIT_S = 10.0         # the longest a job waits for the template to make a box
 REAP_WAIT_S = 2.0         # the longest a job waits for its killed boxes to be reaped
 HEAD = 4096
+MAX_HEAD = 1 << 20        # the most of stdout a job may ask to keep (`stdout_head`: a data job's output, never a
+# candidate's: sandbox_workers/worker.py Scorer.output)
 PRELOAD = ("typing", "math", "collections", "itertools", "functools", "re", "string", "heapq", "bisect")
 
 
@@ -219,6 +221,8 @@ class Job:
     def __init__(self, supply, config, job):
         self.supply, self.cap, self.job = supply, config["output_cap"], job
         self.n = len(job["tests"])
+        head = job.get("stdout_head", HEAD)
+        self.head = head if type(head) is int and 0 <= head <= MAX_HEAD else HEAD
         self.timeout = float(job["timeout"]) + GRACE_S
         self.deadline = time.monotonic() + (self.n + 1) * self.timeout
         self.results = [None] * self.n
@@ -437,7 +441,8 @@ class Job:
             return False
         self.io[name + "_bytes"] += len(data)
         if name == "stdout":
-            self.io["stdout"] = (self.io["stdout"] + data)[:HEAD]
+            if len(self.io["stdout"]) < self.head:
+                self.io["stdout"] = (self.io["stdout"] + data)[:self.head]
         else:
             self.io["stderr"] = (self.io["stderr"] + data)[-HEAD:]
         if self.io[name + "_bytes"] > self.cap:

@@ -35,7 +35,8 @@ def test_paper_preset_holds_the_recipe_numbers():
     cfg = load_config(REPO / "configs" / "diffucoder_7b.yaml")
     ro, le = cfg.rollout, cfg.learner
     assert (ro.group_size, ro.prompts_per_step, ro.max_new_tokens, ro.steps) == (10, 8, 256, 256)
-    assert (ro.alg, ro.temperature) == ("entropy", 1.2)
+    assert (ro.alg, ro.temperature, ro.top_p) == ("entropy", 1.2, 0.95)
+    assert ro.top_k == 50  # the released trainer's: the HF generation-config default of transformers < 5
     assert (le.mu, le.clip_eps, le.kl_beta, le.lr, le.lr_schedule, le.zero_stage) == (2, 0.5, 0.01, 1e-6, "cosine", 2)
     assert (cfg.model.dtype, cfg.model.gradient_checkpointing, le.estimator) == ("bfloat16", True, "coupled")
 
