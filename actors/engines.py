@@ -20,6 +20,7 @@ seeds it with `batch_seed(seeds)`.
 """
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -64,8 +65,6 @@ def torch_device(device: str) -> torch.device:
     """"cuda" (the GPU, or GPU share, Ray assigned to this process) or "cpu"; a clear error when torch sees no GPU."""
     if device == "cuda":
         if not torch.cuda.is_available():
-            import os
-
             raise RuntimeError(f"asked for CUDA but torch sees no GPU "
                                f"(CUDA_VISIBLE_DEVICES={os.environ.get('CUDA_VISIBLE_DEVICES')!r})")
         return torch.device("cuda", 0)

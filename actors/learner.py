@@ -32,6 +32,7 @@ import torch.distributed as dist
 
 from actors.termination import exit_quietly_on_sigterm
 from actors.dllm import derived_seed, grpo_advantages, grpo_loss, left_pad, lr_lambda, update_reference
+from actors.engines import torch_device
 from actors.policy import policy_for
 from actors.trajectory import Trajectory
 from actors.weight_sync import BroadcastMember, Layout, free_port_here, layout_of
@@ -83,10 +84,10 @@ class LearnerImpl:
         or "cpu" (the configured dtype, gloo)."""
         exit_quietly_on_sigterm()
         self.cfg, self.rank, self.world_size = cfg, rank, world_size
-        self.device = torch.device("cuda", 0) if device == "cuda" else torch.device("cpu")
-        if device == "cuda" and not torch.cuda.is_available():
-            raise RuntimeError(f"learner-{rank}: asked for CUDA but torch sees no GPU "
-                               f"(CUDA_VISIBLE_DEVICES={os.environ.get('CUDA_VISIBLE_DEVICES')!r})")
+        try:
+            self.device = torch_device(device)
+        except RuntimeError as e:
+            raise RuntimeError(f"learner-{rank}: {e}") from None
         os.environ["DS_ACCELERATOR"] = "cuda" if device == "cuda" else "cpu"  # before deepspeed is imported
         self.weight_group = None
 

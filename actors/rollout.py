@@ -21,7 +21,7 @@ import torch
 
 from actors.dllm import DecoderSettings, ar_ness, completion_mask_from_ids, derived_seed
 from actors.dllm.tokenizer import end_token_ids
-from actors.engines import EngineOptions, Generation
+from actors.engines import EngineOptions, Generation, torch_device
 from actors.policy import policy_for
 from actors.prompts import encode_prompt
 from actors.termination import exit_quietly_on_sigterm
@@ -47,16 +47,16 @@ class RolloutWorkerImpl:
         exit_quietly_on_sigterm()
         torch.set_num_threads(max(1, int(os.environ.get("OMP_NUM_THREADS", "1"))))
         self.cfg, self.run_id, self.worker_id = cfg, run_id, worker_id
-        self.device = torch.device("cuda", 0) if device == "cuda" else torch.device("cpu")
+        try:
+            self.device = torch_device(device)
+        except RuntimeError as e:
+            raise RuntimeError(f"{worker_id}: {e}") from None
         self.settings = DecoderSettings.from_values(cfg.rollout)  # the rollout section's decoder fields
         self.policy = policy_for(model_dir)  # the family: Dream, LLaDA or a causal Qwen2
         ro = cfg.rollout
-        try:
-            self.engine = self.policy.engine(model_dir, self.settings, device=device, options=EngineOptions(
-                max_model_len=cfg.data.max_prompt_tokens + ro.max_new_tokens, seed=cfg.run.seed,
-                vllm_kv_cache_mb=ro.vllm_kv_cache_mb, vllm_gpu_memory_utilization=ro.vllm_gpu_memory_utilization))
-        except RuntimeError as e:
-            raise RuntimeError(f"{worker_id}: {e}") from None
+        self.engine = self.policy.engine(model_dir, self.settings, device=device, options=EngineOptions(
+            max_model_len=cfg.data.max_prompt_tokens + ro.max_new_tokens, seed=cfg.run.seed,
+            vllm_kv_cache_mb=ro.vllm_kv_cache_mb, vllm_gpu_memory_utilization=ro.vllm_gpu_memory_utilization))
         self.tokenizer = self.engine.tokenizer
         self.weight_group = None
         self.version = version
