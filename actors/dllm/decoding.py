@@ -10,6 +10,10 @@ One deliberate difference from Dream: the `<|mask|>` logit is removed before sam
 position always holds a real token (Dream could "reveal" MASK, which silently re-masks the position).
 With steps == max_new_tokens the reference schedule reveals 0 tokens at step 0, 1 per step after, and 2
 at the last step (floor of float32 ratios); this decoder keeps that schedule exactly.
+
+Ties: positions of equal confidence are revealed leftmost first (`leftmost_topk`), so the order does not depend
+on the canvas width or the device (`torch.topk` leaves ties unordered; on CPU it happens to break them leftmost
+only from width 64 on, which is what Dream's release, ranking over the whole canvas, gets).
 """
 
 from __future__ import annotations
@@ -72,6 +76,13 @@ def filtered_probs(logits: torch.Tensor, *, temperature: float, top_p: float | N
     if top_k is not None:
         logits = _top_k_filter(logits, top_k)
     return torch.softmax(logits, dim=-1)
+
+
+def leftmost_topk(scores: torch.Tensor, k: int) -> torch.Tensor:
+    """Indices [..., k] of the k largest scores along the last dim; equal scores are taken leftmost first.
+
+    A stable descending sort keeps equal scores in position order, which `torch.topk` does not promise."""
+    return torch.sort(scores, dim=-1, descending=True, stable=True).indices[..., :k]
 
 
 def alg_confidence(probs: torch.Tensor, chosen_prob: torch.Tensor, alg: str) -> torch.Tensor:
@@ -212,7 +223,7 @@ def generate(
             full_confidence = torch.full(masked.shape, -torch.inf, device=device)
             full_confidence[masked] = confidence
             if alg_temp == 0:
-                chosen = torch.topk(full_confidence, count, dim=-1).indices  # [B, count]
+                chosen = leftmost_topk(full_confidence, count)  # [B, count]
             else:
                 weights = F.softmax(full_confidence / alg_temp, dim=-1)
                 chosen = torch.multinomial(weights, count, generator=generator)

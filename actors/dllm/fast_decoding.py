@@ -14,7 +14,8 @@ still-masked positions of the current block of each row taking part:
     a benchmark can force the parallelism a trained model shows on a random one, which is never confident);
   - factor rule (`factor` set): sort p descending and reveal the longest prefix whose n-th value is
     >= 1 - factor / (n + 1) (n = 1, 2, ...; the first is always revealed).
-Revealed tokens are never re-masked. The mask token's logit is removed (Dream: the tokenizer's `<|mask|>`, as
+Equal values rank leftmost first in both rules (the first maximum, a stable sort, `leftmost_topk`), whatever the
+block width and device. Revealed tokens are never re-masked. The mask token's logit is removed (Dream: the tokenizer's `<|mask|>`, as
 in the reference decoder; LLaDA: the config's mask_token_id), so a revealed position always holds a real token.
 
 Blocks move in step over the batch: a row that has finished the current block sits out the forwards until
@@ -46,7 +47,7 @@ import torch
 
 from ..decoder_settings import CACHES
 from .decoding import (ALGORITHMS, GenerateResult, _check_options, alg_confidence, filtered_probs, finish,
-                       start_canvas)
+                       leftmost_topk, start_canvas)
 from .padding import attention_inputs, position_ids_from_mask
 from .seeding import derived_seed
 from .tokenizer import IM_END
@@ -180,16 +181,16 @@ def _accept(p: torch.Tensor, rank: torch.Tensor, candidates: torch.Tensor, thres
     `min_tokens` top-ranked ones)."""
     if factor is None:
         accept = candidates & (p >= threshold)
-        best = rank.argmax(dim=1)
+        best = rank.argmax(dim=1)  # the first of equal maxima: the leftmost
     else:
-        sorted_p, by_p = torch.sort(p, dim=1, descending=True)
+        sorted_p, by_p = torch.sort(p, dim=1, descending=True, stable=True)  # ties: leftmost first
         n = torch.arange(1, p.shape[1] + 1, device=p.device, dtype=p.dtype)
         prefix = (sorted_p >= 1 - factor / (n + 1)).long().cumprod(dim=1).bool()
         accept = torch.zeros_like(candidates).scatter_(1, by_p, prefix) & candidates
         best = by_p[:, 0]
     accept.scatter_(1, best[:, None], True)
     if min_tokens > 1:
-        accept.scatter_(1, rank.topk(min(min_tokens, rank.shape[1]), dim=1).indices, True)
+        accept.scatter_(1, leftmost_topk(rank, min(min_tokens, rank.shape[1])), True)
     return accept & candidates
 
 

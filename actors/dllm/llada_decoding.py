@@ -28,8 +28,9 @@ model name in generate.py", the one whose `generate` takes `attention_mask`, `lo
   drawn), x0 = argmax; confidence = softmax(logits) at x0, in the logits' own dtype (the release dropped the
   float64 softmax in f51cb17), or a uniform float draw (`random`);
 - confidence -inf beyond the current block and on every unmasked position; per row the top-k of the row's
-  confidence (one `topk` per row, as the release does, so ties break the same way) are revealed and never
-  remasked. No logit shift: logits at position i predict token i. As in the release, nothing stops x0 from
+  confidence (one ranking per row, as the release does) are revealed and never remasked; equal confidences
+  are taken leftmost first (`leftmost_topk`), what the release's `torch.topk` does on CPU over its rows of 64 or
+  more positions, here at any width and on any device. No logit shift: logits at position i predict token i. As in the release, nothing stops x0 from
   being mask_id itself: such a "reveal" leaves the position masked (it stays a candidate; `order` keeps -1
   until a real token lands there, and it can end masked).
 - random draws: the same calls in the same order, shapes and dtypes (Gumbel noise [B, L, V] float64, then
@@ -52,7 +53,7 @@ import torch
 import torch.nn.functional as F
 
 from .decoders import decode_fast
-from .decoding import GenerateResult, finish, start_canvas
+from .decoding import GenerateResult, finish, leftmost_topk, start_canvas
 from .llada import forward_from_mask
 from .seeding import batch_seed
 
@@ -162,7 +163,7 @@ def generate_llada(model, prompt_ids: torch.Tensor, *, mask_id: int, attention_m
             confidence = torch.where(mask_index, x0_p, -torch.inf)
             transfer = torch.zeros_like(mask_index)
             for row in range(batch):
-                transfer[row, torch.topk(confidence[row], k=int(counts[row, i])).indices] = True
+                transfer[row, leftmost_topk(confidence[row], int(counts[row, i]))] = True
             x[transfer] = x0[transfer]
             revealed = transfer & (x != mask_id)  # a predicted mask_id leaves the position masked, as in the release
             order[revealed[:, prompt_length:]] = block * block_steps + i
