@@ -105,8 +105,8 @@ def test_entries_are_split_on_commas_and_every_name_is_known():
     assert set(BENCHMARKS) == {"humaneval", "humaneval+", "mbpp", "mbpp+", "codeio-heldout"}
 
 
-def test_eval_on_three_benchmarks_at_once_reports_each_with_its_prompt_format(random_model_dir, tmp_path,
-                                                                              monkeypatch, capsys):
+def test_eval_on_the_benchmarks_and_every_file_format_at_once_reports_each_with_its_prompt_format(
+        random_model_dir, tmp_path, monkeypatch, capsys):
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
     monkeypatch.setenv("DIFFURL_MBPP_PATH", str(write_case(tmp_path, "mbpp-sanitized")))
@@ -114,21 +114,27 @@ def test_eval_on_three_benchmarks_at_once_reports_each_with_its_prompt_format(ra
     (tmp_path / "codeio").mkdir()
     write_rows(tmp_path / "codeio" / "heldout.jsonl", [CODEIO_ROW])
     monkeypatch.setenv("DIFFURL_CODEIO_DIR", str(tmp_path / "codeio"))
+    # the formats the names above do not cover, as files: (format, problems, asked with the chat prompt)
+    files = {str(write_case(tmp_path, name)): (problems, chat) for name, problems, chat in [
+        ("acecode", 1, True), ("acecode-hard", 2, True), ("humaneval", 1, False), ("mbpp", 1, False),
+        ("mbpp+", 1, False)]}
+    expected = {"mbpp": (1, False), "humaneval+": (1, False), "codeio-heldout": (1, True), **files}
     out = tmp_path / "results.json"
-    rc = main(["eval", str(random_model_dir), "--problems", "mbpp,humaneval+,codeio-heldout", "--samples", "2",
+    rc = main(["eval", str(random_model_dir), "--problems", ",".join(expected), "--samples", "2",
                "--temperatures", "0,1", "--max-new-tokens", "8", "--sandbox-workers", "1", "--device", "cpu",
                "--out", str(out)])
     assert rc == 0
     results = json.loads(out.read_text())
     assert [(r["benchmark"], r["temperature"]) for r in results] == [
-        ("mbpp", 0.0), ("mbpp", 1.0), ("humaneval+", 0.0), ("humaneval+", 1.0),
-        ("codeio-heldout", 0.0), ("codeio-heldout", 1.0)]
-    instruct, chat = PROMPT_FORMATS[False], PROMPT_FORMATS[True]
-    assert [r["prompt_format"] for r in results] == [instruct] * 4 + [chat] * 2
-    assert all(r["problems"] == 1 and r["sandbox_errors"] == 0 and r["unjudgeable"] == [] for r in results)
-    assert [r["samples"] for r in results] == [1, 2] * 3 and all(set(r["pass_at"]) == {"1", "2"}
-                                                                 for r in results[1::2])
+        (name, t) for name in expected for t in (0.0, 1.0)]
+    for r in results:
+        problems, chat = expected[r["benchmark"]]
+        assert r["prompt_format"] == PROMPT_FORMATS[chat] and r["problems"] == problems, r
+        assert r["sandbox_errors"] == 0 and r["unjudgeable"] == [], r
+    assert [r["samples"] for r in results] == [1, 2] * len(expected) and all(set(r["pass_at"]) == {"1", "2"}
+                                                                             for r in results[1::2])
     printed = capsys.readouterr().out
+    instruct, chat = PROMPT_FORMATS[False], PROMPT_FORMATS[True]
     assert "| metric | mbpp | humaneval+ | codeio-heldout |" in printed
     assert f"| prompt | {instruct} | {instruct} | {chat} |" in printed
     assert "| problems | 1 | 1 | 1 |" in printed and "| pass@2 (T=1, n=2) |" in printed

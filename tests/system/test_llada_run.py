@@ -1,6 +1,8 @@
 """A LLaDA checkpoint as model.path trains through the whole system (local Ray, embedded Redis, the real sandbox,
 DeepSpeed on CPU): the learner and rollout workers take the family from its config.json (actors/policy.py),
-decode with LLaDA's generate.py decoder and save LLaDA's released checkpoint format."""
+decode with LLaDA's generate.py decoder and save LLaDA's released checkpoint format. It trains on a file as
+DiffuCoder's recipes/process_data.py writes acecode_hard.jsonl (a signature copy under the same id), so a data
+format other than diffurl's own goes through the whole loop too."""
 from __future__ import annotations
 
 import json
@@ -13,6 +15,7 @@ import torch
 from actors.dllm.llada import is_llada_dir, load_llada, save_llada
 from orchestrator.config import check_model_kind, load_config
 from orchestrator.errors import UserError
+from tests.orchestrator.test_data_formats import write_case
 from tests.system.test_train_integration import DIFFURL, REPO, SMALL, _check_run, _env, _run_dir
 from tests.tiny_model import build_tiny, tiny_llada
 
@@ -30,12 +33,19 @@ def llada_dir(tmp_path_factory):
 
 @pytest.mark.integration
 def test_a_llada_model_trains_with_its_own_decoder_and_saves_its_own_format(tmp_path, llada_dir):
-    cmd = DIFFURL + ["train", "configs/demo.yaml", *SMALL, *LLADA, f"model.path={llada_dir}",
-                     f"run.root_dir={tmp_path}", "run.name=it-llada", "rollout.num_cpus=0.5", "learner.num_cpus=0.5"]
+    data = write_case(tmp_path, "acecode-hard")
+    runs = tmp_path / "runs"
+    cmd = DIFFURL + ["train", "configs/demo.yaml", *SMALL, *LLADA, f"model.path={llada_dir}", f"data.train={data}",
+                     f"run.root_dir={runs}", "run.name=it-llada", "rollout.num_cpus=0.5", "learner.num_cpus=0.5"]
     proc = subprocess.run(cmd, cwd=REPO, env=_env(), capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, (proc.stdout + proc.stderr)[-3000:]
-    run_dir = _run_dir(tmp_path)
+    recognised = "acecode_hard.jsonl: AceCode as DiffuCoder's process_data.py writes it (acecode_hard.jsonl)"
+    assert f"{recognised} (acecode-hard)" in proc.stdout, proc.stdout[-3000:]
+    run_dir = _run_dir(runs)
     _check_run(run_dir, steps=3, groups_per_step=2)
+    trained = [json.loads(line) for line in (run_dir / "trained_groups.jsonl").read_text().splitlines()]
+    prompts = {g["prompt_id"] for step in trained for g in step["groups"]}
+    assert prompts == {"oss_1", "oss_1/signature"}, prompts  # the copy is a prompt of its own
     policy = run_dir / "checkpoints" / "step000003" / "policy"
     assert is_llada_dir(policy)
     trained, _ = load_llada(policy)
