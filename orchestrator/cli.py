@@ -118,7 +118,11 @@ def _cmd_plot(args) -> int:
 def _cmd_scale(args) -> int:
     from orchestrator.ops.scale import scale_command
 
-    return scale_command(args.run_dir, args.rollout_workers, args.sandbox_workers)
+    if args.count is not None and args.rollout_workers is not None:
+        raise UserError(f"scale: N={args.count} and --rollout-workers {args.rollout_workers} both give the rollout "
+                        "workers; give one")
+    rollout = args.rollout_workers if args.count is None else args.count
+    return scale_command(args.run_dir, rollout, args.sandbox_workers)
 
 
 RUN_DIR_HELP = "the run directory, e.g. runs/demo-20250101-120000"
@@ -245,6 +249,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("scale", help="change a running run's rollout/sandbox worker counts")
     p.add_argument("run_dir", metavar="RUN", help=RUN_DIR_HELP)
+    p.add_argument("count", nargs="?", type=int, metavar="N", help="desired rollout workers (as --rollout-workers N)")
     p.add_argument("--rollout-workers", type=int, metavar="N", help="desired rollout workers (>= 1)")
     p.add_argument("--sandbox-workers", type=int, metavar="N", help="desired sandbox workers (>= 1)")
     p.set_defaults(func=_cmd_scale)
@@ -270,8 +275,8 @@ def main(argv: list[str] | None = None) -> int:
     except RunFailed as e:
         print(f"diffurl: run failed: {e}", file=sys.stderr)
         return 1
-    except KeyboardInterrupt:
-        print("diffurl: interrupted", file=sys.stderr)
+    except KeyboardInterrupt as e:
+        print(f"diffurl: interrupted: {e}" if str(e) else "diffurl: interrupted", file=sys.stderr)
         return 130
 
 

@@ -17,6 +17,11 @@ class RunFailed(Exception):
     the CLI prints it on one line and exits with code 1."""
 
 
+class RunInterrupted(KeyboardInterrupt):
+    """Ctrl-C stopped a run; the message says where it stopped and how to go on. The CLI prints it on one line
+    and exits with code 130, as for any interrupt."""
+
+
 def one_line(error: BaseException) -> str:
     """`Type: first line of the message`, without terminal colour codes; for a Ray task error, of its cause."""
     cause = getattr(error, "cause", None) or error

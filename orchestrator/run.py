@@ -23,7 +23,7 @@ from actors.prompts import SYSTEM_PROMPT
 from orchestrator import checkpoint
 from orchestrator.config import check_paths, config_to_yaml, load_config, save_config
 from orchestrator.data import load_prompts
-from orchestrator.errors import RunFailed, UserError, one_line
+from orchestrator.errors import RunFailed, RunInterrupted, UserError, one_line
 from orchestrator.metrics import metric_name
 from orchestrator.placement import ACTOR_ENV, format_plan
 from orchestrator.redis_server import EVERY_INTERFACE, LOOPBACK, EmbeddedRedis, connect, free_port
@@ -72,7 +72,7 @@ def _run(cfg, run: RunDir, *, resume: dict | None, out=print) -> Path:
 
     redis, ray_started, driver, rows = None, False, None, []
     previous_redis_url = run.read_info().get("redis_url")
-    run.write_info(status="starting", driver_pid=os.getpid())
+    run.write_info(status="starting", driver_pid=os.getpid(), driver_host=socket.gethostname())
     try:
         if cfg.redis.url:
             connect(cfg.redis.url)
@@ -112,6 +112,8 @@ def _run(cfg, run: RunDir, *, resume: dict | None, out=print) -> Path:
         run.write_info(status=status, error=str(e).splitlines()[0] if ours else one_line(e))
         if driver is not None:
             driver.run_state.set_status(status)
+        if isinstance(e, KeyboardInterrupt) and not isinstance(e, RunInterrupted):
+            raise RunInterrupted(_interrupted_at(run)) from None
         raise
     finally:
         if driver is not None:
@@ -124,6 +126,14 @@ def _run(cfg, run: RunDir, *, resume: dict | None, out=print) -> Path:
                 ray.shutdown()
         if redis is not None:
             redis.stop()
+
+
+def _interrupted_at(run: RunDir) -> str:
+    """Where a run stopped by Ctrl-C can go on from: its latest checkpoint, if it has one."""
+    ckpt = run.latest_checkpoint()
+    if ckpt is None:
+        return f"run {run.path} stopped before its first checkpoint; start it again with diffurl train"
+    return f"run {run.path} stopped; resume from {ckpt.tag} with: diffurl train --resume {run.path}"
 
 
 def _embedded_redis(run: RunDir, previous_url: str | None, *, cluster: bool) -> EmbeddedRedis:

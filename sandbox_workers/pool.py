@@ -105,7 +105,29 @@ class SandboxPool:
         self.num_cpus, self.name_prefix, self.batch_size = num_cpus, name_prefix, batch_size
         self.heartbeat_key = heartbeat_key
         self.workers: list = []
+        self.owner = True  # this process starts and stops the workers; a pickled copy only uses them
         self.resize(num_workers)
+
+    def __getstate__(self) -> dict:
+        """A copy sent to another process (a rollout worker's constructor) carries no actor handles: as
+        constructor arguments Ray would hold them in the object store (its ERROR line at every run, ray#53727),
+        and a copy's handles would miss the workers added after it was made. The copy finds the workers by
+        name (`<name_prefix>-<i>`) at each call instead, so it follows `resize` in the owner."""
+        return {**self.__dict__, "workers": [], "owner": False}
+
+    def _find_workers(self) -> None:
+        """A copy: the pool's current workers, by name; SandboxUnavailable when there is none."""
+        if self.owner:
+            return
+        workers = []
+        while True:
+            try:
+                workers.append(ray.get_actor(f"{self.name_prefix}-{len(workers)}"))
+            except ValueError:
+                break
+        if not workers:
+            raise SandboxUnavailable(f"no sandbox worker named {self.name_prefix}-0 is running")
+        self.workers = workers
 
     @property
     def num_workers(self) -> int:
@@ -115,6 +137,8 @@ class SandboxPool:
         """Start or retire workers until there are n (retired ones are the highest-numbered)."""
         if n < 1:
             raise ValueError(f"a pool needs at least one worker, got {n}")
+        if not self.owner:
+            raise RuntimeError("a copy of a SandboxPool cannot start or stop its workers; its owner does")
         new = [self._start(i) for i in range(len(self.workers), n)]
         if new:
             try:
@@ -128,10 +152,13 @@ class SandboxPool:
             self._stop(self.workers.pop(), len(self.workers))
 
     def shutdown(self) -> None:
+        if not self.owner:
+            raise RuntimeError("a copy of a SandboxPool cannot start or stop its workers; its owner does")
         while self.workers:
             self._stop(self.workers.pop(), len(self.workers))
 
     def statuses(self) -> list[dict]:
+        self._find_workers()
         return ray.get([w.status.remote() for w in self.workers])
 
     def score(self, problems: list[dict], completions: list[str], progress=None) -> list[dict]:
@@ -160,6 +187,7 @@ class SandboxPool:
         its format alone and an error naming the exception (`worker.unscorable_result`).
         """
         _validate(problems, completions)
+        self._find_workers()
         results: list[dict | None] = [None] * len(problems)
         # (job index, attempt, worker to avoid, alone in its batch)
         queue = deque((i, 0, None, False) for i in range(len(problems)))
@@ -224,6 +252,7 @@ class SandboxPool:
         worker (modulo the pool's size), so that a caller can run the same program twice on two different
         sandboxes; the others go round-robin. A job whose batch dies with its worker gets status sandbox_error
         (not retried: the caller drops what it cannot run)."""
+        self._find_workers()
         queues = [deque() for _ in self.workers]
         for i, job in enumerate(jobs):
             queues[job.get("worker", i) % self.num_workers].append(i)

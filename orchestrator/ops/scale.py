@@ -8,7 +8,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from orchestrator.errors import UserError
-from orchestrator.ops.status import connect_run, load_run_info
+from orchestrator.ops.status import connect_run, driver_gone, load_run_info, resume_hint
 from orchestrator.stream import RunState
 
 ENDED = ("finished", "failed", "stopped")
@@ -24,6 +24,12 @@ def scale_run(run_dir: str | Path, rollout_workers: int | None = None,
         if n < 1:
             raise UserError(f"--{role}-workers={n}: must be an integer >= 1")
     info = load_run_info(run_dir)
+    if info.get("status") in ENDED:  # known from run.json: no need to ask its Redis, which has gone with it
+        raise UserError(f"run {info['run_id']}: status is {info['status']}; only a running run can be scaled"
+                        + ("" if info["status"] == "finished" else f" ({resume_hint(run_dir)})"))
+    gone = driver_gone(info)
+    if gone:
+        raise UserError(f"run {info['run_id']}: {gone}; only a running run can be scaled ({resume_hint(run_dir)})")
     client = connect_run(info)
     try:
         state = RunState(client, info["run_id"])

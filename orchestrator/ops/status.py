@@ -10,6 +10,8 @@ worker counts (`diffurl scale`), worker heartbeats and the trajectory stream. Wh
 from __future__ import annotations
 
 import json
+import os
+import socket
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,6 +26,8 @@ from actors.stream import TrajectoryStream
 from orchestrator.stream import WORKER_ROLES, RunState
 
 ALIVE_WITHIN_S = 60.0  # a worker whose last heartbeat is older than this counts as not alive
+LIVE = ("starting", "running")  # run.json statuses written while the driver runs
+RUN_FILES = ("run.json", "config.yaml", "metrics.jsonl")  # a run directory has at least one
 
 
 @dataclass
@@ -41,6 +45,25 @@ def run_dir_arg(run_dir: str | Path) -> Path:
     if not path.is_dir():
         raise UserError(f"run directory {run_dir}: not found; give a directory under run.root_dir, e.g. runs/demo-...")
     return path
+
+
+def driver_gone(info: dict) -> str | None:
+    """Why the run's driver is known to be dead although run.json says it runs (killed without a chance to write
+    run.json), else None: only a driver of this host can be checked (its pid is no process any more)."""
+    pid, host = info.get("driver_pid"), info.get("driver_host")
+    if info.get("status") not in LIVE or not isinstance(pid, int) or host != socket.gethostname():
+        return None
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return f"its driver (pid {pid} on {host}) is gone, killed before it could record how the run ended"
+    except PermissionError:  # a process of another user: alive
+        pass
+    return None
+
+
+def resume_hint(run_dir: str | Path) -> str:
+    return f"resume with: diffurl train --resume {run_dir}"
 
 
 def load_run_info(run_dir: str | Path) -> dict:
@@ -71,6 +94,9 @@ def connect_run(info: dict, retries: int = 2) -> redis.Redis:
 def collect_status(run_dir: str | Path, now: float | None = None) -> RunStatus:
     run_dir = run_dir_arg(run_dir)
     run = RunDir(run_dir)
+    if not any((run_dir / name).is_file() for name in RUN_FILES):
+        raise UserError(f"run directory {run_dir}: not a diffurl run (none of {', '.join(RUN_FILES)}); give a "
+                        "directory under run.root_dir, e.g. runs/demo-...")
     info = load_run_info(run_dir) if run.run_info.is_file() else None
     rows = read_metrics(run_dir) if run.metrics.is_file() else []
     status = RunStatus(run_dir, info, _total_steps(run_dir), rows[-1] if rows else None)
@@ -122,7 +148,10 @@ def format_status(st: RunStatus, now: float | None = None) -> str:
     now = time.time() if now is None else now
     info, last, live = st.info or {}, st.last or {}, st.live
     lines = [f"run        {info.get('run_id', st.run_dir.name)}  ({st.run_dir})"]
-    if live.get("status"):
+    gone = driver_gone(info)
+    if gone:  # whatever its Redis (which can outlive the driver) still says
+        lines.append(f"status     dead: {gone}; {resume_hint(st.run_dir)}")
+    elif live.get("status"):
         lines.append(f"status     {live['status']} (redis)")
     elif info:
         age = f", updated {now - info['updated']:.0f} s ago" if isinstance(info.get("updated"), (int, float)) else ""

@@ -3,6 +3,8 @@ heartbeats from a real pool on a real Ray cluster."""
 from __future__ import annotations
 
 import json
+import socket
+import subprocess
 import time
 import uuid
 from pathlib import Path
@@ -217,6 +219,68 @@ def test_scale_of_a_finished_run_is_refused(tmp_path, server, client, capsys):
 def test_scale_of_a_directory_without_run_json_exits_2(tmp_path, capsys):
     assert main(["scale", str(tmp_path), "--rollout-workers", "2"]) == 2
     assert "no run.json" in one_error_line(capsys)
+
+
+def test_status_of_a_directory_that_is_not_a_run_exits_2_with_one_line(tmp_path, capsys):
+    (tmp_path / "notes.txt").write_text("not a run")
+    assert main(["status", str(tmp_path)]) == 2
+    assert f"run directory {tmp_path}: not a diffurl run" in one_error_line(capsys)
+
+
+def dead_pid() -> int:
+    proc = subprocess.Popen(["true"])
+    proc.wait()
+    return proc.pid
+
+
+def kill_driver(run_dir: Path) -> int:
+    """run.json as a driver SIGKILLed on this host leaves it: still `running`, its pid no process."""
+    info = json.loads((run_dir / "run.json").read_text())
+    info.update(driver_pid=dead_pid(), driver_host=socket.gethostname())
+    (run_dir / "run.json").write_text(json.dumps(info))
+    return info["driver_pid"]
+
+
+def test_status_tells_a_killed_driver_from_a_running_one_whatever_redis_says(tmp_path, server, client, capsys):
+    run_dir = make_run(tmp_path, server.url, [metrics_row(1)])
+    RunState(client, run_dir.name).set_status("running")  # the embedded Redis outlived its driver
+    (run_dir / "run.json").write_text(json.dumps({**json.loads((run_dir / "run.json").read_text()),
+                                                  "driver_pid": 1, "driver_host": socket.gethostname()}))
+    assert main(["status", str(run_dir)]) == 0
+    assert "status     running (redis)" in capsys.readouterr().out  # pid 1 is a process: alive
+    pid = kill_driver(run_dir)
+    assert main(["status", str(run_dir)]) == 0
+    out = capsys.readouterr().out
+    assert (f"status     dead: its driver (pid {pid} on {socket.gethostname()}) is gone, killed before it could "
+            f"record how the run ended; resume with: diffurl train --resume {run_dir}") in out
+    assert "running" not in out
+
+
+def test_scale_of_a_killed_run_says_so_with_the_resume_command(tmp_path, server, client, capsys):
+    run_dir = make_run(tmp_path, server.url, [])
+    kill_driver(run_dir)
+    assert main(["scale", str(run_dir), "2"]) == 2
+    line = one_error_line(capsys)
+    assert "is gone" in line and line.endswith(f"(resume with: diffurl train --resume {run_dir})")
+    assert RunState(client, run_dir.name).desired_workers() is None
+
+
+@pytest.mark.parametrize("status", ["finished", "failed", "stopped"])
+def test_scale_of_an_ended_run_says_it_ended_not_that_redis_is_down(tmp_path, gone_url, capsys, status):
+    run_dir = make_run(tmp_path, gone_url, [], status=status)
+    assert main(["scale", str(run_dir), "--rollout-workers", "2"]) == 2
+    line = one_error_line(capsys)
+    assert f"status is {status}; only a running run can be scaled" in line and "connect" not in line
+    assert ("resume with" in line) is (status != "finished")
+
+
+def test_scale_run_n_sets_the_rollout_workers_and_two_counts_are_refused(tmp_path, server, client, capsys):
+    run_dir = make_run(tmp_path, server.url, [])
+    assert main(["scale", str(run_dir), "3"]) == 0
+    assert RunState(client, run_dir.name).desired_workers() == 3
+    assert main(["scale", str(run_dir), "2", "--rollout-workers", "4"]) == 2
+    assert "both give the rollout workers" in one_error_line(capsys)
+    assert RunState(client, run_dir.name).desired_workers() == 3
 
 
 def test_plot_writes_a_png_with_five_panels_and_a_curve_per_metric(tmp_path, gone_url, capsys):

@@ -227,3 +227,36 @@ def test_score_rejects_a_bad_problem_naming_its_task_before_running_anything(poo
         pool.score([SLOW, {"task_id": "broken", "entry_point": "1x", "tests": ["assert f() == 1"]}], [ADD_OK] * 2)
     with pytest.raises(ValueError, match="2 problems but 1 completions"):
         pool.score([SLOW, SLOW], [ADD_OK])
+
+
+def test_a_copy_in_an_actor_finds_the_workers_by_name_and_follows_the_owner_s_resize(pool):
+    """A rollout worker gets the pool as a constructor argument: the copy holds no actor handles (Ray would
+    keep them in the object store, with an ERROR line at every run) and scores on the workers the owner has
+    now, not those it had when the copy was made."""
+    @ray.remote(num_cpus=0, max_restarts=1)
+    class Holder:
+        def __init__(self, pool):
+            self.pool = pool
+
+        def workers(self):
+            return sorted({r["worker"] for r in self.pool.score([SLOW] * 6, [ADD_OK] * 6)})
+
+        def resize(self):
+            try:
+                self.pool.resize(1)
+            except RuntimeError as e:
+                return str(e)
+
+    holder = Holder.remote(pool)
+    try:
+        assert ray.get(holder.workers.remote()) == ["fault-sandbox-0", "fault-sandbox-1"]
+        pool.resize(3)
+        try:
+            assert ray.get(holder.workers.remote()) == [f"fault-sandbox-{i}" for i in range(3)]
+        finally:
+            pool.resize(2)
+        assert ray.get(holder.workers.remote()) == ["fault-sandbox-0", "fault-sandbox-1"]
+        assert "cannot start or stop its workers" in ray.get(holder.resize.remote())
+        assert pool.num_workers == 2
+    finally:
+        ray.kill(holder)

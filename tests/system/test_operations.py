@@ -194,6 +194,8 @@ def test_scaling_rollout_workers_1_3_1_during_a_run_matches_ray_actor_counts(hea
             proc.kill()
     assert proc.returncode == 130, out[-4000:]
     assert json.loads((run_dir / "run.json").read_text())["status"] == "stopped"
+    assert (f"diffurl: interrupted: run {run_dir} stopped before its first checkpoint; start it again with "
+            "diffurl train") in out, out[-2000:]  # checkpoint_every=1000: none yet
     lines = (run_dir / "trained_groups.jsonl").read_text().splitlines()
     trained = _trained_group_ids(run_dir)
     assert len(trained) == len(set(trained)) == 2 * len(lines), "a group trained twice or a step short of groups"
