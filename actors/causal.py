@@ -40,7 +40,10 @@ def model_kind(path: str | Path) -> str:
         return "causal"
     if raw.get("mask_token_id") is not None:
         return "diffusion"
-    return "causal" if str(raw.get("model_type", "")).lower() == "qwen2" else "diffusion"
+    if str(raw.get("model_type", "")).lower() == "qwen2":
+        return "causal"
+    raise ValueError(f"{config_file} has model_type {raw.get('model_type')!r}; diffurl serves Dream/DiffuCoder "
+                     "(Dream, or qwen2 with a mask token), LLaDA (llada) and causal Qwen2 (qwen2) models")
 
 
 def build_causal_model(spec: str | Path | dict, *, dtype: torch.dtype | None = None

@@ -27,9 +27,10 @@ from orchestrator.errors import RunFailed, UserError
 
 def _cmd_train(args) -> int:
     from orchestrator.config import check_paths, check_plan, load_config, missing_paths
-    from orchestrator.run import resume, train
 
     if args.resume:
+        from orchestrator.run import resume
+
         overrides = ([args.config] if args.config else []) + args.overrides  # `--resume RUN k=v`: no CONFIG
         resume(args.resume, overrides)
         return 0
@@ -42,6 +43,8 @@ def _cmd_train(args) -> int:
         check_plan(cfg)  # the family's limits, from model.shape_config when the model is not here
     else:
         check_paths(cfg)
+    from orchestrator.run import train  # torch, transformers and Ray: only once the config is known good
+
     train(cfg, dry_run=args.dry_run)
     return 0
 

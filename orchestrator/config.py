@@ -11,6 +11,7 @@ what is allowed. This is the only place that reads the environment (`RAY_ADDRESS
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 import typing
 from dataclasses import dataclass, field
@@ -273,6 +274,59 @@ def check_paths(cfg: Config) -> None:
         raise UserError(missing[0])
     check_data_format(cfg)
     check_model_kind(cfg)
+    if cfg.model.path is not None:
+        check_model_weights(cfg.model.path)
+
+
+WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")  # each alone, or sharded under `<name>.index.json`
+
+
+def check_model_weights(path: str | Path, key: str = "model.path") -> None:
+    """UserError (one line) when a model directory has a config.json but not its whole weights: no weight file
+    or index, a shard its index lists is missing, or a safetensors file is shorter than its header says (a
+    download cut short). Reads headers only."""
+    d = Path(path)
+    for name in WEIGHT_FILES:
+        index = d / f"{name}.index.json"
+        if (d / name).is_file():
+            files = [d / name]
+        elif index.is_file():
+            try:
+                shards = sorted(set(json.loads(index.read_text())["weight_map"].values()))
+            except (OSError, ValueError, KeyError, TypeError, AttributeError) as e:
+                raise UserError(f"{key}={path}: {index.name} is unreadable ({type(e).__name__}: {e})") from None
+            missing = [s for s in shards if not (d / s).is_file()]
+            if missing:
+                raise UserError(f"{key}={path}: {len(missing)} of the {len(shards)} weight files {index.name} lists "
+                                f"are missing (first: {missing[0]}); is the download complete?")
+            files = [d / s for s in shards]
+        else:
+            continue
+        for file in files:
+            short = _safetensors_short(file) if file.suffix == ".safetensors" else None
+            if short:
+                raise UserError(f"{key}={path}: {file.name} {short}; is the download complete?")
+        return
+    raise UserError(f"{key}={path}: has a config.json but no weights (model.safetensors, pytorch_model.bin, or "
+                    "their sharded .index.json); is the download complete?")
+
+
+def _safetensors_short(file: Path) -> str | None:
+    """Why a safetensors file is not whole (its 8-byte header length, JSON header and the tensors' byte ranges
+    against the file's size), or None."""
+    size = file.stat().st_size
+    try:
+        with file.open("rb") as f:
+            header_len = int.from_bytes(f.read(8), "little")
+            if size < 8 or 8 + header_len > size:
+                return f"is {size} bytes, shorter than its header"
+            header = json.loads(f.read(header_len))
+        end = max((v["data_offsets"][1] for k, v in header.items() if k != "__metadata__"), default=0)
+    except (OSError, ValueError, KeyError, TypeError, IndexError) as e:
+        return f"has an unreadable header ({type(e).__name__})"
+    if 8 + header_len + end > size:
+        return f"is {size} bytes where its header needs {8 + header_len + end}"
+    return None
 
 
 def check_data_format(cfg: Config) -> None:

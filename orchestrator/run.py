@@ -21,7 +21,7 @@ import ray
 
 from actors.prompts import SYSTEM_PROMPT
 from orchestrator import checkpoint
-from orchestrator.config import check_paths, config_to_yaml, load_config, save_config
+from orchestrator.config import check_paths, load_config, save_config
 from orchestrator.data import load_prompts
 from orchestrator.errors import RunFailed, RunInterrupted, UserError, one_line
 from orchestrator.metrics import metric_name
@@ -45,7 +45,7 @@ def train(cfg, *, dry_run: bool = False, out=print) -> Path | None:
         probe_ray_address(cfg.ray.address)
     run = RunDir.create(cfg.run.root_dir, cfg.run.name)
     save_config(cfg, run.config)
-    out(f"run directory: {run.path}\n--- resolved config ---\n{config_to_yaml(cfg)}-----------------------")
+    out(f"run directory: {run.path} (resolved config: {run.config})")
     return _run(cfg, run, resume=None, out=out)
 
 
@@ -58,8 +58,8 @@ def resume(run_dir: str | Path, overrides: list[str] = (), *, out=print) -> Path
     if cfg.ray.address:
         probe_ray_address(cfg.ray.address)
     save_config(cfg, run.config)
-    out(f"resuming {run.path} from {ckpt.tag} (step {saved['step']} of {cfg.run.steps})\n"
-        f"--- resolved config ---\n{config_to_yaml(cfg)}-----------------------")
+    out(f"resuming {run.path} from {ckpt.tag} (step {saved['step']} of {cfg.run.steps}; resolved config: "
+        f"{run.config})")
     checkpoint.trim_logs(run, saved)
     if saved["step"] >= cfg.run.steps:
         out(f"nothing to do: the run already has {saved['step']} steps (raise run.steps to go on)")

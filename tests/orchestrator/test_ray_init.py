@@ -89,7 +89,7 @@ def test_the_embedded_redis_listens_on_every_interface_only_for_a_cluster_and_re
 def test_a_local_runs_last_step_reaches_prometheus_before_ray_stops(tmp_path):
     """The endpoint dies with the run's Ray, so a scraper reads it while the run goes on, every 0.1 s, and
     keeps the latest answer: the last answer before Ray stopped must count every step and carry the last
-    step's gauges. The run itself: the resolved config printed, every metric of every step, the checkpoint,
+    step's gauges. The run itself: the resolved config in the run directory (not on the terminal), every metric of every step, the checkpoint,
     every group consumed once."""
     port = free_port()
     cmd = [sys.executable, "-m", "orchestrator.cli", "train", "configs/demo.yaml", *SMALL, "run.steps=2",
@@ -117,8 +117,9 @@ def test_a_local_runs_last_step_reaches_prometheus_before_ray_stops(tmp_path):
         done.set()
         scraper.join()
     assert proc.returncode == 0, (proc.stdout + proc.stderr)[-3000:]
-    assert "--- resolved config ---" in proc.stdout
     (run_dir,) = tmp_path.iterdir()
+    assert f"run directory: {run_dir} (resolved config: {run_dir / 'config.yaml'})" in proc.stdout
+    assert "rollout:" not in proc.stdout and "prom-last" in (run_dir / "config.yaml").read_text()
     _check_run(run_dir, steps=2, groups_per_step=2)
     last = json.loads((run_dir / "metrics.jsonl").read_text().splitlines()[-1])
     assert last["step"] == 2
