@@ -44,6 +44,10 @@ class Driver:
 
         self.cfg, self.rundir, self.model_dir, self.redis_url, self.resume = cfg, run, model_dir, redis_url, resume
         problems, self.skipped_rows = load_prompts(cfg.data.train, cfg.data.format)
+        run.write_info(skipped_rows=self.skipped_rows)  # every bad row and why, whatever becomes of the run
+        if self.skipped_rows:
+            print(f"skipped {len(self.skipped_rows)} bad rows of {cfg.data.train} (all in {run.run_info}): "
+                  + "; ".join(self.skipped_rows[:3]), flush=True)
         problems = self.judgeable(problems)
         for p in problems:
             p["messages"] = build_chat_prompt(p)  # a canary keeps its problem's prompt

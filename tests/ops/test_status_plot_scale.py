@@ -283,17 +283,17 @@ def test_scale_run_n_sets_the_rollout_workers_and_two_counts_are_refused(tmp_pat
     assert RunState(client, run_dir.name).desired_workers() == 3
 
 
-def test_plot_writes_a_png_with_five_panels_and_a_curve_per_metric(tmp_path, gone_url, capsys):
+def test_plot_writes_a_png_with_six_panels_in_a_grid_and_a_curve_per_metric(tmp_path, gone_url, capsys):
     run_dir = make_run(tmp_path, gone_url, [metrics_row(s) for s in range(1, 6)])
     assert main(["plot", str(run_dir)]) == 0
-    assert "5 panels" in capsys.readouterr().out
+    assert "6 panels" in capsys.readouterr().out
     png = run_dir / "curves.png"
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     with Image.open(png) as image:
         image.verify()
     with Image.open(png) as image:
         width, height = image.size
-        assert 1000 <= width <= 4000 and 200 <= height <= 1000
+        assert 1000 <= width <= 2000 and 600 <= height <= 1200, (width, height)  # two rows of three, not one row
         assert len(image.convert("L").getcolors(maxcolors=1 << 16)) > 10, "the image is blank"
 
     plot = plot_run(run_dir, tmp_path / "out" / "c.png")
@@ -301,7 +301,18 @@ def test_plot_writes_a_png_with_five_panels_and_a_curve_per_metric(tmp_path, gon
     assert plot.panels == {
         "reward": ["reward_mean"], "pass rate": ["pass_rate"], "KL to reference": ["kl"],
         "AR-ness": ["local_arness", "global_arness"],
-        "phase times": sorted(name.removeprefix("time_") for name in PHASES)}
+        "phase times": sorted(name.removeprefix("time_") for name in PHASES), "walls": []}
+    assert plot.worker_changes == []
+
+
+def test_plot_draws_walls_apart_from_phases_and_marks_each_worker_count_change(tmp_path, gone_url):
+    rows = [{**metrics_row(s), "time_rollout_wall": 2.0, "time_train_wall": 2.5, "step_wall_s": 4.6,
+             "rollout_workers": float(n), "sandbox_workers": float(m)}
+            for s, n, m in [(1, 2, 1), (2, 2, 1), (3, 3, 1), (4, 3, 2), (5, 1, 2)]]
+    plot = plot_run(make_run(tmp_path, gone_url, rows))
+    assert plot.panels["walls"] == ["rollout_wall", "train_wall", "step_wall_s"]
+    assert plot.panels["phase times"] == sorted(name.removeprefix("time_") for name in PHASES)
+    assert plot.worker_changes == [(3, "rollout 2 -> 3"), (4, "sandbox 1 -> 2"), (5, "rollout 3 -> 1")]
 
 
 def test_plot_leaves_a_metric_that_was_never_logged_empty(tmp_path, gone_url):

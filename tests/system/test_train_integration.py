@@ -90,7 +90,8 @@ def test_fast_decoder_run_batches_a_workers_groups_and_logs_forwards(tmp_path):
     The data holds one problem whose reference fails its own test: reported when the run starts, recorded,
     counted in every step's metrics and never trained on."""
     data = tmp_path / "data.jsonl"
-    data.write_text((REPO / "configs/data/toy_train.jsonl").read_text() + json.dumps(BROKEN) + "\n")
+    data.write_text((REPO / "configs/data/toy_train.jsonl").read_text() + json.dumps(BROKEN) + "\n"
+                    + '{"task_id": "no-question"}\nnot json\n')  # two rows no format can read: skipped
     runs = tmp_path / "runs"
     cmd = DIFFURL + ["train", "configs/demo.yaml", *SMALL, f"run.root_dir={runs}", "run.name=it-fast",
                      f"data.train={data}", "rollout.decoder=fast", "rollout.cache=prefix", "rollout.block_length=8",
@@ -100,6 +101,10 @@ def test_fast_decoder_run_batches_a_workers_groups_and_logs_forwards(tmp_path):
     assert ("training problems: 41 of 41 checked against their reference solutions, 1 unjudgeable, left out: "
             "broken/0 (the reference solution fails test 1 ('assert add(1, 2) == 3'): AssertionError)") in proc.stdout
     run_dir = _run_dir(runs)
+    skipped = ["line 42: missing field 'question'", "line 43: not valid JSON (Expecting value)"]
+    assert json.loads((run_dir / "run.json").read_text())["skipped_rows"] == skipped
+    said = f"skipped 2 bad rows of {data} (all in {run_dir / 'run.json'}): {'; '.join(skipped)}"
+    assert proc.stdout.index(said) < proc.stdout.index("done: step"), "reported when the run starts"
     _check_run(run_dir, steps=3, groups_per_step=2)
     assert list(json.loads((run_dir / "unjudgeable.json").read_text())) == ["broken/0"]
     trained = [json.loads(line) for line in (run_dir / "trained_groups.jsonl").read_text().splitlines()]
