@@ -126,9 +126,19 @@ class RolloutGroup:
         """Workers at the newest version (not waiting for it)."""
         return [n for n in self.workers if n not in self.waiting]
 
-    def add(self) -> int:
+    def fits(self) -> int:
+        """How many more rollout workers the cluster's free resources can place now (Ray's available
+        resources against one worker's CPUs, GPUs and custom resources)."""
+        need = {k: v for k, v in _bundle(self.cfg.rollout.num_cpus, self.gpus, dict(self.cfg.rollout.resources)).items()
+                if v > 0}
+        free = ray.available_resources()
+        return min((int(free.get(k, 0.0) / v + 1e-9) for k, v in need.items()), default=1 << 16)
+
+    def add(self, place_timeout_s: float | None = None) -> int | None:
         """Start one worker; returns its number. It is at the newest version at once when that is in
-        model_dir or in the object store, else it waits for the next push (`joined`)."""
+        model_dir or in the object store, else it waits for the next push (`joined`). `place_timeout_s`: give
+        the worker up (killed, one line, None returned) when it has not started within that many seconds (Ray
+        could not place it, or its constructor failed)."""
         from actors.rollout import RolloutWorker
 
         n, self._next_number = self._next_number, self._next_number + 1
@@ -139,8 +149,21 @@ class RolloutGroup:
             max_restarts=self.cfg.rollout.max_restarts, max_task_retries=0,
         ).remote(self.cfg, self.model_dir, self.pool, self.open_stream, self.run_id, f"rollout-{n}",
                  self.base_version, self.device)
+        if place_timeout_s is not None:
+            try:
+                ray.get(self.workers[n].info.remote(), timeout=place_timeout_s)
+            except (GetTimeoutError, RayActorError) as e:
+                ray.kill(self.workers.pop(n), no_restart=True)
+                why = ("Ray could not place it" if isinstance(e, GetTimeoutError)
+                       else f"it failed: {e.__class__.__name__}")
+                print(f"rollout-{n} did not start within {place_timeout_s:.0f} s ({why}); given up", flush=True)
+                return None
         self.update(n, restarted=False)
         return n
+
+    def active(self) -> int:
+        """Workers not being retired."""
+        return sum(1 for n in self.workers if n not in self.retiring)
 
     def wait_ready(self) -> list[dict]:
         return ray.get([actor.info.remote() for actor in self.workers.values()])
@@ -195,11 +218,13 @@ class RolloutGroup:
             return True
         return self.update(worker)
 
-    def scale(self, want: int, idle: list[int]) -> list[int]:
-        """Move toward `want` workers: start new ones at once, retire the highest-numbered ones once idle.
-        Returns the idle workers after the change (new workers that wait for the next push are not idle)."""
+    def scale(self, want: int, idle: list[int], place_timeout_s: float | None = None) -> list[int]:
+        """Move toward `want` workers: start new ones at once (each given up after `place_timeout_s`, see `add`),
+        retire the highest-numbered ones once idle. Returns the idle workers after the change (new workers that
+        wait for the next push are not idle)."""
         active = [n for n in self.workers if n not in self.retiring]
-        idle = idle + [n for n in (self.add() for _ in range(want - len(active))) if n not in self.waiting]
+        added = [self.add(place_timeout_s) for _ in range(want - len(active))]
+        idle = idle + [n for n in added if n is not None and n not in self.waiting]
         self.retiring.update(sorted(active, reverse=True)[:max(0, len(active) - want)])
         for n in [n for n in self.workers if n in self.retiring and (n in idle or n in self.waiting)]:
             if n in idle:

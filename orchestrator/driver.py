@@ -35,6 +35,13 @@ from orchestrator.stream import RunState
 
 MAX_GROUP_ATTEMPTS = 3  # a group whose rollout fails this often (not a worker death) stops the run
 SCALE_CHECK_S = 0.5     # how often the desired worker counts are read from Redis
+PLACE_TIMEOUT_S = 180.0  # a rollout worker added by scaling that has not started by then is given up
+
+
+def _free_resources() -> str:
+    free = ray.available_resources()
+    return ", ".join(f"{k} {free[k]:g}" for k in sorted(free) if not k.startswith(("node:", "memory",
+                                                                                      "object_store_memory")))
 
 
 class Driver:
@@ -182,7 +189,18 @@ class Driver:
         if time.monotonic() - self._scale_checked < SCALE_CHECK_S:
             return
         self._scale_checked = time.monotonic()
-        self.idle = self.rollouts.scale(self.run_state.desired_workers() or self.cfg.rollout.num_workers, self.idle)
+        want = self.run_state.desired_workers() or self.cfg.rollout.num_workers
+        active = self.rollouts.active()
+        if want > active and active + self.rollouts.fits() < want:  # never ask Ray for what it cannot place
+            fit = active + self.rollouts.fits()
+            self.scale_refused(f"{want} rollout workers asked, {fit} fit (the cluster's free resources: "
+                               f"{_free_resources()}; each worker needs {self._rollout_needs()}); running {fit}", fit)
+            want = fit
+        self.idle = self.rollouts.scale(want, self.idle, place_timeout_s=PLACE_TIMEOUT_S)
+        if self.rollouts.active() < want:  # a new worker was given up: what runs is what is desired
+            got = self.rollouts.active()
+            self.scale_refused(f"{want} rollout workers asked, {want - got} did not start within "
+                               f"{PLACE_TIMEOUT_S:.0f} s; running {got}", got)
         want_sandbox = self.run_state.desired_workers(role="sandbox")
         if want_sandbox and want_sandbox != self.pool.num_workers:
             self.pool.resize(want_sandbox)
@@ -246,7 +264,8 @@ class Driver:
         cluster = {**ray.cluster_resources(), "nodes": len([n for n in ray.nodes() if n["Alive"]])}
         devices = resolve_devices(cfg, cluster)
         check_capacity(cfg, devices, cluster)
-        self.pool = SandboxPool(num_workers=cfg.sandbox.num_workers, redis_url=self.redis_url,
+        counts = self.starting_counts()
+        self.pool = SandboxPool(num_workers=counts["sandbox"], redis_url=self.redis_url,
                                 pass_weight=cfg.sandbox.pass_weight, format_weight=cfg.sandbox.format_weight,
                                 test_timeout_s=cfg.sandbox.test_timeout_s, memory_mb=cfg.sandbox.memory_mb,
                                 require_format=True, heartbeat_key=self.run_state.heartbeat_key)
@@ -263,15 +282,39 @@ class Driver:
                                      version=self.state.version, device=devices.rollout,
                                      gpus_per_worker=devices.rollout_gpus)
         self.sync = weight_sync(cfg, self.learners, self.rollouts)
-        self.idle = [self.rollouts.add() for _ in range(cfg.rollout.num_workers)]
-        self.run_state.set_desired_workers(cfg.rollout.num_workers)
-        self.run_state.set_desired_workers(cfg.sandbox.num_workers, role="sandbox")
+        self.idle = [self.rollouts.add() for _ in range(counts["rollout"])]
+        for role, n in counts.items():
+            self.run_state.set_desired_workers(n, role=role)
         workers = self.rollouts.wait_ready()
         ranks = self.learners.wait_ready()
         print(f"placement: learner ranks on nodes {[r['node_id'][:8] for r in ranks]} ({devices.learner}, "
               f"master {self.learners.master}), rollout workers on nodes {[w['node_id'][:8] for w in workers]} "
               f"({devices.rollout}), weight sync {cfg.weights.sync}", flush=True)
         self.run_state.set_status("running")
+
+    def scale_refused(self, note: str, running: int) -> None:
+        """One line, the note in the run state for `diffurl status`, and the desired count set to what runs, so
+        the request is not tried again at every check."""
+        print(f"scale: {note}", flush=True)
+        self.run_state.set_scale_note(note)
+        self.run_state.set_desired_workers(max(1, running))
+
+    def _rollout_needs(self) -> str:
+        ro = self.cfg.rollout
+        needs = {"CPU": ro.num_cpus, "GPU": self.rollouts.gpus, **dict(ro.resources)}
+        return ", ".join(f"{k} {v:g}" for k, v in needs.items() if v)
+
+    def starting_counts(self) -> dict[str, int]:
+        """The worker counts to start with: a count `diffurl scale` asked for before the actors start (while
+        the run was starting, or before this resume: the run's Redis keeps it) wins over the config's."""
+        configured = {"rollout": self.cfg.rollout.num_workers, "sandbox": self.cfg.sandbox.num_workers}
+        counts = {}
+        for role, n in configured.items():
+            asked = self.run_state.desired_workers(role)
+            counts[role] = asked or n
+            if asked and asked != n:
+                print(f"{role} workers: {asked}, as diffurl scale asked (the config says {n})", flush=True)
+        return counts
 
     def stop_actors(self) -> None:
         for group in (self.learners, self.rollouts):

@@ -31,6 +31,14 @@ class RunState:
         value = self.client.hget(self.key, _desired_field(role))
         return int(value) if value is not None else None
 
+    def set_scale_note(self, note: str) -> None:
+        """What the driver made of the last scale request it could not follow in full (`diffurl status` shows it)."""
+        self.client.hset(self.key, "scale_note", note)
+
+    def scale_note(self) -> str | None:
+        value = self.client.hget(self.key, "scale_note")
+        return _text(value) if value is not None else None
+
     def set_status(self, status: str) -> None:
         self.client.hset(self.key, "status", status)
 

@@ -1,6 +1,7 @@
 """A real `ray start --head` for tests: explicit ports, started in its own process group, stopped by pid."""
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import signal
@@ -57,14 +58,16 @@ class RayHead:
 
 
 def start_ray_head(*, num_cpus: int = 3, dashboard: bool = False, timeout_s: float = 90,
-                   env: dict | None = None) -> RayHead:
-    """`env`: extra environment for the head (and the readiness probe), e.g. RAY_AUTH_MODE=token + RAY_AUTH_TOKEN."""
+                   env: dict | None = None, resources: dict | None = None) -> RayHead:
+    """`env`: extra environment for the head (and the readiness probe), e.g. RAY_AUTH_MODE=token + RAY_AUTH_TOKEN;
+    `resources`: custom resources of the head node."""
     tmp_dir = Path(tempfile.mkdtemp(prefix="rh-", dir="/tmp"))  # short: Ray's socket paths must fit 107 bytes
     gcs, metrics, dash, client, *node = _ports(9)
     cmd = [RAY, "start", "--head", "--block", "--node-ip-address=127.0.0.1", f"--port={gcs}", f"--num-cpus={num_cpus}",
            f"--metrics-export-port={metrics}", f"--include-dashboard={str(dashboard).lower()}",
            f"--dashboard-port={dash}", f"--ray-client-server-port={client}", *_node_ports(node),
            "--disable-usage-stats", f"--temp-dir={tmp_dir}"]
+    cmd += [f"--resources={json.dumps(resources)}"] if resources else []
     address = f"127.0.0.1:{gcs}"
     head = _launch(cmd, {**os.environ, "RAY_AUTH_MODE": "disabled", **(env or {})}, tmp_dir, address,
                    f"ray head at {address}", f"import ray; ray.init(address='{address}'); ray.shutdown()", timeout_s)

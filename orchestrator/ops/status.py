@@ -128,7 +128,8 @@ def _live_state(client: redis.Redis, run_id: str, now: float) -> dict:
         role = worker.rsplit("-", 1)[0]
         alive.setdefault(role, 0)
         alive[role] += int(now - beat <= ALIVE_WITHIN_S)
-    live = {"status": state.status(), "desired": {r: state.desired_workers(r) for r in WORKER_ROLES}, "alive": alive}
+    live = {"status": state.status(), "desired": {r: state.desired_workers(r) for r in WORKER_ROLES}, "alive": alive,
+            "scale_note": state.scale_note()}
     if client.exists(f"diffurl:{run_id}:traj"):
         live["stream_depth"] = TrajectoryStream(client, run_id).depth()
     return live
@@ -170,6 +171,8 @@ def format_status(st: RunStatus, now: float | None = None) -> str:
             desired = live["desired"].get(role)
             parts.append(f"{role} {live['alive'].get(role, 0)} alive" + (f" / {desired} desired" if desired else ""))
         lines.append("workers    " + ", ".join(parts) + f"  (alive: heartbeat within {ALIVE_WITHIN_S:.0f} s)")
+    if live.get("scale_note"):
+        lines.append(f"scaling    {live['scale_note']}")
     if "stream_depth" in live:
         lines.append(f"stream     depth {live['stream_depth']} (redis)")
     elif last.get("stream_depth") is not None:

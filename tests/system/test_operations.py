@@ -76,7 +76,7 @@ def _final_weights(run_dir: Path) -> dict:
 
 @pytest.fixture(scope="module")
 def head():
-    head = start_ray_head(num_cpus=4, dashboard=True)
+    head = start_ray_head(num_cpus=4, dashboard=True, resources={"rollout_slot": 3})  # room for 3 rollout workers
     yield head
     head.stop()
 
@@ -157,20 +157,30 @@ def test_redis_restart_mid_run_loses_no_group(tmp_path):
         server.stop()
 
 
-def test_scaling_rollout_workers_1_3_1_during_a_run_matches_ray_actor_counts(head, tmp_path):
-    """The run is long enough never to end by itself; once scaled 1 -> 3 -> 1 (and a step logged at 1 worker)
-    it is stopped with Ctrl-C, so how fast steps run cannot decide the outcome."""
+def test_scaling_while_starting_past_capacity_and_3_to_1_matches_ray_actor_counts(head, tmp_path):
+    """The run is long enough never to end by itself; it is stopped with Ctrl-C once it has been scaled, so how
+    fast steps run cannot decide the outcome. A count asked while the run starts is the count it starts with
+    (it used to be reset to rollout.num_workers); a count past what the cluster can place (each worker takes one
+    of the head's 3 `rollout_slot`s) is capped at once, in one line and in the run state `diffurl status` shows
+    (it used to hang the run for good); then 3 -> 1."""
     from ray.util.state import list_actors
 
     cmd = DIFFURL + ["train", "configs/demo.yaml", *SMALL, "run.steps=100000", f"run.root_dir={tmp_path}",
-                     "rollout.num_workers=1", "rollout.num_cpus=0.25", "run.checkpoint_every=1000"]
+                     "rollout.num_workers=1", "rollout.num_cpus=0.25", "rollout.resources={rollout_slot: 1}",
+                     "run.checkpoint_every=1000"]
     proc = subprocess.Popen(cmd, cwd=REPO, env=_env(RAY_ADDRESS=head.address), stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, text=True)
+
+    def redis_url() -> str | None:
+        info = next(iter(tmp_path.glob("*/run.json")), None)
+        return info and json.loads(info.read_text()).get("redis_url")
+
     try:
-        run_dir = _wait_for(lambda: next(iter(tmp_path.glob("*/run.json")), None), 120, "run.json", proc).parent
-        _wait_for(lambda: _metric_steps(run_dir), 300, "the first step", proc)
-        client = connect(json.loads((run_dir / "run.json").read_text())["redis_url"])
+        client = connect(_wait_for(redis_url, 120, "the run's Redis", proc))
+        run_dir = next(iter(tmp_path.glob("*/run.json"))).parent
         state = RunState(client, run_dir.name)
+        state.set_desired_workers(2)  # diffurl scale while the run starts: its actors are not up yet
+        _wait_for(lambda: _metric_steps(run_dir), 300, "the first step", proc)
 
         def alive_rollouts() -> int:
             actors = list_actors(address=head.dashboard_url, filters=[("state", "=", "ALIVE")], limit=1000)
@@ -179,8 +189,10 @@ def test_scaling_rollout_workers_1_3_1_during_a_run_matches_ray_actor_counts(hea
         def workers_in_metrics() -> list[float]:
             return [json.loads(line)["rollout_workers"] for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
 
-        assert alive_rollouts() == 1
-        state.set_desired_workers(3)
+        assert workers_in_metrics()[0] == 2 and alive_rollouts() == 2
+        state.set_desired_workers(5)
+        _wait_for(lambda: state.desired_workers() == 3, 60, "the request capped at the 3 that fit", proc)
+        assert state.scale_note().startswith("5 rollout workers asked, 3 fit"), state.scale_note()
         _wait_for(lambda: alive_rollouts() == 3, 180, "3 rollout workers", proc)
         _wait_for(lambda: 3 in workers_in_metrics(), 180, "a step with 3 rollout workers", proc)
         state.set_desired_workers(1)
@@ -193,6 +205,8 @@ def test_scaling_rollout_workers_1_3_1_during_a_run_matches_ray_actor_counts(hea
         if proc.poll() is None:
             proc.kill()
     assert proc.returncode == 130, out[-4000:]
+    assert "rollout workers: 2, as diffurl scale asked (the config says 1)" in out, out[-4000:]
+    assert "scale: 5 rollout workers asked, 3 fit" in out, out[-4000:]
     assert json.loads((run_dir / "run.json").read_text())["status"] == "stopped"
     assert (f"diffurl: interrupted: run {run_dir} stopped before its first checkpoint; start it again with "
             "diffurl train") in out, out[-2000:]  # checkpoint_every=1000: none yet
