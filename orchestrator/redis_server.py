@@ -89,17 +89,19 @@ class EmbeddedRedis:
     def running(self) -> bool:
         return self._proc is not None and self._proc.poll() is None
 
-    def start(self, timeout_s: float = 15.0) -> EmbeddedRedis:
-        """Start (or restart) the server and wait until it answers PING."""
+    def start(self, timeout_s: float = 15.0, tie_to_thread: bool = False) -> EmbeddedRedis:
+        """Start (or restart) the server and wait until it answers PING. The server gets SIGTERM when the
+        thread that started it ends: the main thread's, or, with `tie_to_thread`, a thread that lives as long
+        as the server should (a supervisor's); a server started by another thread is not tied."""
         if self.running:
             return self
         self.data_dir.mkdir(parents=True, exist_ok=True)
         conf = self._write_conf()
+        tied = tie_to_thread or threading.current_thread() is threading.main_thread()
         self._proc = subprocess.Popen(
             [server_binary(), str(conf.resolve())], cwd=self.data_dir, stdin=subprocess.DEVNULL,
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, close_fds=True,
-            # the parent-death signal fires when the starting *thread* ends: only tie it to the main thread
-            preexec_fn=_die_with_parent if threading.current_thread() is threading.main_thread() else None)
+            preexec_fn=_die_with_parent if tied else None)
         deadline = time.monotonic() + timeout_s
         client = redis.Redis(host=LOOPBACK, port=self.port, password=self.password, socket_timeout=1.0)
         try:
@@ -157,6 +159,53 @@ class EmbeddedRedis:
         log = self.data_dir / "redis.log"
         lines = log.read_text(errors="replace").strip().splitlines() if log.exists() else []
         return lines[-1] if lines else "no log"
+
+
+class RedisSupervisor:
+    """Restarts an embedded server that died (killed, out of memory) from its append-only file, with the same
+    port, password and data, so that clients (which retry for about 2 minutes: actors.stream.connect) carry on
+    with nothing lost: every write was in the file before its reply (`appendfsync always`). Runs in a daemon
+    thread from `start()` until `stop()`; `on_restart(pid)` after each restart, `out` for its lines."""
+
+    def __init__(self, server: EmbeddedRedis, out=print, on_restart=None, interval_s: float = 0.5,
+                 max_failures: int = 20):
+        self.server, self.out, self.on_restart = server, out, on_restart
+        self.interval_s, self.max_failures = interval_s, max_failures
+        self.restarts = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._watch, name="redis-supervisor", daemon=True)
+
+    def start(self) -> RedisSupervisor:
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread.is_alive():
+            self._thread.join()
+
+    def _watch(self) -> None:
+        failures = 0
+        while not self._stop.wait(self.interval_s):
+            proc = self.server._proc
+            if proc is None or proc.poll() is None:
+                continue
+            if failures == 0:
+                self.out(f"redis-server (pid {proc.pid}) exited with code {proc.returncode}; restarting it from its "
+                         "append-only file")
+            try:
+                self.server.start(tie_to_thread=True)  # this thread lives until stop(): the server with it
+            except (RuntimeError, OSError) as e:
+                failures += 1
+                if failures >= self.max_failures:
+                    self.out(f"redis-server could not be restarted ({failures} tries): {e}")
+                    return
+                continue
+            failures = 0
+            self.restarts += 1
+            self.out(f"redis-server restarted (pid {self.server.pid}); clients reconnect")
+            if self.on_restart is not None:
+                self.on_restart(self.server.pid)
 
 
 def connect(url: str, retries: int = 20, delay_s: float = 0.25) -> redis.Redis:

@@ -18,15 +18,18 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 import ray
+import redis.exceptions as redis_errors
 
 from actors.prompts import SYSTEM_PROMPT
+from actors.stream import StreamConnectionError
 from orchestrator import checkpoint
 from orchestrator.config import check_paths, load_config, save_config
 from orchestrator.data import load_prompts
 from orchestrator.errors import RunFailed, RunInterrupted, UserError, one_line
 from orchestrator.metrics import metric_name
 from orchestrator.placement import ACTOR_ENV, format_plan
-from orchestrator.redis_server import EVERY_INTERFACE, LOOPBACK, EmbeddedRedis, connect, free_port
+from orchestrator.redis_server import (EVERY_INTERFACE, LOOPBACK, EmbeddedRedis, RedisSupervisor, connect, free_port,
+                                      redact)
 from orchestrator.rundir import RunDir
 
 
@@ -70,7 +73,8 @@ def resume(run_dir: str | Path, overrides: list[str] = (), *, out=print) -> Path
 def _run(cfg, run: RunDir, *, resume: dict | None, out=print) -> Path:
     from orchestrator.driver import Driver
 
-    redis, ray_started, driver, rows = None, False, None, []
+    redis, supervisor, ray_started, driver, rows = None, None, False, None, []
+    redis_url = None
     previous_redis_url = run.read_info().get("redis_url")
     run.write_info(status="starting", driver_pid=os.getpid(), driver_host=socket.gethostname())
     try:
@@ -81,6 +85,7 @@ def _run(cfg, run: RunDir, *, resume: dict | None, out=print) -> Path:
             redis = _embedded_redis(run, previous_redis_url, cluster=bool(cfg.ray.address))
             redis.start()
             redis_url = redis.url
+            supervisor = RedisSupervisor(redis, out=out, on_restart=lambda pid: run.write_info(redis_pid=pid)).start()
         run.write_info(redis_url=redis_url, redis_pid=redis.pid if redis else None)
         if resume is not None:
             model_dir = run.checkpoint(resume["tag"]).policy
@@ -107,15 +112,23 @@ def _run(cfg, run: RunDir, *, resume: dict | None, out=print) -> Path:
             out(f"skipped {len(driver.skipped_rows)} bad dataset rows: " + "; ".join(driver.skipped_rows[:5]))
         return run.path
     except BaseException as e:
+        lost = _lost_redis(e)
+        if lost:  # clients gave up after about 2 minutes of retries (a server that stays down)
+            e = RunFailed(f"redis at {redact(redis_url or '?')} stopped answering ({one_line(e)}); once it is "
+                          f"back, resume with: diffurl train --resume {run.path}")
         status = "stopped" if isinstance(e, KeyboardInterrupt) else "failed"
         ours = isinstance(e, (UserError, RunFailed)) and str(e)  # already one line for people
         run.write_info(status=status, error=str(e).splitlines()[0] if ours else one_line(e))
-        if driver is not None:
+        if driver is not None and not lost:  # (a lost Redis would be retried for minutes: run.json has it)
             driver.run_state.set_status(status)
         if isinstance(e, KeyboardInterrupt) and not isinstance(e, RunInterrupted):
             raise RunInterrupted(_interrupted_at(run)) from None
+        if isinstance(e, RunFailed):
+            raise e from None
         raise
     finally:
+        if supervisor is not None:
+            supervisor.stop()
         if driver is not None:
             driver.stop_actors()
         if ray_started:
@@ -126,6 +139,12 @@ def _run(cfg, run: RunDir, *, resume: dict | None, out=print) -> Path:
                 ray.shutdown()
         if redis is not None:
             redis.stop()
+
+
+def _lost_redis(e: BaseException) -> bool:
+    """Whether `e` (or the error a Ray task raised) is a Redis client that gave up on its server."""
+    cause = getattr(e, "cause", None) or e
+    return isinstance(cause, (redis_errors.ConnectionError, redis_errors.TimeoutError, StreamConnectionError))
 
 
 def _interrupted_at(run: RunDir) -> str:

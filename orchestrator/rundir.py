@@ -19,11 +19,14 @@ from __future__ import annotations
 
 import json
 import shutil
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
 from orchestrator.errors import UserError
+
+_INFO_LOCK = threading.Lock()  # run.json's read-modify-write
 
 
 @dataclass(frozen=True)
@@ -139,12 +142,14 @@ class RunDir:
         return json.loads(self.run_info.read_text()) if self.run_info.is_file() else {}
 
     def write_info(self, **fields) -> None:
-        """Update run.json atomically: how to reach the run (Redis, Ray, driver pid) and its status."""
-        info = self.read_info() or {"run_id": self.run_id, "run_dir": str(self.path), "started": time.time()}
-        info.update(fields, updated=time.time())
-        tmp = self.run_info.with_suffix(".tmp")
-        tmp.write_text(json.dumps(info, indent=2))
-        tmp.replace(self.run_info)
+        """Update run.json atomically: how to reach the run (Redis, Ray, driver pid) and its status. Thread-safe
+        in this process (the Redis supervisor records a restarted server's pid from its own thread)."""
+        with _INFO_LOCK:
+            info = self.read_info() or {"run_id": self.run_id, "run_dir": str(self.path), "started": time.time()}
+            info.update(fields, updated=time.time())
+            tmp = self.run_info.with_suffix(".tmp")
+            tmp.write_text(json.dumps(info, indent=2))
+            tmp.replace(self.run_info)
 
     # checkpoints
     def checkpoint(self, tag: str) -> CheckpointDir:
