@@ -23,6 +23,7 @@ the devices are resolved against it as a run would (`resolve_devices` above) and
 from __future__ import annotations
 
 import math
+import os
 from dataclasses import dataclass
 
 from orchestrator.errors import UserError, one_line
@@ -87,8 +88,18 @@ def _describe(cluster: dict[str, float]) -> str:
 
 
 # quiet, deterministic actors: no per-load progress bars, no tokenizer thread pools, no accelerator probing
+# CPU_KERNELS: the same CPU code paths on every x86-64 machine with AVX2, so that CPU results (the demo's warm
+# start and numbers) do not depend on which one runs them: torch's own kernels at AVX2 (with its AVX-512 ones, 60
+# SFT steps already give other weights), MKL's conditional numerical reproducibility at its AVX2 branch, oneDNN
+# capped at AVX2. GPU work does not read them. Set any of them yourself to choose otherwise.
+CPU_KERNELS = {"ATEN_CPU_CAPABILITY": "avx2", "MKL_CBWR": "AVX2", "ONEDNN_MAX_CPU_ISA": "AVX2"}
 ACTOR_ENV = {"HF_HUB_DISABLE_PROGRESS_BARS": "1", "TRANSFORMERS_VERBOSITY": "error",
-             "TOKENIZERS_PARALLELISM": "false", "DS_ACCELERATOR": "cpu"}
+             "TOKENIZERS_PARALLELISM": "false", "DS_ACCELERATOR": "cpu", **CPU_KERNELS}
+
+
+def actor_env() -> dict[str, str]:
+    """ACTOR_ENV for Ray's workers, with this process's own value wherever the user set one."""
+    return {key: os.environ.get(key, value) for key, value in ACTOR_ENV.items()}
 
 
 def actor_plan(cfg, devices: Devices | None = None) -> list[dict]:

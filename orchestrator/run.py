@@ -27,7 +27,7 @@ from orchestrator.config import check_paths, load_config, save_config
 from orchestrator.data import load_prompts
 from orchestrator.errors import RunFailed, RunInterrupted, UserError, one_line
 from orchestrator.metrics import metric_name
-from orchestrator.placement import ACTOR_ENV, format_plan
+from orchestrator.placement import actor_env, format_plan
 from orchestrator.redis_server import (EVERY_INTERFACE, LOOPBACK, EmbeddedRedis, RedisSupervisor, connect, free_port,
                                       redact)
 from orchestrator.rundir import RunDir
@@ -187,13 +187,13 @@ def init_ray(cfg, run_id: str, out=print) -> tuple[bool, int | None]:
     if cfg.ray.address:
         try:
             ray.init(address=cfg.ray.address, namespace=namespace, log_to_driver=True,
-                     runtime_env={"env_vars": ACTOR_ENV})
+                     runtime_env={"env_vars": actor_env()})
         except (ConnectionError, ValueError, RuntimeError) as e:
             raise UserError(f"ray.address={cfg.ray.address}: cannot connect to a Ray cluster there ({e})")
         return False, None
     port = cfg.ray.metrics_export_port or free_port()
     kwargs = dict(namespace=namespace, include_dashboard=cfg.ray.include_dashboard,
-                  _metrics_export_port=port, log_to_driver=True, runtime_env={"env_vars": ACTOR_ENV})
+                  _metrics_export_port=port, log_to_driver=True, runtime_env={"env_vars": actor_env()})
     if cfg.ray.include_dashboard:
         kwargs["dashboard_port"] = cfg.ray.dashboard_port
     if cfg.ray.num_cpus is not None:

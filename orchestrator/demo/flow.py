@@ -69,6 +69,11 @@ def run_demo(settings: DemoSettings, out=print) -> DemoResult:
         settings = replace(settings, warm=replace(settings.warm, model=replace(settings.warm.model, family=family)))
     if chosen.demo.warm_start_steps is not None and chosen.demo.warm_start_steps != settings.warm.steps:
         settings = replace(settings, warm=replace(settings.warm, steps=chosen.demo.warm_start_steps))
+    if chosen.demo.warm_start_seed is not None and chosen.demo.warm_start_seed != settings.warm.seed:
+        settings = replace(settings, warm=replace(settings.warm, seed=chosen.demo.warm_start_seed))
+    import torch
+
+    torch.set_num_threads(settings.warm.threads)  # the evals below decode here: the same threads on any machine
     model_dir = warm_start(settings.warm, cache, splits["train"], log=out)
     cfg = load_config(settings.config, [f"model.path={model_dir}", f"data.train={splits['rl']}",
                                         *settings.overrides])

@@ -42,7 +42,7 @@ from orchestrator.demo.tasks import FAMILY_VERSION, answer_text, buggy_reference
 from orchestrator.errors import UserError
 
 DONE_FILE = "warmstart.json"
-RECIPE_VERSION = 5  # bump when the training recipe changes, so stale caches are not reused
+RECIPE_VERSION = 6  # bump when the training recipe changes, so stale caches are not reused (6: CPU kernels pinned)
 LR_FLOOR = 0.1  # the cosine schedule ends at this fraction of `lr`
 
 
