@@ -228,8 +228,9 @@ class Config:
     demo: DemoConfig = field(default_factory=DemoConfig)
 
 
-def load_config(path: str | os.PathLike, overrides: list[str] = ()) -> Config:
-    """Preset at `path` (with its `base` chain) + `key=value` overrides -> a validated `Config`."""
+def load_config(path: str | os.PathLike, overrides: list[str] = (), resolve_paths: bool = True) -> Config:
+    """Preset at `path` (with its `base` chain) + `key=value` overrides -> a validated `Config`; its paths made
+    absolute (`_absolute`) unless `resolve_paths` is False (as given: what a job on a cluster will resolve)."""
     merged = OmegaConf.structured(Config)
     merged = _merge(merged, _load_preset_chain(Path(path)), source=f"in {path}")
     for override in overrides:
@@ -237,10 +238,11 @@ def load_config(path: str | os.PathLike, overrides: list[str] = ()) -> Config:
     cfg: Config = OmegaConf.to_object(merged)
     if cfg.ray.address is None:
         cfg.ray.address = os.environ.get("RAY_ADDRESS") or None
-    cfg.data.train = _absolute(cfg.data.train)
-    cfg.model.path = _absolute(cfg.model.path)
-    cfg.model.shape_config = _absolute(cfg.model.shape_config)
-    cfg.model.tiny.tokenizer_dir = _absolute(cfg.model.tiny.tokenizer_dir)
+    if resolve_paths:
+        cfg.data.train = _absolute(cfg.data.train)
+        cfg.model.path = _absolute(cfg.model.path)
+        cfg.model.shape_config = _absolute(cfg.model.shape_config)
+        cfg.model.tiny.tokenizer_dir = _absolute(cfg.model.tiny.tokenizer_dir)
     validate(cfg)
     return cfg
 
@@ -257,14 +259,22 @@ def save_config(cfg: Config, path: str | os.PathLike) -> Path:
     return out
 
 
+_PATHS = (("data.train", "a JSONL or Parquet file"), ("model.path", "a local Hugging Face model directory"),
+          ("model.tiny.tokenizer_dir", "a tokenizer directory"))
+
+
+def configured_paths(cfg: Config) -> list[tuple[str, str]]:
+    """(key, value) of every file or directory the config names that a run reads."""
+    values = {"data.train": cfg.data.train, "model.path": cfg.model.path,
+              "model.tiny.tokenizer_dir": cfg.model.tiny.tokenizer_dir}
+    return [(key, str(values[key])) for key, _ in _PATHS if values[key] is not None]
+
+
 def missing_paths(cfg: Config) -> list[str]:
     """One line per configured file or directory that does not exist."""
-    wanted = [("data.train", cfg.data.train, "a JSONL or Parquet file")]
-    if cfg.model.path is not None:
-        wanted.append(("model.path", cfg.model.path, "a local Hugging Face model directory"))
-    if cfg.model.tiny.tokenizer_dir is not None:
-        wanted.append(("model.tiny.tokenizer_dir", cfg.model.tiny.tokenizer_dir, "a tokenizer directory"))
-    return [f"{key}={value}: not found; expected {allowed}" for key, value, allowed in wanted if not Path(value).exists()]
+    allowed = dict(_PATHS)
+    return [f"{key}={value}: not found; expected {allowed[key]}" for key, value in configured_paths(cfg)
+            if not Path(value).exists()]
 
 
 def check_paths(cfg: Config) -> None:

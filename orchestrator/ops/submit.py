@@ -19,7 +19,9 @@ says on this machine; a cluster without token auth ignores it.
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
+import re
 import shlex
 import sys
 import time
@@ -30,7 +32,8 @@ from orchestrator.config import REPO_ROOT, check_paths, load_config
 from orchestrator.errors import UserError
 from orchestrator.rundir import RunDir
 
-EXCLUDES = [".venv", "runs", ".cache", ".git", "**/__pycache__", "*.egg-info", ".pytest_cache"]
+EXCLUDED_DIRS = (".venv", "runs", ".cache", ".git")  # never uploaded with the project
+EXCLUDES = [*EXCLUDED_DIRS, "**/__pycache__", "*.egg-info", ".pytest_cache"]
 DEFAULT_TOKEN_PATH = Path("~/.ray/auth_token")
 TERMINAL = ("SUCCEEDED", "FAILED", "STOPPED")  # ray.job_submission.JobStatus values
 
@@ -79,6 +82,34 @@ def job_client(address: str):
             raise UserError(f"--address={address}: cannot reach the Ray Jobs API there ({_one_line(e)})") from None
 
 
+def check_shipped_paths(raw) -> list[str]:
+    """The configured data and model paths as given (`raw`: a config loaded without resolving them) and as the
+    job will resolve them, in its copy of the project: a relative path must name a file from the project root
+    that is uploaded (not under .venv, runs, .cache or .git; no `..` out of it), else a one-line UserError before
+    anything is submitted; an absolute path is a note (it must exist at that path on the cluster)."""
+    from orchestrator.config import _absolute, configured_paths
+
+    notes = []
+    for key, value in configured_paths(raw):
+        if Path(value).is_absolute():
+            notes.append(f"{key}={value} must exist at that path on the cluster")
+            continue
+        here = Path(_absolute(value)).resolve()  # what it names on this machine (check_paths found it)
+        hint = (f"give it as {here.relative_to(REPO_ROOT)} (from the project root)" if here.is_relative_to(REPO_ROOT)
+                else "give an absolute path that exists on the cluster (a shared disk)")
+        inside = Path(os.path.normpath(value))  # what the job finds, from the root of its copy
+        if inside.parts[:1] == ("..",):
+            raise UserError(f"{key}={value}: leads out of the project, which is all submit uploads; {hint}")
+        excluded = next((part for part in inside.parts if part in EXCLUDED_DIRS), None)
+        if excluded:
+            raise UserError(f"{key}={value}: under {excluded}/, which submit does not upload (it leaves out "
+                            f"{', '.join(EXCLUDED_DIRS)}); copy it to a shared disk and give that absolute path")
+        if (REPO_ROOT / inside).resolve() != here:
+            raise UserError(f"{key}={value}: the job resolves it from the root of its copy of the project, where it "
+                            f"names {'another file' if (REPO_ROOT / inside).exists() else 'nothing'}; {hint}")
+    return notes
+
+
 def job_config_path(config: str) -> str:
     """CONFIG as the job will see it: relative to the project root when inside it, else absolute."""
     path = Path(config).resolve()
@@ -97,7 +128,8 @@ def entrypoint(config: str | None, overrides: list[str], resume: str | None = No
     which = '"$(command -v python || echo none on PATH)"'
     guard = (f"python -c 'import ray' 2>/dev/null || "
              f"{{ echo {shlex.quote(before)}{which}{shlex.quote(after)} >&2; exit 2; }}")
-    return f"{guard}; exec " + shlex.join(["python", "-m", "orchestrator.cli", "train", *train, *overrides])
+    label = shlex.join(["diffurl", "train", *train, *overrides])  # `:` does nothing: the dashboard shows it first
+    return f": {label}; {guard}; exec " + shlex.join(["python", "-m", "orchestrator.cli", "train", *train, *overrides])
 
 
 def runtime_env() -> dict:
@@ -129,9 +161,10 @@ def submit(config: str | None, overrides: list[str], address: str | None, resume
         raise UserError("submit: give a CONFIG (e.g. configs/demo.yaml) or --resume RUN")
     cfg = load_config(config, overrides)
     check_paths(cfg)
+    shipped_notes = check_shipped_paths(load_config(config, overrides, resolve_paths=False))
     url = dashboard_url(address)
     client = job_client(url)
-    notes = []
+    notes = list(shipped_notes)
     if resume:
         command = entrypoint(None, overrides, resume=str(run.path))
         notes.append(f"{run.path} must be the same path on the cluster")
@@ -144,10 +177,13 @@ def submit(config: str | None, overrides: list[str], address: str | None, resume
         if not Path(cfg.run.root_dir).is_absolute():
             notes.append(f"run.root_dir={cfg.run.root_dir} is relative: the run directory lands inside the job's "
                          "temporary copy of the project; give run.root_dir=/shared/path to keep it")
+    name = run.path.name if resume else cfg.run.name
+    what = f"resume {run.path}" if resume else f"train {job_config_path(config)}"
     try:
-        job_id = client.submit_job(entrypoint=command, runtime_env=runtime_env(),
-                                   metadata={"diffurl_run": cfg.run.name,
-                                             "job_name": run.path.name if resume else cfg.run.name})
+        with _quiet_ray_logs():
+            job_id = client.submit_job(entrypoint=command, runtime_env=runtime_env(),
+                                       submission_id=_job_id(name),
+                                       metadata={"diffurl_run": cfg.run.name, "job_name": f"{name}: {what}"})
     except (RuntimeError, OSError) as e:  # a refused request, a failed upload of the project
         raise UserError(f"--address={url}: the cluster did not accept the job ({_one_line(e)})") from None
     return Submitted(job_id, url, client, notes)
@@ -172,6 +208,27 @@ def wait_for_job(client, job_id: str, url: str, poll_s: float = 2.0) -> str:
 
 def _one_line(exc: BaseException, limit: int = 300) -> str:
     return (" ".join(str(exc).split()) or type(exc).__name__)[:limit]
+
+
+def _job_id(name: str) -> str:
+    """The job's id, named after the run (the dashboard lists jobs by it): `NAME-YYYYmmdd-HHMMSS-PID`."""
+    return f"{re.sub(r'[^A-Za-z0-9._-]+', '-', name)}-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}"
+
+
+@contextlib.contextmanager
+def _quiet_ray_logs():
+    """Ray's packaging INFO and default-exclude WARNING lines on every upload (what is left out is EXCLUDES,
+    on purpose) are not for the user: its loggers are raised to ERROR while the job is submitted."""
+    loggers = [logging.getLogger(name) for name in list(logging.root.manager.loggerDict)
+               if name == "ray" or name.startswith("ray.")]  # some set their own level
+    levels = [logger.level for logger in loggers]
+    for logger in loggers:
+        logger.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        for logger, level in zip(loggers, levels):
+            logger.setLevel(level)
 
 
 @contextlib.contextmanager

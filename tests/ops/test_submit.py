@@ -4,6 +4,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -139,10 +140,10 @@ def test_unreachable_address_exits_2_with_one_line(no_token, capsys):
     assert f"--address={address}: cannot reach the Ray Jobs API" in one_error_line(capsys)
 
 
-def job_metadata(head, out: str) -> dict:
-    """The metadata of the job whose id `diffurl submit` printed in `out`, as the cluster holds it."""
-    (job_id,) = re.findall(r"^submitted job (raysubmit_\w+) to ", out, re.M)
-    return submit.job_client(head.dashboard_url).get_job_info(job_id).metadata
+def job_info(head, out: str):
+    """The job whose id `diffurl submit` printed in `out`, as the cluster holds it."""
+    (job_id,) = re.findall(r"^submitted job (\S+) to ", out, re.M)
+    return submit.job_client(head.dashboard_url).get_job_info(job_id)
 
 
 @pytest.fixture(scope="module")
@@ -174,14 +175,17 @@ def test_submitted_two_step_job_succeeds_status_and_plot_report_it_and_a_resubmi
         "run.steps=2", f"run.root_dir={tmp_path / 'runs'}", "run.name=submitted",
         "rollout.num_cpus=0.5", "learner.num_cpus=0.5"]
     rc = cli.main(["submit", "configs/demo.yaml", *overrides, "--address", token_head.dashboard_url, "--wait"])
-    out = capsys.readouterr().out
+    out, err = capsys.readouterr()
     assert rc == 0, out
-    assert "SUCCEEDED" in out and "ray job logs --follow raysubmit_" in out
+    assert "SUCCEEDED" in out and re.search(r"ray job logs --follow submitted-\d{8}-\d{6}-\d+ ", out), out
     assert f"--address {token_head.dashboard_url}" in out
+    assert err == "", err  # none of Ray's packaging INFO / WARNING lines
     (run_dir,) = (tmp_path / "runs").iterdir()
     info = json.loads((run_dir / "run.json").read_text())
     assert info["status"] == "finished"
-    assert job_metadata(token_head, out)["job_name"] == "submitted"  # the dashboard's Jobs table shows it
+    job = job_info(token_head, out)  # the dashboard's Jobs table: named after the run and the command
+    assert job.metadata["job_name"] == "submitted: train configs/demo.yaml"
+    assert job.entrypoint.startswith(": diffurl train configs/demo.yaml ")
     # a job on a cluster: its Redis listens on every interface, and run.json names it by the driver node's IP
     # as Ray knows it (`ray start` resolves the head's --node-ip-address=127.0.0.1 to this machine's IP)
     assert "bind 0.0.0.0" in (run_dir / "redis" / "redis.conf").read_text().splitlines()
@@ -194,13 +198,13 @@ def test_submitted_two_step_job_succeeds_status_and_plot_report_it_and_a_resubmi
 
     assert cli.main(["plot", str(run_dir)]) == 0
     assert (run_dir / "curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    assert "5 panels" in capsys.readouterr().out
+    assert "6 panels" in capsys.readouterr().out
 
     rc = cli.main(["submit", "--resume", str(run_dir), "run.steps=3", "--address", token_head.dashboard_url,
                       "--wait"])
     out = capsys.readouterr().out
     assert rc == 0, out
-    assert job_metadata(token_head, out)["job_name"] == run_dir.name
+    assert job_info(token_head, out).metadata["job_name"] == f"{run_dir.name}: resume {run_dir}"
     assert [row["step"] for row in read_metrics(run_dir)] == [1, 2, 3]
     assert cli.main(["status", str(run_dir)]) == 0
     assert "step       3/3" in capsys.readouterr().out
@@ -217,7 +221,44 @@ def test_submit_wait_exits_1_when_the_job_fails_on_the_cluster(token_head, tmp_p
     captured = capsys.readouterr()
     assert rc == 1, captured.out + captured.err
     assert "FAILED" in captured.out
-    assert job_metadata(token_head, captured.out)["job_name"] == "demo"  # configs/demo.yaml's run.name
+    assert job_info(token_head, captured.out).metadata["job_name"] == "demo: train configs/demo.yaml"  # its run.name
     last = captured.err.strip().splitlines()[-1]
-    assert last.startswith("diffurl: job raysubmit_") and "ended FAILED" in last
+    assert last.startswith("diffurl: job demo-") and "ended FAILED" in last
     assert "no usable problems" in captured.err  # the job's own error, from its log tail
+
+
+@pytest.fixture
+def cached_file():
+    """A data file under the project's .cache (which submit leaves out of the upload), removed afterwards."""
+    folder = submit.REPO_ROOT / ".cache" / f"submit-test-{os.getpid()}"
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / "train.jsonl"
+    path.write_text((submit.REPO_ROOT / "configs" / "data" / "toy_train.jsonl").read_text())
+    yield path
+    shutil.rmtree(folder)
+
+
+def test_paths_the_job_would_not_find_exit_2_before_contacting_the_cluster(cached_file, tmp_path, monkeypatch,
+                                                                         capsys):
+    """They used to pass here and fail on the cluster after the job started (issue 24, item 4)."""
+    address = ["--address", f"http://127.0.0.1:{free_port()}"]
+    config = str(submit.REPO_ROOT / "configs" / "demo.yaml")
+    monkeypatch.chdir(submit.REPO_ROOT)
+    assert cli.main(["submit", config, f"data.train={cached_file.relative_to(submit.REPO_ROOT)}", *address]) == 2
+    assert "under .cache/, which submit does not upload" in one_error_line(capsys)
+    outside = tmp_path / "train.jsonl"
+    outside.write_text(cached_file.read_text())
+    assert cli.main(["submit", config, f"data.train={os.path.relpath(outside)}", *address]) == 2
+    assert "leads out of the project" in one_error_line(capsys)
+    monkeypatch.chdir(tmp_path)  # a path relative to another directory than the project root
+    toy = os.path.relpath(submit.REPO_ROOT / "configs" / "data" / "toy_train.jsonl")
+    assert cli.main(["submit", config, f"data.train={toy}", *address]) == 2
+    assert "give it as configs/data/toy_train.jsonl (from the project root)" in one_error_line(capsys)
+
+
+def test_a_data_file_in_no_known_format_exits_2_before_contacting_the_cluster(tmp_path, capsys):
+    data = tmp_path / "rows.jsonl"
+    data.write_text('{"prompt_text": "x", "answer": "y"}\n')
+    rc = cli.main(["submit", "configs/demo.yaml", f"data.train={data}", "--address", f"http://127.0.0.1:{free_port()}"])
+    assert rc == 2
+    assert "prompt_text" in one_error_line(capsys)
