@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import re
+import shutil
 import socket
 import time
 import urllib.request
@@ -46,10 +47,16 @@ def train(cfg, *, dry_run: bool = False, out=print) -> Path | None:
         return None
     if cfg.ray.address:
         probe_ray_address(cfg.ray.address)
+    load_prompts(cfg.data.train, cfg.data.format, log=lambda _: None)  # a file without usable rows: refused here
     run = RunDir.create(cfg.run.root_dir, cfg.run.name)
     save_config(cfg, run.config)
     out(f"run directory: {run.path} (resolved config: {run.config})")
-    return _run(cfg, run, resume=None, out=out)
+    try:
+        return _run(cfg, run, resume=None, out=out)
+    except UserError:
+        if (not run.metrics.is_file() or not run.metrics.stat().st_size) and run.latest_checkpoint() is None:
+            shutil.rmtree(run.path, ignore_errors=True)
+        raise
 
 
 def resume(run_dir: str | Path, overrides: list[str] = (), *, out=print) -> Path:

@@ -29,3 +29,16 @@ def test_a_config_error_is_one_line_before_torch_transformers_or_ray_is_imported
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("diffurl: error: ") and message in lines[0], lines
     assert not any(tmp_path.iterdir()), "a refused start leaves no run directory"
+
+
+def test_a_data_file_without_one_usable_row_is_refused_before_a_run_directory_is_made(tmp_path):
+    data = tmp_path / "bad.jsonl"
+    data.write_text('{"task_id": "x", "question": "q", "entry_point": "f", "tests": []}\nnot json\n')
+    runs = tmp_path / "runs"
+    proc = subprocess.run([sys.executable, "-c", CHECK, "train", "configs/demo.yaml", f"data.train={data}",
+                           f"run.root_dir={runs}"], cwd=REPO, capture_output=True, text=True, timeout=120)
+    rc, _ = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert rc == 2, proc.stderr
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and "no usable problems (2 rows skipped" in lines[0], lines
+    assert not runs.exists()
