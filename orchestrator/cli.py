@@ -260,10 +260,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from orchestrator.placement import ACTOR_ENV
+    from orchestrator.placement import apply_actor_env
 
-    for key, value in ACTOR_ENV.items():  # the driver process too: quiet model loading, no thread pools
-        os.environ.setdefault(key, value)
+    apply_actor_env()  # the driver process too
     parser = build_parser()
     args, extra = parser.parse_known_args(argv)
     if extra:  # `train CONFIG --dry-run k=v`: overrides may follow an option

@@ -97,6 +97,13 @@ ACTOR_ENV = {"HF_HUB_DISABLE_PROGRESS_BARS": "1", "TRANSFORMERS_VERBOSITY": "err
              "TOKENIZERS_PARALLELISM": "false", "DS_ACCELERATOR": "cpu", **CPU_KERNELS}
 
 
+def apply_actor_env() -> None:
+    """ACTOR_ENV in this process too (quiet model loading, no thread pools, the pinned CPU kernels), where the
+    user has not set a variable; before torch is imported, or its kernels are chosen already."""
+    for key, value in ACTOR_ENV.items():
+        os.environ.setdefault(key, value)
+
+
 def actor_env() -> dict[str, str]:
     """ACTOR_ENV for Ray's workers, with this process's own value wherever the user set one."""
     return {key: os.environ.get(key, value) for key, value in ACTOR_ENV.items()}

@@ -102,3 +102,43 @@ def test_sft_lowers_the_loss(train_file, tmp_path):
     settings = replace(TINY, steps=60, lr=1e-2)
     report = json.loads((warm_start(settings, tmp_path, train_file, log=lambda _: None) / DONE_FILE).read_text())
     assert report["final_loss"] < 0.6 * report["first_loss"]
+
+
+WARM_IN_A_FRESH_PROCESS = """
+import hashlib, json, sys
+from dataclasses import replace
+from orchestrator.placement import apply_actor_env
+apply_actor_env()  # as `diffurl demo` does before torch is imported
+import torch
+from tests.demo.test_warmstart import TINY, _problems
+from orchestrator.demo.warmstart import train_warm_start
+model, _, _ = train_warm_start(replace(TINY, steps=30), _problems(__import__("pathlib").Path(sys.argv[1])),
+                               log=lambda _: None)
+digest = hashlib.sha256(b"".join(v.detach().numpy().tobytes() for _, v in sorted(model.state_dict().items())))
+print(json.dumps([torch.backends.cpu.get_cpu_capability(), digest.hexdigest()]))
+"""
+
+
+def test_the_warm_start_is_the_same_bits_whatever_vector_unit_the_cpu_has(train_file):
+    """torch picks its CPU kernels by the best vector unit it finds (AVX-512 here, AVX2 on many machines), and
+    they round differently: the demo's warm start came out different from machine to machine (issue 24, item 9).
+    diffurl pins them (orchestrator.placement.CPU_KERNELS); a machine whose best is AVX2 is played by a process
+    told so before torch loads. On a machine without AVX-512 both runs are that machine and agree trivially."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    repo = Path(__file__).resolve().parents[2]
+
+    def run(**env):
+        base = {k: v for k, v in os.environ.items() if k not in ("ATEN_CPU_CAPABILITY", "MKL_CBWR",
+                                                                  "ONEDNN_MAX_CPU_ISA")}
+        proc = subprocess.run([sys.executable, "-c", WARM_IN_A_FRESH_PROCESS, str(train_file)], cwd=repo,
+                              env={**base, **env}, capture_output=True, text=True, timeout=300)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        return json.loads(proc.stdout.strip().splitlines()[-1])
+
+    here, avx2_machine = run(), run(ATEN_CPU_CAPABILITY="avx2", MKL_CBWR="AVX2", ONEDNN_MAX_CPU_ISA="AVX2")
+    assert here[0] == avx2_machine[0] == "AVX2"
+    assert here[1] == avx2_machine[1]
