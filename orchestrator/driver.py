@@ -282,6 +282,12 @@ class Driver:
                                      version=self.state.version, device=devices.rollout,
                                      gpus_per_worker=devices.rollout_gpus)
         self.sync = weight_sync(cfg, self.learners, self.rollouts)
+        fit = max(self.rollouts.fits(), cfg.rollout.num_workers)  # the config's count passed check_capacity
+        if counts["rollout"] > fit:  # a count asked before the start, past what the cluster can place
+            self.scale_refused(f"{counts['rollout']} rollout workers asked, {fit} fit (the cluster's free "
+                               f"resources: {_free_resources()}; each worker needs {self._rollout_needs()}); "
+                               f"running {fit}", fit)
+            counts["rollout"] = fit
         self.idle = [self.rollouts.add() for _ in range(counts["rollout"])]
         for role, n in counts.items():
             self.run_state.set_desired_workers(n, role=role)
