@@ -40,8 +40,9 @@ PLACE_TIMEOUT_S = 180.0  # a rollout worker added by scaling that has not starte
 
 def _free_resources() -> str:
     free = ray.available_resources()
-    return ", ".join(f"{k} {free[k]:g}" for k in sorted(free) if not k.startswith(("node:", "memory",
-                                                                                      "object_store_memory")))
+    shown = [k for k in sorted(free) if not k.startswith(("node:", "memory", "object_store_memory"))
+             and "_group_" not in k]  # placement groups' own resources
+    return ", ".join(f"{k} {free[k]:g}" for k in shown)
 
 
 class Driver:

@@ -26,7 +26,8 @@ from pathlib import Path
 
 from orchestrator.errors import UserError
 
-_INFO_LOCK = threading.Lock()  # run.json's read-modify-write
+_INFO_LOCK = threading.RLock()  # run.json's read-modify-write; re-entrant: a Ctrl-C landing inside it must not
+# deadlock the `failed`/`stopped` write that follows on the same thread
 
 
 @dataclass(frozen=True)

@@ -7,13 +7,14 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
 import pytest
 from safetensors.torch import load_file
 
-from orchestrator.redis_server import EmbeddedRedis, connect
+from orchestrator.redis_server import connect
 from orchestrator.stream import RunState
 from tests.ray_head import start_ray_head
 
@@ -131,32 +132,6 @@ def test_a_rollout_worker_dying_mid_step_loses_no_group_and_repeats_none(tmp_pat
     assert len(state["consumed_prompt_ids"]) == 6
 
 
-def test_redis_restart_mid_run_loses_no_group(tmp_path):
-    cmd = DIFFURL + ["train", "configs/demo.yaml", *SMALL, "run.steps=8", f"run.root_dir={tmp_path}",
-                     "rollout.max_new_tokens=32", "rollout.steps=32"]
-    proc = subprocess.Popen(cmd, cwd=REPO, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    run_dir = _wait_for(lambda: next(iter(tmp_path.glob("*/run.json")), None), 120, "run.json", proc).parent
-    _wait_for(lambda: _metric_steps(run_dir), 300, "the first step", proc)
-    info = json.loads((run_dir / "run.json").read_text())
-    os.kill(info["redis_pid"], signal.SIGKILL)
-    steps_at_kill = len(_metric_steps(run_dir))
-    time.sleep(2)
-    url = info["redis_url"]
-    port, password = int(url.rsplit(":", 1)[1].split("/")[0]), url.split("//:", 1)[1].split("@", 1)[0]
-    server = EmbeddedRedis(run_dir / "redis", port=port, password=password)
-    server.start()
-    try:
-        out, _ = proc.communicate(timeout=600)
-        assert proc.returncode == 0, out[-4000:]
-        assert steps_at_kill < 8, "Redis was killed after the run ended"
-        trained = _trained_group_ids(run_dir)
-        assert sorted(trained) == [f"g{i:08d}" for i in range(16)], trained
-        client = connect(server.url)
-        assert client.xpending(f"diffurl:{run_dir.name}:traj", "learner")["pending"] == 0
-    finally:
-        server.stop()
-
-
 def test_scaling_while_starting_past_capacity_and_3_to_1_matches_ray_actor_counts(head, tmp_path):
     """The run is long enough never to end by itself; it is stopped with Ctrl-C once it has been scaled, so how
     fast steps run cannot decide the outcome. A count asked while the run starts is the count it starts with
@@ -170,6 +145,9 @@ def test_scaling_while_starting_past_capacity_and_3_to_1_matches_ray_actor_count
                      "run.checkpoint_every=1000"]
     proc = subprocess.Popen(cmd, cwd=REPO, env=_env(RAY_ADDRESS=head.address), stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, text=True)
+    lines: list[str] = []
+    reader = threading.Thread(target=lambda: lines.extend(proc.stdout), daemon=True)  # never a full pipe
+    reader.start()
 
     def redis_url() -> str | None:
         info = next(iter(tmp_path.glob("*/run.json")), None)
@@ -200,7 +178,9 @@ def test_scaling_while_starting_past_capacity_and_3_to_1_matches_ray_actor_count
         logged = len(workers_in_metrics())
         _wait_for(lambda: workers_in_metrics()[logged:].count(1) >= 2, 180, "two more steps with 1 worker", proc)
         proc.send_signal(signal.SIGINT)
-        out, _ = proc.communicate(timeout=120)
+        proc.wait(timeout=300)  # stopping actors, sandboxes and Redis, on a loaded machine
+        reader.join(timeout=30)
+        out = "".join(lines)
     finally:
         if proc.poll() is None:
             proc.kill()
