@@ -200,7 +200,7 @@ class MetricsConfig:
 @dataclass
 class DemoConfig:
     """What `diffurl demo` (orchestrator/demo) reads beyond a run's config; `diffurl train` ignores it."""
-    warm_start_steps: Optional[int] = None  # SFT steps of the warm start; null: the recipe's (1300, chosen for Dream)
+    warm_start_steps: Optional[int] = None  # SFT steps of the warm start; null: the recipe's (1800, chosen for Dream)
     warm_start_seed: Optional[int] = None  # the warm start's seed (tokenizer, init, batches, buggy demos); null: 0
 
 
