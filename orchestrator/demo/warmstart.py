@@ -55,8 +55,8 @@ class WarmStartSettings:
     max_prompt_tokens: int = 128
     completion_tokens: int = 48  # K: the canvas rollouts decode (rollout.max_new_tokens)
     # past the steep part of the curve measured on the RL split with all-correct demonstrations (1100 steps -> 2% pass@1
-    # at T=0, 1300 -> 35%, 1500 -> 76%); with the buggy half, greedy pass@1 on the RL split of seeds 0/1/2 is 67/14/28%
-    # at 1300 and 42/6/70% at 1800 (seed 0: 30% at 2600). README "The warm start's length" has the held-out results
+    # at T=0, 1300 -> 35%, 1500 -> 76%); with the buggy half, greedy pass@1 on the RL split of seeds 0/1/2 is 40/6/61%
+    # at 1800. README "The warm start's length" has the held-out results against 1300's
     steps: int = 1800
     batch_size: int = 32
     lr: float = 2e-3
