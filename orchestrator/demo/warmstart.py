@@ -23,6 +23,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import os
 import random
 import shutil
 import tempfile
@@ -40,6 +41,7 @@ from orchestrator.config import TinyModelConfig
 from orchestrator.data import load_prompts
 from orchestrator.demo.tasks import FAMILY_VERSION, answer_text, buggy_reference, is_buggy_demo
 from orchestrator.errors import UserError
+from orchestrator.placement import CPU_KERNELS
 
 DONE_FILE = "warmstart.json"
 RECIPE_VERSION = 6  # bump when the training recipe changes, so stale caches are not reused (6: CPU kernels pinned)
@@ -68,8 +70,12 @@ class WarmStartSettings:
     buggy_fraction: float = 0.5
 
     def key(self, train_path: Path) -> str:
+        # the CPU kernels this process trains with: a warm start trained unpinned (a library caller that did not set
+        # CPU_KERNELS, a user who chose other kernels) has other weights and must not be reused by a pinned run
+        kernels = {name: os.environ.get(name) for name in sorted(CPU_KERNELS)}
         payload = json.dumps({"settings": dataclasses.asdict(self), "family": FAMILY_VERSION, "recipe": RECIPE_VERSION,
-                              "train": hashlib.sha256(train_path.read_bytes()).hexdigest()}, sort_keys=True)
+                              "train": hashlib.sha256(train_path.read_bytes()).hexdigest(), "kernels": kernels},
+                             sort_keys=True)
         return hashlib.sha256(payload.encode()).hexdigest()[:16]
 
 

@@ -98,6 +98,22 @@ def test_cache_key_changes_with_the_settings_and_the_training_file(train_file, t
     assert cache_dir_for(TINY, tmp_path, other) != base
 
 
+def test_a_warm_start_trained_with_other_cpu_kernels_is_not_reused(train_file, tmp_path, monkeypatch):
+    """Unpinned kernels give other weights (the test below): a warm start trained by a process that did not pin
+    them (a library caller) has another cache key than one trained under diffurl's pin, so neither is reused for
+    the other; the pin's own values make one key whichever process computes it."""
+    from orchestrator.placement import CPU_KERNELS
+
+    for name, value in CPU_KERNELS.items():
+        monkeypatch.setenv(name, value)
+    pinned = cache_dir_for(TINY, tmp_path, train_file)
+    assert cache_dir_for(TINY, tmp_path, train_file) == pinned
+    monkeypatch.delenv("ATEN_CPU_CAPABILITY")
+    assert cache_dir_for(TINY, tmp_path, train_file) != pinned
+    monkeypatch.setenv("ATEN_CPU_CAPABILITY", "avx512")
+    assert cache_dir_for(TINY, tmp_path, train_file) != pinned
+
+
 def test_sft_lowers_the_loss(train_file, tmp_path):
     settings = replace(TINY, steps=60, lr=1e-2)
     report = json.loads((warm_start(settings, tmp_path, train_file, log=lambda _: None) / DONE_FILE).read_text())
