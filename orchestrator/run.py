@@ -13,6 +13,8 @@ import os
 import re
 import shutil
 import socket
+import sys
+import threading
 import time
 import urllib.request
 from pathlib import Path
@@ -80,7 +82,7 @@ def resume(run_dir: str | Path, overrides: list[str] = (), *, out=print) -> Path
 def _run(cfg, run: RunDir, *, resume: dict | None, out=print) -> Path:
     from orchestrator.driver import Driver
 
-    redis, supervisor, ray_started, driver, rows = None, None, False, None, []
+    redis, supervisor, ray_started, driver, rows, watchdog = None, None, False, None, [], None
     redis_url = None
     previous_redis_url = run.read_info().get("redis_url")
     run.write_info(status="starting", driver_pid=os.getpid(), driver_host=socket.gethostname())
@@ -126,9 +128,12 @@ def _run(cfg, run: RunDir, *, resume: dict | None, out=print) -> Path:
         status = "stopped" if isinstance(e, KeyboardInterrupt) else "failed"
         ours = isinstance(e, (UserError, RunFailed)) and str(e)  # already one line for people
         run.write_info(status=status, error=str(e).splitlines()[0] if ours else one_line(e))
+        interrupted = isinstance(e, KeyboardInterrupt) and not isinstance(e, RunInterrupted)
+        if interrupted:  # Ctrl-C never leaves the operator waiting on a stop that does not end
+            watchdog = _exit_if_stop_hangs(_interrupted_at(run), redis)
         if driver is not None and not lost:  # (a lost Redis would be retried for minutes: run.json has it)
             driver.run_state.set_status(status)
-        if isinstance(e, KeyboardInterrupt) and not isinstance(e, RunInterrupted):
+        if interrupted:
             raise RunInterrupted(_interrupted_at(run)) from None
         if isinstance(e, RunFailed):
             raise e from None
@@ -146,6 +151,30 @@ def _run(cfg, run: RunDir, *, resume: dict | None, out=print) -> Path:
                 ray.shutdown()
         if redis is not None:
             redis.stop()
+        if watchdog is not None:  # the stop ended in time (an in-process caller goes on living)
+            watchdog.cancel()
+
+
+STOP_GRACE_S = 90.0  # after Ctrl-C: how long stopping the actors, sandboxes and Redis may take
+
+
+def _exit_if_stop_hangs(where: str, redis) -> threading.Timer:
+    """A daemon timer: if the stop that follows Ctrl-C (run.json is already `stopped`) has not ended the process
+    within STOP_GRACE_S, say so in one line with the resume command, stop the embedded Redis (its append-only file
+    flushed) and exit 130 without waiting for the rest; Ray reaps the actors of a driver that is gone."""
+    def give_up() -> None:
+        print(f"diffurl: interrupted: {where} (stopping its workers took over {STOP_GRACE_S:.0f} s; exited "
+              "without waiting for them)", file=sys.stderr, flush=True)
+        try:
+            if redis is not None:
+                redis.stop()
+        finally:
+            os._exit(130)
+
+    timer = threading.Timer(STOP_GRACE_S, give_up)
+    timer.daemon = True
+    timer.start()
+    return timer
 
 
 def _lost_redis(e: BaseException) -> bool:
