@@ -193,10 +193,7 @@ class Driver:
         want = self.run_state.desired_workers() or self.cfg.rollout.num_workers
         active = self.rollouts.active()
         if want > active and active + self.rollouts.fits() < want:  # never ask Ray for what it cannot place
-            fit = active + self.rollouts.fits()
-            self.scale_refused(f"{want} rollout workers asked, {fit} fit (the cluster's free resources: "
-                               f"{_free_resources()}; each worker needs {self._rollout_needs()}); running {fit}", fit)
-            want = fit
+            want = self._cap_rollouts(want, active + self.rollouts.fits())
         self.idle = self.rollouts.scale(want, self.idle, place_timeout_s=PLACE_TIMEOUT_S)
         if self.rollouts.active() < want:  # a new worker was given up: what runs is what is desired
             got = self.rollouts.active()
@@ -285,10 +282,7 @@ class Driver:
         self.sync = weight_sync(cfg, self.learners, self.rollouts)
         fit = max(self.rollouts.fits(), cfg.rollout.num_workers)  # the config's count passed check_capacity
         if counts["rollout"] > fit:  # a count asked before the start, past what the cluster can place
-            self.scale_refused(f"{counts['rollout']} rollout workers asked, {fit} fit (the cluster's free "
-                               f"resources: {_free_resources()}; each worker needs {self._rollout_needs()}); "
-                               f"running {fit}", fit)
-            counts["rollout"] = fit
+            counts["rollout"] = self._cap_rollouts(counts["rollout"], fit)
         self.idle = [self.rollouts.add() for _ in range(counts["rollout"])]
         for role, n in counts.items():
             self.run_state.set_desired_workers(n, role=role)
@@ -322,6 +316,12 @@ class Driver:
             if asked and asked != n:
                 print(f"{role} workers: {asked}, as diffurl scale asked (the config says {n})", flush=True)
         return counts
+
+    def _cap_rollouts(self, want: int, fit: int) -> int:
+        """A rollout count past what the cluster can place: said in one line (and in the scaling note), capped."""
+        self.scale_refused(f"{want} rollout workers asked, {fit} fit (the cluster's free resources: "
+                           f"{_free_resources()}; each worker needs {self._rollout_needs()}); running {fit}", fit)
+        return fit
 
     def stop_actors(self) -> None:
         for group in (self.learners, self.rollouts):

@@ -129,12 +129,13 @@ def _run(cfg, run: RunDir, *, resume: dict | None, out=print) -> Path:
         ours = isinstance(e, (UserError, RunFailed)) and str(e)  # already one line for people
         run.write_info(status=status, error=str(e).splitlines()[0] if ours else one_line(e))
         interrupted = isinstance(e, KeyboardInterrupt) and not isinstance(e, RunInterrupted)
+        where = _interrupted_at(run) if interrupted else ""
         if interrupted:  # Ctrl-C never leaves the operator waiting on a stop that does not end
-            watchdog = _exit_if_stop_hangs(_interrupted_at(run), redis)
+            watchdog = _exit_if_stop_hangs(where, redis)
         if driver is not None and not lost:  # (a lost Redis would be retried for minutes: run.json has it)
             driver.run_state.set_status(status)
         if interrupted:
-            raise RunInterrupted(_interrupted_at(run)) from None
+            raise RunInterrupted(where) from None
         if isinstance(e, RunFailed):
             raise e from None
         raise

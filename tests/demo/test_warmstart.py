@@ -145,11 +145,12 @@ def test_the_warm_start_is_the_same_bits_whatever_vector_unit_the_cpu_has(train_
     import sys
     from pathlib import Path
 
+    from orchestrator.placement import CPU_KERNELS
+
     repo = Path(__file__).resolve().parents[2]
 
     def run(**env):
-        base = {k: v for k, v in os.environ.items() if k not in ("ATEN_CPU_CAPABILITY", "MKL_CBWR",
-                                                                  "ONEDNN_MAX_CPU_ISA")}
+        base = {k: v for k, v in os.environ.items() if k not in CPU_KERNELS}
         proc = subprocess.run([sys.executable, "-c", WARM_IN_A_FRESH_PROCESS, str(train_file)], cwd=repo,
                               env={**base, **env}, capture_output=True, text=True, timeout=300)
         assert proc.returncode == 0, proc.stderr[-3000:]
